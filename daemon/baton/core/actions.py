@@ -1,0 +1,52 @@
+"""What `core.machine.step` asks the service to do. Imperative names; the service journals the
+transition first, then carries these out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from baton.core.model import RunKind
+
+
+class Alert(StrEnum):
+    STORM_GUARD = "storm_guard"  # too many offices DOWN at once: automation frozen
+    NO_ALTERNATE = "no_alternate"  # closed, but no office of the chain can take over
+    RUN_FAILED = "run_failed"  # a handover/handback failed (and was rolled back): needs an operator
+    FLAPPING = "flapping"  # office verdict flaps: automatic closure suppressed
+    AWAITING_APPROVAL = "awaiting_approval"  # detected closure waits for an operator (policy)
+    AUTOMATION_BLOCKED = "automation_blocked"  # closed, but paused / anti-flap / no lease
+    WOULD_HAND_OVER = "would_hand_over"  # shadow mode: what Baton would have done
+    HANDBACK_PROPOSED = "handback_proposed"  # reopened office healthy long enough
+
+
+@dataclass(frozen=True, slots=True)
+class StartRun:
+    office: str
+    kind: RunKind
+    run_id: str
+    alternate: str  # handover: the office taking over; handback: the office handing back
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRun:
+    office: str
+    run_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RaiseAlert:
+    alert: Alert
+    office: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ClearAlert:
+    alert: Alert
+    office: str | None
+
+
+Action = StartRun | AbortRun | RaiseAlert | ClearAlert

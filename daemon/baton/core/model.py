@@ -1,0 +1,222 @@
+"""The immutable model every other part of Baton speaks: inventory, policy and office state.
+
+Nothing here does I/O. Inventory and policy objects are built by `baton.inventory` from
+YAML (validated there) and are never mutated afterwards; a reload builds new ones.
+Credentials appear only as `SecretRef`s: where a secret lives, never the secret itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Literal
+
+
+def frozen_map(data: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
+    """A read-only view of a fresh copy of `data` (dataclasses here are frozen, so are their maps)."""
+    return MappingProxyType(dict(data or {}))
+
+
+# --- verdicts and phases -------------------------------------------------------------------
+
+
+class DeviceVerdict(StrEnum):
+    UP = "UP"
+    DOWN = "DOWN"
+    UNREACHABLE = "UNREACHABLE"  # not answering, but a parent on its path is down: not its fault
+    UNKNOWN = "UNKNOWN"  # not enough observations yet
+
+
+class OfficeVerdict(StrEnum):
+    HEALTHY = "HEALTHY"
+    DEGRADED = "DEGRADED"
+    DOWN = "DOWN"
+    UNREACHABLE = "UNREACHABLE"  # we cannot see it because its uplink is down: not a closure
+    UNKNOWN = "UNKNOWN"
+
+
+class Phase(StrEnum):
+    OPEN = "OPEN"
+    SUSPECT = "SUSPECT"
+    CLOSED = "CLOSED"
+    HANDING_OVER = "HANDING_OVER"
+    HANDED_OVER = "HANDED_OVER"
+    HANDING_BACK = "HANDING_BACK"
+    FAILED = "FAILED"
+
+
+class RunKind(StrEnum):
+    HANDOVER = "handover"
+    HANDBACK = "handback"
+
+
+class Protocol(StrEnum):
+    SNMP = "snmp"
+    NETCONF = "netconf"
+    SSH = "ssh"
+
+
+# --- inventory -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """Where a credential lives. Resolved only at use by `baton.secrets.resolve`.
+
+    kind "env": an environment variable; "file": a file path; "credential": a file named `name`
+    in systemd's $CREDENTIALS_DIRECTORY (LoadCredential=).
+    """
+
+    kind: Literal["env", "file", "credential"]
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class SnmpSettings:
+    version: Literal["2c", "3"] = "2c"
+    port: int = 161
+    timeout_s: float = 2.0
+    retries: int = 1
+    community: SecretRef | None = None  # v2c
+    user: str | None = None  # v3 USM user
+    auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"] | None = None
+    auth_key: SecretRef | None = None
+    priv_protocol: Literal["AES", "AES192", "AES256", "DES"] | None = None
+    priv_key: SecretRef | None = None
+    # extra numeric OIDs polled for this device (environment, power...), name -> OID
+    oids: Mapping[str, str] = field(default_factory=frozen_map)
+    # ifIndex values whose ifOperStatus must be up(1) for the device to count as UP
+    critical_interfaces: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NetconfSettings:
+    enabled: bool = False
+    port: int = 830
+    username: str | None = None
+    password: SecretRef | None = None
+    private_key: SecretRef | None = None
+    timeout_s: float = 10.0
+    # subtree filter (XML) the health probe <get>s; empty means <get> of nothing but the hello
+    probe_filter: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SshSettings:
+    enabled: bool = False
+    port: int = 22
+    username: str | None = None
+    password: SecretRef | None = None
+    private_key: SecretRef | None = None
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    id: str
+    office: str
+    role: str
+    address: str  # management address (IPv4/IPv6 literal or DNS name)
+    critical: bool = False
+    parent: str | None = None  # device this one is reached through (path dependency)
+    tags: tuple[str, ...] = ()
+    host_key: str | None = None  # pinned SSH host key, "ssh-ed25519 AAAA..." (NETCONF and SSH)
+    snmp: SnmpSettings | None = None
+    netconf: NetconfSettings = NetconfSettings()
+    ssh: SshSettings = SshSettings()
+    vars: Mapping[str, Any] = field(default_factory=frozen_map)
+
+
+@dataclass(frozen=True, slots=True)
+class Office:
+    id: str
+    name: str
+    region: str
+    alternates: tuple[str, ...] = ()  # ordered: the first eligible one is chosen
+    vars: Mapping[str, Any] = field(default_factory=frozen_map)  # noc_prefixes, aaa_servers, ...
+
+
+@dataclass(frozen=True, slots=True)
+class Inventory:
+    offices: Mapping[str, Office]
+    devices: Mapping[str, Device]
+
+    def devices_of(self, office: str) -> tuple[Device, ...]:
+        return tuple(d for d in self.devices.values() if d.office == office)
+
+
+# --- policy (baton.yaml) -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """Decision parameters. Defaults follow design.md; `baton.config` validates them together."""
+
+    poll_interval_s: float = 10.0
+    failures_to_down: int = 3  # consecutive failed probes before a device is DOWN
+    office_down_ratio: float = 0.5  # share of critical devices DOWN that makes the office DOWN
+    hold_down_s: float = 30.0  # an office must stay DOWN this long before it is CLOSED
+    confirm_window_s: float = 300.0  # confirmed-commit window of a handover run
+    run_timeout_s: float = 240.0  # a run must finish (and confirm) well inside the window
+    anti_flap_block_s: float = 3600.0  # after a handover/handback, automation waits (or an ack)
+    storm_max_offices: int = 2  # more offices than this DOWN within storm_window_s is a storm
+    storm_max_ratio: float = 0.25  # ...or more than this share of all offices (at least 2)
+    storm_window_s: float = 120.0
+    handback_hold_s: float = 600.0  # office HEALTHY this long before a handback is proposed
+    auto_handback: bool = False  # hand back on our own after handback_hold_s (else: propose)
+    require_approval: bool = False  # a detected closure waits for an operator's handover
+    flap_samples: int = 21  # office verdicts kept for flap detection
+    flap_high_pct: float = 50.0  # percent state change that marks an office flapping
+    flap_low_pct: float = 25.0  # ...and below which the flag clears (hysteresis)
+
+
+# --- office state --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Closure:
+    """Why an office is considered closed."""
+
+    kind: Literal["detected", "declared"]
+    at: float
+    reason: str
+    who: str | None = None  # operator identity for declared closures
+    until: float | None = None  # declared closures may say when the building reopens
+    to: str | None = None  # operator's choice of alternate (kept so a blocked handover retries it)
+
+
+@dataclass(frozen=True, slots=True)
+class OfficeState:
+    office: str
+    alternates: tuple[str, ...] = ()
+    phase: Phase = Phase.OPEN
+    since: float = 0.0  # when `phase` was entered
+    verdict: OfficeVerdict = OfficeVerdict.UNKNOWN
+    verdict_since: float = 0.0
+    verdict_detail: str = ""  # "6/8 critical devices down"
+    closure: Closure | None = None
+    alternate: str | None = None  # the office operating this one (set from HANDING_OVER on)
+    run_id: str | None = None  # the run in progress or the last one
+    run_kind: RunKind | None = None
+    blocked_until: float | None = None  # anti-flap block after a handover/handback
+    flapping: bool = False
+    history: tuple[OfficeVerdict, ...] = ()  # the last `flap_samples` observed verdicts
+    # Alert values currently raised for this office, so each is raised and cleared exactly once
+    alerts: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything `core.machine.step` decides on: one immutable snapshot."""
+
+    offices: Mapping[str, OfficeState]
+    paused: bool = False
+    shadow: bool = False
+    leader: bool = True  # this vantage holds the lease
+    storm: bool = False
+    recent_down: tuple[tuple[float, str], ...] = ()  # (when, office) DOWN verdicts, storm window

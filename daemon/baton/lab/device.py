@@ -1,0 +1,83 @@
+"""A simulated device of the lab: identity, interfaces, faults, and its management plane.
+
+The management plane (who may manage the device, AAA servers, trap/syslog targets, contact) lives
+in the device's NETCONF datastore (`baton.lab.datastore`), so a handover playbook changes it with
+ordinary edit-config + commit and a check can read it back with get-config. Every protocol front
+end (NETCONF/SSH in `lab.netconf_server` / `lab.ssh_cli`, SNMP in `lab.snmp_agent`) reads the same
+object, so what one protocol changes the others see at once.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from baton.lab.datastore import Datastore
+
+
+@dataclass(frozen=True, slots=True)
+class TrapTarget:
+    address: str
+    port: int = 162
+    community: str = "public"
+
+
+@dataclass(frozen=True, slots=True)
+class MgmtView:
+    """The running management-plane configuration, as read from the datastore."""
+
+    acl: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()  # who may open sessions
+    acl_offices: tuple[str, ...] = ()  # office ids the ACL entries are named after
+    aaa_servers: tuple[str, ...] = ()
+    trap_targets: tuple[TrapTarget, ...] = ()
+    syslog_servers: tuple[str, ...] = ()
+    contact: str = ""
+
+    def allows(self, source: str) -> bool:
+        """May a management session come from `source`? An empty ACL allows nobody."""
+        try:
+            addr = ipaddress.ip_address(source)
+        except ValueError:
+            return False
+        return any(addr in net for net in self.acl)
+
+
+@dataclass(slots=True)
+class Interface:
+    if_index: int
+    name: str
+    oper_up: bool = True
+
+
+@dataclass(slots=True)
+class Faults:
+    """Faults injected on command. Mutated in place by the lab's control API."""
+
+    powered: bool = True  # False: the device answers nothing at all
+    cut: bool = False  # path to the device cut: unreachable, though it still runs
+    slow_s: float = 0.0  # delay added to every answer
+    refuse_commits: bool = False  # <commit> fails with an rpc-error
+    drop_mid_rpc: bool = False  # the next RPC closes the session instead of replying
+
+    @property
+    def reachable(self) -> bool:
+        return self.powered and not self.cut
+
+
+@dataclass(slots=True)
+class LabDevice:
+    id: str
+    office: str
+    role: str
+    address: str  # 127.x.y.z loopback address the device listens on
+    datastore: Datastore
+    sys_descr: str = "Baton lab device"
+    interfaces: list[Interface] = field(default_factory=list)
+    boot_time: float = 0.0  # monotonic time of the last (simulated) boot: sysUpTime counts from it
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def mgmt(self) -> MgmtView:
+        return self.datastore.running_mgmt()

@@ -1,0 +1,1 @@
+"""Lab fixtures: simulated devices started in-process for contract and integration tests."""

@@ -1,0 +1,1 @@
+"""Real protocol peers (snmpd, netconfd+sshd, sshd, etcd, promtool) as pytest fixtures."""
