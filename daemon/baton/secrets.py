@@ -78,7 +78,7 @@ def locate(ref: SecretRef, *, base_dir: Path | None = None, environ: Mapping[str
         directory = env.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise SecretError(
-                f"{ref}: $CREDENTIALS_DIRECTORY is not set (it is set by systemd for units with LoadCredential=)"
+                f"{ref}: $CREDENTIALS_DIRECTORY is not set (systemd sets it for units with LoadCredential=)"
             )
         return Path(directory) / ref.name
     raise SecretError(f"{ref}: not a file reference")

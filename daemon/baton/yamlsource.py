@@ -100,9 +100,7 @@ class Document:
                 node = node.get(part) if isinstance(node, dict) else None
         return text
 
-    def problem(
-        self, path: KeyPath, message: str, hint: str = "", severity: Severity = "error"
-    ) -> Problem:
+    def problem(self, path: KeyPath, message: str, hint: str = "", severity: Severity = "error") -> Problem:
         return Problem(self.file, self.line_of(path), self.describe(path), message, hint, severity)
 
 
@@ -153,7 +151,9 @@ def _yaml_hint(what: str) -> str:
     return "check indentation and quoting on this line or the one before"
 
 
-def _build(loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Document, problems: list[Problem]) -> Any:
+def _build(
+    loader: yaml.SafeLoader, node: yaml.Node, path: KeyPath, doc: Document, problems: list[Problem]
+) -> Any:
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)  # YAML merge keys (<<: *anchor)
         result: dict[Any, Any] = {}
@@ -250,8 +250,8 @@ def fields_at(model: type[BaseModel], loc: KeyPath) -> list[str]:
         elif isinstance(current, type) and issubclass(current, BaseModel) and part in current.model_fields:
             current = current.model_fields[part].annotation
         else:
-            args = getattr(current, "__args__", ())
-            current = args[-1] if len(args) == 2 else None  # dict[str, X]
+            args = tuple(getattr(current, "__args__", ()))
+            current = args[1] if len(args) == 2 else None  # dict[str, X]
     current = _unwrap(current)
     if isinstance(current, type) and issubclass(current, BaseModel):
         return list(current.model_fields)

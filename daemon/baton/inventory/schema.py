@@ -25,7 +25,9 @@ OID_PATTERN = re.compile(r"^[0-2](\.(0|[1-9][0-9]*))+$")
 HOSTNAME_PATTERN = re.compile(
     r"^(?=.{1,253}$)([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*\.?$"
 )
-HOST_KEY_HINT = "paste the key from `ssh-keyscan -t ed25519 ADDRESS`, e.g. 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA…'"
+HOST_KEY_HINT = (
+    "paste the key from `ssh-keyscan -t ed25519 ADDRESS`, e.g. 'ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA…'"
+)
 # type → expected length of the key material after the type string (None: not checked)
 _HOST_KEY_TYPES = {
     "ssh-ed25519": 32,
@@ -48,14 +50,18 @@ def _check_id(value: str) -> str:
 
 def _check_ref(value: str) -> str:
     if not is_reference(value):
-        raise PydanticCustomError("secret_literal", "a literal secret is not allowed here", {"hint": REFERENCE_HINT})
+        raise PydanticCustomError(
+            "secret_literal", "a literal secret is not allowed here", {"hint": REFERENCE_HINT}
+        )
     return value
 
 
 def _check_oid(value: str) -> str:
     if not OID_PATTERN.match(value):
         raise PydanticCustomError(
-            "bad_oid", "not a numeric OID", {"hint": "write dotted numbers, e.g. '1.3.6.1.2.1.1.3.0' (no MIB names)"}
+            "bad_oid",
+            "not a numeric OID",
+            {"hint": "write dotted numbers, e.g. '1.3.6.1.2.1.1.3.0' (no MIB names)"},
         )
     return value
 
@@ -78,7 +84,9 @@ def _check_cidr(value: str) -> str:
         ipaddress.ip_network(value, strict=True)
     except ValueError as exc:
         raise PydanticCustomError(
-            "bad_prefix", "not a network prefix ({reason})", {"reason": str(exc), "hint": "write e.g. 10.10.0.0/16"}
+            "bad_prefix",
+            "not a network prefix ({reason})",
+            {"reason": str(exc), "hint": "write e.g. 10.10.0.0/16"},
         ) from None
     return value
 
@@ -111,7 +119,9 @@ def host_key_problem(value: str) -> str | None:
 def _check_host_key(value: str) -> str:
     reason = host_key_problem(value)
     if reason is not None:
-        raise PydanticCustomError("bad_host_key", "malformed host key: {reason}", {"reason": reason, "hint": HOST_KEY_HINT})
+        raise PydanticCustomError(
+            "bad_host_key", "malformed host key: {reason}", {"reason": reason, "hint": HOST_KEY_HINT}
+        )
     return value
 
 

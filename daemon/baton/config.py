@@ -1,0 +1,507 @@
+"""The daemon configuration, `baton.yaml`: the policy and where everything lives.
+
+Like the inventory, it is read with line numbers and every problem is reported at once; relative
+paths (and `file:` credential references) start at the config file's directory. Policy timing
+values are checked together by `check_policy`, a pure function: an unsafe combination is refused
+with the values and the reason, never silently adjusted. `validate` reads an inventory and a
+config and adds the checks that need both (the vantage's office, poll interval vs SNMP probe time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_core import PydanticCustomError
+
+from baton.core.model import Inventory, Policy, SecretRef
+from baton.inventory.loader import read_inventory, reference_hint
+from baton.inventory.schema import Id, Port, Ref, Strict
+from baton.secrets import SecretError, check, parse_ref
+from baton.yamlsource import (
+    ConfigError,
+    Document,
+    KeyPath,
+    Problem,
+    did_you_mean,
+    errors_in,
+    pydantic_problems,
+    read_document,
+)
+
+CONFIRM_MARGIN_S = 30.0  # time a run needs after its timeout to confirm its commits
+DEFAULT_JOURNAL = "/var/lib/baton/journal.sqlite3"
+DEFAULT_SOCKET = "/run/baton/api.sock"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - traps come from devices on the management network
+
+
+# --- runtime configuration -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ApiSettings:
+    unix_socket: Path = Path(DEFAULT_SOCKET)
+    socket_group: str | None = None
+    tcp_listen: str | None = None  # "host:port"; off when None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tokens: tuple[SecretRef, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrapUser:
+    user: str
+    auth_protocol: str
+    auth_key: SecretRef
+    priv_protocol: str
+    priv_key: SecretRef
+
+
+@dataclass(frozen=True, slots=True)
+class TrapSettings:
+    enabled: bool = True
+    listen: str = ALL_INTERFACES
+    port: int = 162
+    communities: tuple[SecretRef, ...] = ()
+    v3_users: tuple[TrapUser, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VantageSettings:
+    id: str
+    office: str
+
+
+@dataclass(frozen=True, slots=True)
+class EtcdSettings:
+    endpoints: tuple[str, ...]
+    prefix: str = "/baton/"
+    lease_ttl_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    policy: Policy
+    vantage: VantageSettings
+    inventory: Path
+    playbooks: Path
+    journal_path: Path = Path(DEFAULT_JOURNAL)
+    api: ApiSettings = ApiSettings()
+    metrics_listen: str = "127.0.0.1:9180"
+    traps: TrapSettings = TrapSettings()
+    etcd: EtcdSettings | None = None
+    shadow: bool = False  # initial mode: observe and log "would hand over", act not
+    base_dir: Path = Path()  # baton.yaml's directory: where `file:` references start
+
+
+# --- baton.yaml as written -----------------------------------------------------------------
+
+
+def _check_listen(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise PydanticCustomError(
+            "bad_listen", "not a host:port address", {"hint": "write e.g. 127.0.0.1:9180 or [::1]:9180"}
+        )
+    return value
+
+
+def _as_list(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+Listen = Annotated[str, AfterValidator(_check_listen)]
+Refs = Annotated[list[Ref], BeforeValidator(_as_list)]
+Seconds = Annotated[float, Field(gt=0)]
+SecondsOrZero = Annotated[float, Field(ge=0)]
+
+
+class PolicyFile(Strict):
+    """Every `Policy` field, optional (unset: design.md default); ranges checked in check_policy."""
+
+    poll_interval_s: Seconds | None = None
+    failures_to_down: Annotated[int, Field(ge=1)] | None = None
+    office_down_ratio: float | None = None
+    hold_down_s: SecondsOrZero | None = None
+    confirm_window_s: Seconds | None = None
+    run_timeout_s: Seconds | None = None
+    anti_flap_block_s: SecondsOrZero | None = None
+    storm_max_offices: Annotated[int, Field(ge=1)] | None = None
+    storm_max_ratio: float | None = None
+    storm_window_s: Seconds | None = None
+    handback_hold_s: SecondsOrZero | None = None
+    auto_handback: bool | None = None
+    require_approval: bool | None = None
+    flap_samples: Annotated[int, Field(ge=2, le=1000)] | None = None
+    flap_high_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    flap_low_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+class ApiFile(Strict):
+    unix_socket: str = DEFAULT_SOCKET
+    socket_group: str | None = None
+    tcp_listen: Listen | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tokens: Refs = Field(default_factory=list)
+
+
+class TrapUserFile(Strict):
+    user: str
+    auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"]
+    auth_key: Ref
+    priv_protocol: Literal["AES", "AES192", "AES256", "DES"]
+    priv_key: Ref
+
+
+class TrapsFile(Strict):
+    enabled: bool = True
+    listen: str = ALL_INTERFACES
+    port: Port = 162
+    communities: Refs = Field(default_factory=list)
+    v3_users: list[TrapUserFile] = Field(default_factory=list)
+
+
+class VantageFile(Strict):
+    id: Id
+    office: Id
+
+
+class EtcdFile(Strict):
+    endpoints: Annotated[list[str], Field(min_length=1)]
+    prefix: str = "/baton/"
+    lease_ttl_s: Seconds = 10.0
+
+
+class ConfigFile(Strict):
+    inventory: str = "inventory"
+    playbooks: str = "playbooks"
+    journal_path: str = DEFAULT_JOURNAL
+    api: ApiFile = Field(default_factory=ApiFile)
+    metrics_listen: Listen = "127.0.0.1:9180"
+    traps: TrapsFile = Field(default_factory=TrapsFile)
+    vantage: VantageFile
+    etcd: EtcdFile | None = None
+    shadow: bool = False
+    policy: PolicyFile = Field(default_factory=PolicyFile)
+
+
+# --- policy timing -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """An unsafe policy combination: the fields involved (first one is where it is reported)."""
+
+    fields: tuple[str, ...]
+    message: str
+    hint: str
+    severity: Literal["error", "warning"] = "error"
+
+
+def _n(value: float) -> str:
+    return f"{value:g}"
+
+
+def check_policy(policy: Policy) -> list[Finding]:
+    """Every unsafe combination of policy values, each with the values and why."""
+    p = policy
+    found = []
+    if p.hold_down_s < 2 * p.poll_interval_s:
+        twice = _n(2 * p.poll_interval_s)
+        found.append(
+            Finding(
+                ("hold_down_s", "poll_interval_s"),
+                f"hold_down_s ({_n(p.hold_down_s)}) is shorter than 2 × poll_interval_s "
+                f"(2 × {_n(p.poll_interval_s)} = {twice}): a held DOWN could not be observed",
+                f"raise hold_down_s to at least {twice}, or lower poll_interval_s",
+            )
+        )
+    elif p.hold_down_s < p.failures_to_down * p.poll_interval_s:
+        detect = _n(p.failures_to_down * p.poll_interval_s)
+        found.append(
+            Finding(
+                ("hold_down_s", "failures_to_down", "poll_interval_s"),
+                f"hold_down_s ({_n(p.hold_down_s)}) is shorter than the detection time failures_to_down × "
+                f"poll_interval_s ({p.failures_to_down} × {_n(p.poll_interval_s)} = {detect} s)",
+                f"a hold-down of at least {detect} s rides out what detection alone would not",
+                "warning",
+            )
+        )
+    if p.run_timeout_s >= p.confirm_window_s - CONFIRM_MARGIN_S:
+        found.append(
+            Finding(
+                ("run_timeout_s", "confirm_window_s"),
+                f"run_timeout_s ({_n(p.run_timeout_s)}) must be less than confirm_window_s "
+                f"({_n(p.confirm_window_s)}) minus a {_n(CONFIRM_MARGIN_S)} s margin: the confirmed commit "
+                "would expire before the run confirms it",
+                f"raise confirm_window_s above {_n(p.run_timeout_s + CONFIRM_MARGIN_S)}, "
+                f"or lower run_timeout_s below {_n(p.confirm_window_s - CONFIRM_MARGIN_S)}",
+            )
+        )
+    if p.handback_hold_s < p.hold_down_s:
+        found.append(
+            Finding(
+                ("handback_hold_s", "hold_down_s"),
+                f"handback_hold_s ({_n(p.handback_hold_s)}) is shorter than "
+                f"hold_down_s ({_n(p.hold_down_s)}): an office would be handed back faster than it is closed",
+                f"raise handback_hold_s to at least {_n(p.hold_down_s)}",
+            )
+        )
+    if p.flap_low_pct >= p.flap_high_pct:
+        found.append(
+            Finding(
+                ("flap_low_pct", "flap_high_pct"),
+                f"flap_low_pct ({_n(p.flap_low_pct)}) must be below flap_high_pct ({_n(p.flap_high_pct)}): "
+                "the flapping flag needs a gap to clear",
+                "e.g. flap_high_pct: 50 and flap_low_pct: 25",
+            )
+        )
+    for name, meaning, example in (
+        ("office_down_ratio", "the share of critical devices DOWN that makes an office DOWN", "0.5"),
+        ("storm_max_ratio", "the share of all offices DOWN at once that means a storm", "0.25"),
+    ):
+        value = getattr(p, name)
+        if not 0 < value <= 1:
+            found.append(
+                Finding(
+                    (name,), f"{name} ({_n(value)}) must be in (0, 1]: it is {meaning}", f"e.g. {example}"
+                )
+            )
+    if p.anti_flap_block_s < p.hold_down_s:
+        found.append(
+            Finding(
+                ("anti_flap_block_s", "hold_down_s"),
+                f"anti_flap_block_s ({_n(p.anti_flap_block_s)}) is shorter than "
+                f"hold_down_s ({_n(p.hold_down_s)}): the block would end before a new closure "
+                "could be confirmed",
+                f"raise anti_flap_block_s to at least {_n(p.hold_down_s)}",
+            )
+        )
+    return found
+
+
+def check_probe_time(policy: Policy, inventory: Inventory) -> Finding | None:
+    """A poll round must outlast the slowest SNMP probe (timeout × tries), or rounds overlap."""
+    slow = [
+        (d.snmp.timeout_s * (d.snmp.retries + 1), d.id, d.snmp.timeout_s, d.snmp.retries)
+        for d in inventory.devices.values()
+        if d.snmp is not None and policy.poll_interval_s < d.snmp.timeout_s * (d.snmp.retries + 1)
+    ]
+    if not slow:
+        return None
+    worst, device, timeout_s, retries = max(slow)
+    return Finding(
+        ("poll_interval_s",),
+        f"poll_interval_s ({_n(policy.poll_interval_s)}) is shorter than the SNMP probe time of {len(slow)} "
+        f"device(s): timeout_s × (retries + 1) = {_n(timeout_s)} × {retries + 1} = {_n(worst)} s for "
+        f"{device} (the longest)",
+        f"raise poll_interval_s to at least {_n(worst)}, or lower snmp timeout_s/retries in the inventory",
+    )
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigReading:
+    config: Config | None  # None when there are errors
+    problems: list[Problem]
+    inventory: Path | None = None  # the inventory the file names, even when other parts are broken
+    document: Document | None = None
+
+
+def load_config(
+    path: Path | str, *, environ: Mapping[str, str] | None = None, check_credentials: bool = True
+) -> Config:
+    """The configuration in `path`; raises ConfigError (with every problem) if it has errors."""
+    reading = read_config(Path(path), environ=environ, check_credentials=check_credentials)
+    if reading.config is None:
+        raise ConfigError(reading.problems)
+    return reading.config
+
+
+def read_config(
+    path: Path, *, environ: Mapping[str, str] | None = None, check_credentials: bool = True
+) -> ConfigReading:
+    doc, problems = read_document(path)
+    if doc is None:
+        return ConfigReading(None, problems)
+    base = path.parent
+    named = doc.data.get("inventory") if isinstance(doc.data, dict) else None
+    inventory = base / named if isinstance(named, str) and named else None
+    if not isinstance(doc.data, dict):
+        problems.append(
+            Problem(doc.file, 1, "", "expected a mapping of settings", "see the example baton.yaml")
+        )
+        return ConfigReading(None, problems, inventory, doc)
+    try:
+        parsed = ConfigFile.model_validate(doc.data)
+    except ValidationError as exc:
+        problems.extend(pydantic_problems(doc, exc, ConfigFile))
+        problems.sort(key=lambda p: p.line or 0)
+        return ConfigReading(None, problems, inventory, doc)
+    config = _to_config(parsed, base)
+    problems.extend(_finding_problem(doc, f) for f in check_policy(config.policy))
+    problems.extend(_check_api(doc, config.api))
+    if check_credentials:
+        problems.extend(_check_credentials(doc, parsed, base, environ))
+    problems.sort(key=lambda p: p.line or 0)
+    return ConfigReading(None if errors_in(problems) else config, problems, inventory, doc)
+
+
+def _to_config(parsed: ConfigFile, base: Path) -> Config:
+    given = parsed.policy.model_dump(exclude_none=True)
+    api = parsed.api
+    return Config(
+        policy=Policy(**given),
+        vantage=VantageSettings(parsed.vantage.id, parsed.vantage.office),
+        inventory=base / parsed.inventory,
+        playbooks=base / parsed.playbooks,
+        journal_path=base / parsed.journal_path,
+        api=ApiSettings(
+            unix_socket=base / api.unix_socket,
+            socket_group=api.socket_group,
+            tcp_listen=api.tcp_listen,
+            tls_cert=None if api.tls_cert is None else base / api.tls_cert,
+            tls_key=None if api.tls_key is None else base / api.tls_key,
+            tokens=tuple(parse_ref(t) for t in api.tokens),
+        ),
+        metrics_listen=parsed.metrics_listen,
+        traps=TrapSettings(
+            enabled=parsed.traps.enabled,
+            listen=parsed.traps.listen,
+            port=parsed.traps.port,
+            communities=tuple(parse_ref(c) for c in parsed.traps.communities),
+            v3_users=tuple(
+                TrapUser(
+                    u.user, u.auth_protocol, parse_ref(u.auth_key), u.priv_protocol, parse_ref(u.priv_key)
+                )
+                for u in parsed.traps.v3_users
+            ),
+        ),
+        etcd=None
+        if parsed.etcd is None
+        else EtcdSettings(tuple(parsed.etcd.endpoints), parsed.etcd.prefix, parsed.etcd.lease_ttl_s),
+        shadow=parsed.shadow,
+        base_dir=base,
+    )
+
+
+def _finding_problem(doc: Document, finding: Finding) -> Problem:
+    written = [name for name in finding.fields if ("policy", name) in doc.lines]
+    path: KeyPath = ("policy", written[0] if written else finding.fields[0])
+    return Problem(doc.file, doc.line_of(path), "policy", finding.message, finding.hint, finding.severity)
+
+
+def _check_api(doc: Document, api: ApiSettings) -> list[Problem]:
+    problems = []
+    if api.tcp_listen is not None and not api.tokens:
+        problems.append(
+            doc.problem(
+                ("api", "tcp_listen"),
+                "the TCP API has no tokens: anyone who can reach it could hand offices over",
+                "add api.tokens: [credential:api-token], or remove tcp_listen",
+            )
+        )
+    if (api.tls_cert is None) != (api.tls_key is None):
+        problems.append(doc.problem(("api",), "tls_cert and tls_key go together", "set both, or neither"))
+    if api.tcp_listen is not None and api.tls_cert is None:
+        host = api.tcp_listen.rpartition(":")[0].strip("[]")
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            problems.append(
+                doc.problem(
+                    ("api", "tcp_listen"),
+                    "the TCP API listens beyond loopback without TLS: tokens would travel in clear text",
+                    "set api.tls_cert and api.tls_key",
+                    "warning",
+                )
+            )
+    return problems
+
+
+def _check_credentials(
+    doc: Document, parsed: ConfigFile, base: Path, environ: Mapping[str, str] | None
+) -> list[Problem]:
+    written: list[tuple[KeyPath, str]] = [(("api", "tokens", i), t) for i, t in enumerate(parsed.api.tokens)]
+    written += [(("traps", "communities", i), c) for i, c in enumerate(parsed.traps.communities)]
+    for i, user in enumerate(parsed.traps.v3_users):
+        written += [(("traps", "v3_users", i, "auth_key"), user.auth_key)]
+        written += [(("traps", "v3_users", i, "priv_key"), user.priv_key)]
+    # a single token written as a string has no list item line; the key's line is the place
+    problems = []
+    for path, text in written:
+        try:
+            check(parse_ref(text), base_dir=base, environ=environ)
+        except SecretError as exc:
+            hint = reference_hint(text).replace("inventory directory", "directory of this file")
+            problems.append(doc.problem(path, f"cannot resolve {exc}", hint))
+    return problems
+
+
+# --- inventory and config together ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Validation:
+    inventory_dir: Path
+    inventory: Inventory | None
+    config: Config | None
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def is_valid(self) -> bool:
+        return not errors_in(self.problems)
+
+
+def validate(
+    inventory_dir: Path | None, config_file: Path | None, *, environ: Mapping[str, str] | None = None
+) -> list[Problem]:
+    """Every problem of the inventory and config (and of the two together), errors and warnings."""
+    return check_all(inventory_dir, config_file, environ=environ).problems
+
+
+def check_all(
+    inventory_dir: Path | None, config_file: Path | None, *, environ: Mapping[str, str] | None = None
+) -> Validation:
+    """Read both; `inventory_dir` None means the one the config names, else ./inventory."""
+    reading = read_config(config_file, environ=environ) if config_file is not None else None
+    directory = inventory_dir or (reading.inventory if reading else None) or Path("inventory")
+    inventory_reading = read_inventory(directory, environ=environ)
+    problems = [*inventory_reading.problems, *(reading.problems if reading else [])]
+    inventory = inventory_reading.inventory
+    config = reading.config if reading else None
+    if reading is not None and reading.document is not None and inventory is not None and config is not None:
+        doc = reading.document
+        office = config.vantage.office
+        if office not in inventory.offices:
+            hint = did_you_mean(office, inventory.offices) or "name an office of the inventory"
+            problems.append(doc.problem(("vantage", "office"), f"unknown office '{office}'", hint))
+        finding = check_probe_time(config.policy, inventory)
+        if finding is not None:
+            problems.append(_finding_problem(doc, finding))
+    return Validation(directory, inventory, config, problems)
+
+
+__all__ = [
+    "ApiSettings",
+    "Config",
+    "ConfigError",
+    "EtcdSettings",
+    "Finding",
+    "Problem",
+    "TrapSettings",
+    "TrapUser",
+    "Validation",
+    "VantageSettings",
+    "check_all",
+    "check_policy",
+    "check_probe_time",
+    "load_config",
+    "read_config",
+    "validate",
+]
