@@ -118,7 +118,7 @@ def _tlv(tag: int, body: bytes) -> bytes:
     return bytes([tag]) + _ber_len(len(body)) + body
 
 
-def _oid(dotted: str) -> bytes:
+def ber_oid(dotted: str) -> bytes:
     parts = [int(p) for p in dotted.split(".")]
     out = bytearray([parts[0] * 40 + parts[1]])
     for p in parts[2:]:
@@ -133,7 +133,7 @@ def _oid(dotted: str) -> bytes:
 
 def v2c_get_packet(community: str, oid: str, request_id: int = 1) -> bytes:
     """A BER-encoded SNMPv2c GetRequest (used to poll an agent for readiness without a library)."""
-    varbind = _tlv(0x30, _oid(oid) + b"\x05\x00")
+    varbind = _tlv(0x30, ber_oid(oid) + b"\x05\x00")
     pdu = _tlv(
         0xA0,
         _tlv(0x02, request_id.to_bytes(4, "big"))
@@ -283,7 +283,9 @@ class SnmpdProcess:
             "-m",
             "",
             "-I",
-            "-smux,interfaces,ifTable,ifXTable",
+            # without the interfaces modules the override rows are the whole IF-MIB;
+            # interfaces=0 keeps the real one (deterministic inside a namespace)
+            "-smux,interfaces,ifTable,ifXTable" if self.interfaces else "-smux",
         ]
         self._proc = PeerProcess(f"snmpd {self.host}:{self.port}", argv, self.log_path)
         self._proc.spawn()
@@ -359,6 +361,7 @@ def start_snmpd(
 def snmpd_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., SnmpdProcess]]:
     """``start(host="127.0.0.1", sys_name=...)`` → a started SnmpdProcess; all stopped at teardown."""
     require_binary("snmpd", "snmpd", paths=["/usr/sbin/snmpd"])
+    require_binary("snmpget", "snmp")  # the net-snmp CLI: set_if_oper_status() and most tests use it
     agents: list[SnmpdProcess] = []
     counter = itertools.count(1)
     base = tmp_path_factory.mktemp("snmpd")
@@ -524,4 +527,3 @@ def snmptrap_sender() -> SnmpTrapSender:
         require_binary("snmptrap", "snmp"),
         require_binary("snmpinform", "snmp"),
     )
-

@@ -182,6 +182,10 @@ class PeerProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.popen.pid, signum)
 
+    def terminate(self) -> None:
+        """SIGTERM the process group without waiting (stop() several peers in parallel)."""
+        self.signal(signal.SIGTERM)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM the process group, wait, then SIGKILL; reap the child."""
         if self.popen is None:
