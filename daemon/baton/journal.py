@@ -1,0 +1,676 @@
+"""Baton's durable record: office phases, flags, runs and their steps, operator commands, alerts.
+
+Theory of operation. The journal is one SQLite file in WAL mode with `synchronous=FULL`, so a
+commit returns only after the log is on disk. Every public write is exactly one transaction,
+committed before the method returns: the service journals a transition *before* it acts on it,
+and the runner journals a step's intent *before* running it and its result after. A process
+killed at any moment therefore leaves the journal at a transaction boundary, and whatever a
+caller was told is written, is written.
+
+After a restart, `last_states()` replays the last recorded `OfficeState` of every office (each
+transition stores the complete state after it, so replay is a lookup, not a fold) and
+`last_flags()` the global pause/shadow switches. `unfinished_runs()` lists the runs that started
+and never finished, with every step and its status: a step left at `intent` may or may not have
+reached the device, so the runner must check or compensate it, never simply run it again.
+
+The schema is versioned with `PRAGMA user_version`; `_MIGRATIONS[n]` brings a journal from
+version n to n+1, inside one transaction. A journal written by a newer Baton is refused.
+
+Secrets: the journal stores only what callers pass, and no method takes a credential. Free-form
+values (command arguments) are JSON-encoded with an encoder that refuses `baton.secrets.Secret`,
+so a resolved credential handed in by mistake raises instead of reaching the disk.
+
+Every failure (corrupt file, unwritable directory, disk full, a newer schema) is a
+`JournalError` naming the path and the cause: Baton never loses a record silently.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, RunKind, SecretRef
+from baton.secrets import Secret
+
+SCHEMA_VERSION = 1
+
+
+class JournalError(Exception):
+    """The journal cannot be opened, read or written. Says which file and why."""
+
+    def __init__(self, path: str, cause: str) -> None:
+        self.path = path
+        self.cause = cause
+        super().__init__(f"journal {path}: {cause}")
+
+
+class StepStatus(StrEnum):
+    INTENT = "intent"  # journaled before the step runs; may or may not have reached the device
+    DONE = "done"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    SKIPPED = "skipped"
+
+
+FINAL_STEP_STATUSES = frozenset(StepStatus) - {StepStatus.INTENT}
+
+
+class RunResult(StrEnum):
+    """Suggested `finish_run` results (any short word is accepted)."""
+
+    OK = "ok"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    id: int
+    run_id: str
+    device: str
+    index: int  # position of the step in the playbook
+    name: str
+    phase: str  # the part of the run: "apply", "verify", "confirm", "rollback", ...
+    status: StepStatus
+    started: float
+    finished: float | None
+    detail: str
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: str
+    office: str
+    kind: RunKind
+    alternate: str
+    reason: str
+    who: str
+    started: float
+    finished: float | None
+    result: str | None
+    detail: str
+    confirm_deadline: float | None  # when the devices roll back on their own unless confirmed
+    persist_id: str | None  # confirmed-commit <persist> token, to confirm/cancel after a restart
+    steps: tuple[StepRecord, ...] = ()
+
+    @property
+    def is_finished(self) -> bool:
+        return self.finished is not None
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    id: int
+    office: str
+    from_phase: Phase | None
+    to_phase: Phase
+    reason: str
+    at: float
+    state: OfficeState
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    id: int
+    who: str
+    at: float
+    command: str
+    args: Mapping[str, Any]
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Flags:
+    paused: bool = False
+    shadow: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRecord:
+    id: int
+    alert: str
+    office: str | None
+    raised: bool
+    message: str
+    at: float
+
+
+# --- OfficeState <-> JSON --------------------------------------------------------------------
+
+
+def state_to_json(state: OfficeState) -> str:
+    closure = state.closure
+    data: dict[str, Any] = {
+        "office": state.office,
+        "alternates": list(state.alternates),
+        "phase": state.phase.value,
+        "since": state.since,
+        "verdict": state.verdict.value,
+        "verdict_since": state.verdict_since,
+        "verdict_detail": state.verdict_detail,
+        "closure": None
+        if closure is None
+        else {
+            "kind": closure.kind,
+            "at": closure.at,
+            "reason": closure.reason,
+            "who": closure.who,
+            "until": closure.until,
+            "to": closure.to,
+        },
+        "alternate": state.alternate,
+        "run_id": state.run_id,
+        "run_kind": state.run_kind.value if state.run_kind is not None else None,
+        "blocked_until": state.blocked_until,
+        "flapping": state.flapping,
+        "history": [v.value for v in state.history],
+        "alerts": sorted(state.alerts),
+    }
+    return json.dumps(data, sort_keys=True, allow_nan=False)
+
+
+def state_from_json(text: str) -> OfficeState:
+    # Missing keys take the dataclass defaults, so states journaled before a field existed replay.
+    data = json.loads(text)
+    closure = data.get("closure")
+    run_kind = data.get("run_kind")
+    return OfficeState(
+        office=data["office"],
+        alternates=tuple(data.get("alternates", ())),
+        phase=Phase(data.get("phase", Phase.OPEN)),
+        since=float(data.get("since", 0.0)),
+        verdict=OfficeVerdict(data.get("verdict", OfficeVerdict.UNKNOWN)),
+        verdict_since=float(data.get("verdict_since", 0.0)),
+        verdict_detail=data.get("verdict_detail", ""),
+        closure=None
+        if closure is None
+        else Closure(
+            kind=closure["kind"],
+            at=float(closure["at"]),
+            reason=closure["reason"],
+            who=closure.get("who"),
+            until=closure.get("until"),
+            to=closure.get("to"),
+        ),
+        alternate=data.get("alternate"),
+        run_id=data.get("run_id"),
+        run_kind=RunKind(run_kind) if run_kind is not None else None,
+        blocked_until=data.get("blocked_until"),
+        flapping=bool(data.get("flapping", False)),
+        history=tuple(OfficeVerdict(v) for v in data.get("history", ())),
+        alerts=frozenset(data.get("alerts", ())),
+    )
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, Secret):
+        raise TypeError("refusing to journal a resolved secret")
+    if isinstance(value, SecretRef):
+        return str(value)  # where a secret lives is not itself secret
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot journal a value of type {type(value).__name__}")
+
+
+# --- schema ----------------------------------------------------------------------------------
+
+_SCHEMA_V1 = """
+CREATE TABLE transitions (
+    id INTEGER PRIMARY KEY,
+    office TEXT NOT NULL,
+    from_phase TEXT,
+    to_phase TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    state TEXT NOT NULL
+);
+CREATE INDEX transitions_office ON transitions (office, id);
+CREATE TABLE flags (
+    id INTEGER PRIMARY KEY,
+    paused INTEGER NOT NULL,
+    shadow INTEGER NOT NULL,
+    who TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL
+);
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    office TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    alternate TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    who TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    result TEXT,
+    detail TEXT NOT NULL DEFAULT '',
+    confirm_deadline REAL,
+    persist_id TEXT
+);
+CREATE INDEX runs_office ON runs (office, started);
+CREATE INDEX runs_unfinished ON runs (finished) WHERE finished IS NULL;
+CREATE TABLE steps (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    device TEXT NOT NULL,
+    step_index INTEGER NOT NULL,
+    step_name TEXT NOT NULL,
+    phase TEXT NOT NULL,
+    status TEXT NOT NULL,
+    started REAL NOT NULL,
+    finished REAL,
+    detail TEXT NOT NULL DEFAULT '',
+    attempt INTEGER NOT NULL
+);
+CREATE INDEX steps_run ON steps (run_id, id);
+CREATE TABLE commands (
+    id INTEGER PRIMARY KEY,
+    who TEXT NOT NULL,
+    at REAL NOT NULL,
+    command TEXT NOT NULL,
+    args TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE alerts (
+    id INTEGER PRIMARY KEY,
+    alert TEXT NOT NULL,
+    office TEXT,
+    raised INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    at REAL NOT NULL
+);
+"""
+
+
+def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+# _MIGRATIONS[n] takes a journal from user_version n to n+1. Append; never edit a shipped one.
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+assert len(_MIGRATIONS) == SCHEMA_VERSION
+
+
+# --- the journal -----------------------------------------------------------------------------
+
+
+class Journal:
+    """The SQLite journal. Thread-safe (one lock), so the service may call it via `to_thread`."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+        self._conn = conn
+        self._path = path
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Journal:
+        """Open (creating if needed) and migrate the journal at `path`; JournalError if unusable."""
+        name = str(path)
+        try:
+            # isolation_level=None: no implicit transactions; each write opens its own.
+            conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False, timeout=10.0)
+        except sqlite3.Error as exc:
+            raise JournalError(name, _cause(exc)) from exc
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise JournalError(name, f"cannot switch to WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            # Catch a damaged file now, at startup, not at the first write of a handover.
+            check = conn.execute("PRAGMA quick_check").fetchone()[0]
+            if check != "ok":
+                raise JournalError(name, f"database is corrupt ({check})")
+            _migrate(conn, name)
+        except JournalError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise JournalError(name, _cause(exc)) from exc
+        return cls(conn, name)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Journal:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise JournalError(self._path, _cause(exc)) from exc
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                cursor = self._conn.execute(sql, params)
+                cursor.row_factory = sqlite3.Row
+                return list(cursor.fetchall())
+            except sqlite3.Error as exc:
+                raise JournalError(self._path, _cause(exc)) from exc
+
+    # --- office phases, flags, commands, alerts ----------------------------------------------
+
+    def record_transition(
+        self, before: OfficeState | None, after: OfficeState, reason: str, at: float
+    ) -> int:
+        """Journal that an office went from `before` to `after` (None: first state ever seen)."""
+        if before is not None and before.office != after.office:
+            raise ValueError(f"transition between two offices: {before.office} → {after.office}")
+        state = state_to_json(after)
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO transitions (office, from_phase, to_phase, reason, at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    after.office,
+                    before.phase.value if before is not None else None,
+                    after.phase.value,
+                    reason,
+                    at,
+                    state,
+                ),
+            )
+            return _rowid(cursor)
+
+    def record_flags(self, paused: bool, shadow: bool, who: str, reason: str, at: float) -> int:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO flags (paused, shadow, who, reason, at) VALUES (?, ?, ?, ?, ?)",
+                (int(paused), int(shadow), who, reason, at),
+            )
+            return _rowid(cursor)
+
+    def record_command(self, who: str, command: str, args: Mapping[str, Any], reason: str, at: float) -> int:
+        """Journal an operator command. `args` must be JSON-able and never hold a credential."""
+        try:
+            encoded = json.dumps(dict(args), sort_keys=True, default=_json_default, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            # The message names the type, never the value.
+            raise JournalError(self._path, f"command '{command}': {exc}") from exc
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO commands (who, at, command, args, reason) VALUES (?, ?, ?, ?, ?)",
+                (who, at, command, encoded, reason),
+            )
+            return _rowid(cursor)
+
+    def record_alert(self, alert: str, office: str | None, raised: bool, message: str, at: float) -> int:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "INSERT INTO alerts (alert, office, raised, message, at) VALUES (?, ?, ?, ?, ?)",
+                (str(alert), office, int(raised), message, at),
+            )
+            return _rowid(cursor)
+
+    # --- runs and steps ----------------------------------------------------------------------
+
+    def start_run(
+        self,
+        run_id: str,
+        office: str,
+        kind: RunKind,
+        alternate: str,
+        reason: str,
+        who: str,
+        at: float,
+        confirm_deadline: float | None = None,
+        persist_id: str | None = None,
+    ) -> None:
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO runs (id, office, kind, alternate, reason, who, started,"
+                " confirm_deadline, persist_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    office,
+                    RunKind(kind).value,
+                    alternate,
+                    reason,
+                    who,
+                    at,
+                    confirm_deadline,
+                    persist_id,
+                ),
+            )
+
+    def set_confirm(self, run_id: str, confirm_deadline: float | None, persist_id: str | None) -> None:
+        """Journal the confirmed-commit window (before committing), so a restart can confirm or cancel."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET confirm_deadline = ?, persist_id = ? WHERE id = ?",
+                (confirm_deadline, persist_id, run_id),
+            )
+            if cursor.rowcount != 1:
+                raise JournalError(self._path, f"no run '{run_id}'")
+
+    def step_intent(
+        self,
+        run_id: str,
+        device: str,
+        index: int,
+        name: str,
+        at: float,
+        phase: str = "apply",
+        attempt: int = 1,
+    ) -> int:
+        """Journal that a step is about to run; returns the step id for `step_result`."""
+        with self._write() as conn:
+            row = conn.execute("SELECT finished FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise JournalError(self._path, f"step for unknown run '{run_id}'")
+            if row[0] is not None:
+                raise JournalError(self._path, f"step for run '{run_id}', which is finished")
+            cursor = conn.execute(
+                "INSERT INTO steps (run_id, device, step_index, step_name, phase, status, started, attempt)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, device, index, name, phase, StepStatus.INTENT.value, at, attempt),
+            )
+            return _rowid(cursor)
+
+    def step_result(self, step_id: int, status: StepStatus, detail: str, at: float) -> None:
+        """Journal how a step ended. A step gets exactly one result."""
+        status = StepStatus(status)
+        if status is StepStatus.INTENT:
+            raise ValueError("a step result cannot be 'intent'")
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE steps SET status = ?, detail = ?, finished = ? WHERE id = ? AND status = ?",
+                (status.value, detail, at, step_id, StepStatus.INTENT.value),
+            )
+            if cursor.rowcount != 1:
+                raise JournalError(self._path, f"step {step_id} is unknown or already has a result")
+
+    def finish_run(self, run_id: str, result: str, detail: str, at: float) -> None:
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET finished = ?, result = ?, detail = ? WHERE id = ? AND finished IS NULL",
+                (at, str(result), detail, run_id),
+            )
+            if cursor.rowcount != 1:
+                raise JournalError(self._path, f"run '{run_id}' is unknown or already finished")
+
+    # --- reading -----------------------------------------------------------------------------
+
+    def run(self, run_id: str) -> RunRecord | None:
+        rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
+        return _run_record(rows[0], self.steps_of(run_id)) if rows else None
+
+    def runs(self, limit: int = 50, office: str | None = None) -> list[RunRecord]:
+        """The most recent runs first (without their steps)."""
+        if office is None:
+            rows = self._read("SELECT * FROM runs ORDER BY started DESC, rowid DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT * FROM runs WHERE office = ? ORDER BY started DESC, rowid DESC LIMIT ?",
+                (office, limit),
+            )
+        return [_run_record(row, ()) for row in rows]
+
+    def steps_of(self, run_id: str) -> tuple[StepRecord, ...]:
+        rows = self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
+        return tuple(_step_record(row) for row in rows)
+
+    def unfinished_runs(self) -> list[RunRecord]:
+        """Runs started and never finished, oldest first, with all their steps."""
+        rows = self._read("SELECT * FROM runs WHERE finished IS NULL ORDER BY started, rowid")
+        return [_run_record(row, self.steps_of(row["id"])) for row in rows]
+
+    def transitions(self, office: str | None = None, limit: int = 100) -> list[TransitionRecord]:
+        """The most recent transitions first."""
+        if office is None:
+            rows = self._read("SELECT * FROM transitions ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._read(
+                "SELECT * FROM transitions WHERE office = ? ORDER BY id DESC LIMIT ?", (office, limit)
+            )
+        return [self._transition_record(row) for row in rows]
+
+    def commands(self, limit: int = 100) -> list[CommandRecord]:
+        rows = self._read("SELECT * FROM commands ORDER BY id DESC LIMIT ?", (limit,))
+        return [
+            CommandRecord(
+                row["id"], row["who"], row["at"], row["command"], json.loads(row["args"]), row["reason"]
+            )
+            for row in rows
+        ]
+
+    def last_states(self) -> dict[str, OfficeState]:
+        """Replay: the last journaled state of every office."""
+        rows = self._read(
+            "SELECT * FROM transitions WHERE id IN (SELECT MAX(id) FROM transitions GROUP BY office)"
+        )
+        return {row["office"]: self._transition_record(row).state for row in rows}
+
+    def last_flags(self) -> Flags:
+        rows = self._read("SELECT paused, shadow FROM flags ORDER BY id DESC LIMIT 1")
+        return Flags(bool(rows[0]["paused"]), bool(rows[0]["shadow"])) if rows else Flags()
+
+    def active_alerts(self) -> list[AlertRecord]:
+        """Alerts whose last record raised them (each (alert, office) pair once)."""
+        rows = self._read(
+            "SELECT * FROM alerts WHERE id IN (SELECT MAX(id) FROM alerts GROUP BY alert, office)"
+            " AND raised = 1 ORDER BY id"
+        )
+        return [
+            AlertRecord(row["id"], row["alert"], row["office"], True, row["message"], row["at"])
+            for row in rows
+        ]
+
+    def integrity_check(self) -> str:
+        """`PRAGMA integrity_check`: "ok", or what is wrong."""
+        rows = self._read("PRAGMA integrity_check")
+        return "; ".join(str(row[0]) for row in rows)
+
+    def _transition_record(self, row: sqlite3.Row) -> TransitionRecord:
+        try:
+            state = state_from_json(row["state"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise JournalError(self._path, f"transition {row['id']}: unreadable state ({exc})") from exc
+        return TransitionRecord(
+            id=row["id"],
+            office=row["office"],
+            from_phase=Phase(row["from_phase"]) if row["from_phase"] is not None else None,
+            to_phase=Phase(row["to_phase"]),
+            reason=row["reason"],
+            at=row["at"],
+            state=state,
+        )
+
+
+def _migrate(conn: sqlite3.Connection, name: str) -> None:
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > SCHEMA_VERSION:
+        raise JournalError(
+            name, f"schema version {version} was written by a newer Baton (this one knows {SCHEMA_VERSION})"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            _MIGRATIONS[target - 1](conn)
+            conn.execute(f"PRAGMA user_version = {target}")  # PRAGMA takes no parameters; an int
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+
+def _rowid(cursor: sqlite3.Cursor) -> int:
+    rowid = cursor.lastrowid
+    assert rowid is not None
+    return rowid
+
+
+def _cause(exc: sqlite3.Error) -> str:
+    text = str(exc) or type(exc).__name__
+    if "not a database" in text or "malformed" in text:
+        return f"database is corrupt ({text})"
+    if "readonly" in text or "unable to open" in text:
+        return f"{text}: check the path exists and is writable by the baton user"
+    return text
+
+
+def _step_record(row: sqlite3.Row) -> StepRecord:
+    return StepRecord(
+        id=row["id"],
+        run_id=row["run_id"],
+        device=row["device"],
+        index=row["step_index"],
+        name=row["step_name"],
+        phase=row["phase"],
+        status=StepStatus(row["status"]),
+        started=row["started"],
+        finished=row["finished"],
+        detail=row["detail"],
+        attempt=row["attempt"],
+    )
+
+
+def _run_record(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
+    return RunRecord(
+        id=row["id"],
+        office=row["office"],
+        kind=RunKind(row["kind"]),
+        alternate=row["alternate"],
+        reason=row["reason"],
+        who=row["who"],
+        started=row["started"],
+        finished=row["finished"],
+        result=row["result"],
+        detail=row["detail"],
+        confirm_deadline=row["confirm_deadline"],
+        persist_id=row["persist_id"],
+        steps=steps,
+    )
