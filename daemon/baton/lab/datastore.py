@@ -22,9 +22,9 @@ import ipaddress
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeAlias
 
-from lxml import etree
+from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 
 from baton.lab.device import MgmtView, TrapTarget
 
@@ -41,7 +41,7 @@ DEFAULT_CONFIRM_TIMEOUT_S = 600
 _OPERATION = f"{{{NC_NS}}}operation"
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, remove_blank_text=True, huge_tree=False)
 
-Element = etree._Element
+Element: TypeAlias = etree._Element
 EditOperation = Literal["merge", "replace", "create", "delete", "remove", "none"]
 _OPERATIONS: frozenset[str] = frozenset({"merge", "replace", "create", "delete", "remove", "none"})
 
@@ -268,7 +268,9 @@ def _check_subtree(el: Element, node: _Node) -> None:
     """Schema and value checks of config data about to be stored."""
     if node.kind in ("leaf", "leaf-list"):
         if _elements(el):
-            raise RpcError("unknown-element", f"{_local(el.tag)} is a leaf", info={"bad-element": _local(el.tag)})
+            raise RpcError(
+                "unknown-element", f"{_local(el.tag)} is a leaf", info={"bad-element": _local(el.tag)}
+            )
         if node.check is not None and el.get(_OPERATION) not in ("delete", "remove"):
             try:
                 node.check(_text(el))
@@ -464,7 +466,7 @@ def management_xml(
     for server in syslog_servers:
         sub(syslog, "server", server)
     sub(m, "contact", contact)
-    return etree.tostring(m, encoding="unicode")
+    return str(etree.tostring(m, encoding="unicode"))
 
 
 def mgmt_view(root: Element) -> MgmtView:
@@ -571,6 +573,11 @@ class Datastore:
     @property
     def locks(self) -> Mapping[str, int]:
         return dict(self._locks)
+
+    @property
+    def is_candidate_dirty(self) -> bool:
+        """Has the candidate edits not yet committed or discarded?"""
+        return self._candidate_dirty
 
     @property
     def confirm_pending(self) -> bool:
