@@ -1,0 +1,328 @@
+"""SSH commands on devices (asyncssh), with the device's pinned host key.
+
+Theory of operation
+-------------------
+`SshClient.connect` opens one SSH connection (awaitable, or an async context manager) on which
+`run` executes commands one channel each; `run_command` is connect + run + close for a single
+command. The only trusted host key is the device's pinned `host_key`, given to asyncssh as an
+in-memory known_hosts for `[address]:port`; no pinned key means no connection. No SSH agent,
+no ~/.ssh keys, no ~/.ssh/config: credentials come only from the inventory's `SecretRef`s.
+
+Timeouts: `connect` bounds TCP + key exchange + authentication (asyncssh's connect_timeout and
+login_timeout); `run` bounds the command (asyncssh's run() would wait forever). A command that
+overruns is sent SIGKILL (OpenSSH 7.9+ honours channel "signal" requests) and its channel is
+closed, so it does not keep running on the device after Baton gave up on it.
+
+Commands may carry secrets once a playbook renders them, so errors and logs name only the
+command's first word. asyncssh errors never leave this module: they become `Ssh*Error`s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import Awaitable, Callable, Generator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import asyncssh
+import structlog
+
+from baton.adapters.errors import SshConnectError, SshError, SshHostKeyError, SshTimeoutError
+from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, known_hosts_entry, parse_pinned_key
+from baton.core.model import Device, SecretRef
+
+log = structlog.get_logger(__name__)
+
+Resolve = Callable[[SecretRef], str]
+
+_CLOSE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    exit_status: int | None  # None when the command ended by a signal
+    stdout: str
+    stderr: str
+    exit_signal: str | None = None  # "KILL", "TERM"... when it ended by a signal
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+def _endpoint(device: Device) -> str:
+    host = f"[{device.address}]" if ":" in device.address else device.address
+    return f"{host}:{device.ssh.port}"
+
+
+def _program(command: str) -> str:
+    """The command's first word: what errors and logs may show of a command."""
+    words = command.split(maxsplit=1)
+    return words[0] if words else "<empty>"
+
+
+class _PinnedKeyClient(asyncssh.SSHClient):
+    """Notes the key a server offered when it is not the pinned one (then refuses it)."""
+
+    def __init__(self) -> None:
+        self.offered: str | None = None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        self.offered = str(key.get_fingerprint("sha256"))
+        return False
+
+
+class _Connecting:
+    """What `SshClient.connect` returns: await it, or use it as an async context manager."""
+
+    def __init__(self, factory: Callable[[], Awaitable[SshClient]]) -> None:
+        self._factory = factory
+        self._client: SshClient | None = None
+
+    def __await__(self) -> Generator[Any, None, SshClient]:
+        return self._factory().__await__()
+
+    async def __aenter__(self) -> SshClient:
+        self._client = await self._factory()
+        return self._client
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._client is not None:
+            await self._client.close()
+
+
+class SshClient:
+    """One SSH connection to one device; several commands may run on it, one channel each."""
+
+    def __init__(self, device: Device, conn: Any, *, timeout_s: float) -> None:
+        """Use `SshClient.connect`; this wraps an open asyncssh connection."""
+        self.device = device
+        self.timeout_s = timeout_s
+        self._conn = conn
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"SshClient({self.device.id} at {_endpoint(self.device)}{', closed' if self._closed else ''})"
+
+    @classmethod
+    def connect(
+        cls,
+        device: Device,
+        *,
+        resolve: Resolve,
+        timeout_s: float | None = None,
+        source_address: str | None = None,
+    ) -> _Connecting:
+        """Connect and authenticate: `c = await SshClient.connect(...)` or `async with ... as c`.
+
+        timeout_s bounds connect + authentication and is the default command timeout; None
+        means the device's `ssh.timeout_s`. source_address binds the local end (management ACLs
+        on devices check it)."""
+
+        async def opened() -> SshClient:
+            return await cls._open(device, resolve, timeout_s, source_address)
+
+        return _Connecting(opened)
+
+    @classmethod
+    async def _open(
+        cls, device: Device, resolve: Resolve, timeout_s: float | None, source_address: str | None
+    ) -> SshClient:
+        settings = device.ssh
+        timeout = settings.timeout_s if timeout_s is None else timeout_s
+        pinned = _pinned_key(device)
+        if settings.username is None:
+            raise SshConnectError(device.id, "no ssh username in the inventory")
+        if settings.password is None and settings.private_key is None:
+            raise SshConnectError(device.id, "no ssh password or private_key in the inventory")
+        try:
+            password = resolve(settings.password) if settings.password else None
+            client_keys = (
+                [asyncssh.import_private_key(resolve(settings.private_key))] if settings.private_key else None
+            )
+        except (asyncssh.KeyImportError, ValueError) as exc:
+            raise SshConnectError(device.id, f"private key unusable: {type(exc).__name__}") from None
+        except Exception as exc:
+            raise SshConnectError(device.id, f"cannot resolve credentials: {exc}") from None
+
+        client = _PinnedKeyClient()
+        started = time.monotonic()
+        try:
+            # connect_timeout covers TCP + handshake + auth; wait_for is the backstop for the rest.
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    device.address,
+                    settings.port,
+                    username=settings.username,
+                    password=password,
+                    client_keys=client_keys,
+                    known_hosts=asyncssh.import_known_hosts(
+                        known_hosts_entry(device.address, settings.port, pinned)
+                    ),
+                    client_factory=lambda: client,
+                    local_addr=(source_address, 0) if source_address else (),
+                    agent_path=None,
+                    config=[],
+                    gss_host=None,
+                    connect_timeout=timeout,
+                    login_timeout=timeout,
+                ),
+                timeout + 1.0,
+            )
+        except Exception as exc:
+            raise _connect_error(device, pinned, settings.username, timeout, client.offered, exc) from None
+        log.debug(
+            "ssh.connected",
+            device=device.id,
+            source_address=source_address,
+            connect_s=round(time.monotonic() - started, 4),
+        )
+        return cls(device, conn, timeout_s=timeout)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._conn.wait_closed(), _CLOSE_TIMEOUT_S)
+
+    async def run(
+        self, command: str, *, timeout_s: float | None = None, check: bool = False
+    ) -> CommandResult:
+        """Run command (stdin empty) and collect its output; check=True raises on exit status != 0.
+
+        On timeout the command is killed and its channel closed, then `SshTimeoutError`."""
+        operation = f"run {_program(command)}"
+        if self._closed:
+            raise SshError(self.device.id, operation, "connection is closed")
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            process = await asyncio.wait_for(
+                self._conn.create_process(command, stdin=asyncssh.DEVNULL, errors="replace"), timeout
+            )
+        except TimeoutError:
+            raise SshTimeoutError(self.device.id, operation, timeout) from None
+        except (asyncssh.Error, OSError) as exc:
+            raise SshError(self.device.id, operation, _describe(exc)) from None
+        try:
+            completed = await process.wait(timeout=timeout)
+        except asyncssh.TimeoutError:
+            await _stop(process)
+            log.warning(
+                "ssh.command_timeout", device=self.device.id, program=_program(command), timeout_s=timeout
+            )
+            raise SshTimeoutError(self.device.id, operation, timeout) from None
+        except (asyncssh.Error, OSError) as exc:
+            process.close()
+            raise SshError(self.device.id, operation, _describe(exc)) from None
+        result = CommandResult(
+            exit_status=completed.exit_status if completed.exit_signal is None else None,
+            stdout=str(completed.stdout or ""),
+            stderr=str(completed.stderr or ""),
+            exit_signal=completed.exit_signal[0] if completed.exit_signal else None,
+        )
+        if check and not result.ok:
+            status = (
+                f"signal {result.exit_signal}" if result.exit_signal else f"exit status {result.exit_status}"
+            )
+            raise SshError(self.device.id, operation, f"{status}: {result.stderr.strip()[-500:]}")
+        return result
+
+
+async def run_command(
+    device: Device,
+    command: str,
+    *,
+    resolve: Resolve,
+    timeout_s: float | None = None,
+    source_address: str | None = None,
+) -> CommandResult:
+    """Connect, run one command, close. timeout_s bounds the connect and the command each."""
+    async with SshClient.connect(
+        device, resolve=resolve, timeout_s=timeout_s, source_address=source_address
+    ) as client:
+        return await client.run(command)
+
+
+async def _stop(process: Any) -> None:
+    """Kill an overrunning command on the device, then close its channel (bounded)."""
+    with contextlib.suppress(Exception):
+        process.kill()  # channel "signal" request, SIGKILL on the device side
+    process.close()
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(process.wait_closed(), _CLOSE_TIMEOUT_S)
+
+
+def _pinned_key(device: Device) -> PinnedKey:
+    if device.host_key is None:
+        raise SshHostKeyError(
+            device.id,
+            f"no pinned host key for {device.id}: refusing to connect to {_endpoint(device)} "
+            "unverified (set host_key in the inventory)",
+            pinned=None,
+            offered=None,
+        )
+    try:
+        return parse_pinned_key(device.host_key)
+    except HostKeyFormatError as exc:
+        raise SshHostKeyError(
+            device.id, f"pinned host key of {device.id} is unusable: {exc}", pinned=None, offered=None
+        ) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncssh.Error):
+        return f"{type(exc).__name__}: {exc.reason}"
+    if isinstance(exc, OSError) and exc.errno:
+        # asyncio's strerror for a refused connect is "Connect call failed (addr)": use errno's
+        return os.strerror(exc.errno).lower()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _connect_error(
+    device: Device,
+    pinned: PinnedKey,
+    username: str,
+    timeout_s: float,
+    offered: str | None,
+    exc: Exception,
+) -> SshConnectError:
+    where = _endpoint(device)
+    if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+        return SshHostKeyError(
+            device.id,
+            f"host key mismatch for {device.id} at {where}: pinned {pinned}, "
+            f"server offered {offered or 'no acceptable key'}",
+            pinned=pinned.fingerprint,
+            offered=offered,
+        )
+    if isinstance(exc, asyncssh.KeyExchangeFailed) and "host key" in exc.reason.lower():
+        return SshHostKeyError(
+            device.id,
+            f"host key mismatch for {device.id} at {where}: pinned {pinned}, "
+            f"server offers no {pinned.algorithm} host key",
+            pinned=pinned.fingerprint,
+            offered=None,
+        )
+    if isinstance(exc, asyncssh.PermissionDenied):
+        return SshConnectError(device.id, f"authentication failed for user {username} at {where}")
+    if isinstance(exc, TimeoutError):
+        return SshConnectError(device.id, f"no SSH session with {where} within {timeout_s:g} s")
+    if isinstance(exc, OSError):
+        return SshConnectError(device.id, f"TCP connect to {where}: {_describe(exc)}")
+    return SshConnectError(device.id, f"SSH to {where} failed: {_describe(exc)}")
