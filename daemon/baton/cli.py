@@ -25,6 +25,8 @@ EX_CONFIG = 78  # inventory, config or playbook invalid
 # parser(s) with `set_defaults(func=callable(args) -> int)`.
 COMMAND_MODULES: tuple[str, ...] = (
     "baton.commands.validate",
+    "baton.commands.daemon",
+    "baton.commands.lab",
 )
 
 

@@ -14,7 +14,8 @@ from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from baton.core.model import DeviceVerdict, OfficeVerdict
+from baton.core.actions import Alert
+from baton.core.model import DeviceVerdict, OfficeVerdict, Phase, State
 
 # Failure classes a probe may report; anything else is counted as "error".
 PROBE_FAILURE_REASONS: Final = ("timeout", "auth", "error", "garbage", "credential", "config")
@@ -81,6 +82,7 @@ class Metrics:
             ["office"],
             registry=r,
         )
+        self._add_decision_metrics(r)
         self._device_verdicts: dict[tuple[str, str], DeviceVerdict] = {}
         self._office_verdicts: dict[str, OfficeVerdict] = {}
         # Pre-create the bounded series so rate() sees a 0 before the first failure.
@@ -133,6 +135,96 @@ class Metrics:
             self.office_verdict.remove(office, previous.value)
         with contextlib.suppress(KeyError):
             self.office_health_ratio.remove(office)
+
+    def _add_decision_metrics(self, r: CollectorRegistry) -> None:
+        self.office_phase = Gauge(
+            "baton_office_phase",
+            "1 for the office's current phase, 0 for the others (every phase has a series).",
+            ["office", "phase"],
+            registry=r,
+        )
+        self.alert_active = Gauge(
+            "baton_alert_active",
+            "1 while Baton's core holds the alert raised for the office (office is empty for global ones).",
+            ["alert", "office"],
+            registry=r,
+        )
+        self.storm_guard_engaged = Gauge(
+            "baton_storm_guard_engaged", "1 while the storm guard freezes automation.", registry=r
+        )
+        self.paused = Gauge("baton_paused", "1 while an operator has paused automation.", registry=r)
+        self.shadow = Gauge("baton_shadow", "1 in shadow mode (decide and report, act not).", registry=r)
+        self.leader = Gauge("baton_leader", "1 while this vantage holds the lease.", registry=r)
+        self.loop_last_success = Gauge(
+            "baton_loop_last_success_timestamp_seconds",
+            "When the decision loop last completed an iteration (Unix time).",
+            registry=r,
+        )
+        self.runs_total = Counter(
+            "baton_runs_total", "Finished playbook runs, by kind and result.", ["kind", "result"], registry=r
+        )
+        self.runs_in_progress = Gauge("baton_runs_in_progress", "Playbook runs in progress.", registry=r)
+        self.run_duration_seconds = Histogram(
+            "baton_run_duration_seconds",
+            "Wall time of a playbook run, by kind and result.",
+            ["kind", "result"],
+            buckets=(1, 2, 5, 10, 20, 40, 60, 120, 300, 600),
+            registry=r,
+        )
+        self.step_duration_seconds = Histogram(
+            "baton_step_duration_seconds",
+            "Wall time of one playbook step on one device, by step kind and result.",
+            ["kind", "result"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.handover_seconds = Histogram(
+            "baton_handover_seconds",
+            "From closure (detected or declared) to the handover confirmed on every device.",
+            buckets=(5, 10, 20, 30, 45, 60, 90, 120, 180, 300, 600),
+            registry=r,
+        )
+        self.confirm_deadline = Gauge(
+            "baton_confirm_deadline_timestamp_seconds",
+            "When the office's unconfirmed confirmed commit reverts (Unix time); 0 when none is pending.",
+            ["office"],
+            registry=r,
+        )
+        self.journal_errors_total = Counter(
+            "baton_journal_errors_total", "Journal writes that failed (nothing was acted on).", registry=r
+        )
+
+    def update_state(self, state: State, last_loop_at: float | None) -> None:
+        """Refresh the gauges that mirror the core's state (called on every scrape)."""
+        for office in state.offices.values():
+            for phase in Phase:
+                self.office_phase.labels(office=office.office, phase=phase.value).set(
+                    1 if office.phase is phase else 0
+                )
+            for alert in Alert:
+                if alert is Alert.STORM_GUARD:
+                    continue
+                self.alert_active.labels(alert=alert.value, office=office.office).set(
+                    1 if alert.value in office.alerts else 0
+                )
+        self.alert_active.labels(alert=Alert.STORM_GUARD.value, office="").set(1 if state.storm else 0)
+        self.storm_guard_engaged.set(1 if state.storm else 0)
+        self.paused.set(1 if state.paused else 0)
+        self.shadow.set(1 if state.shadow else 0)
+        self.leader.set(1 if state.leader else 0)
+        if last_loop_at is not None:
+            self.loop_last_success.set(last_loop_at)
+
+    def forget_office_state(self, office: str) -> None:
+        """Remove the decision series of an office the inventory dropped."""
+        for phase in Phase:
+            with contextlib.suppress(KeyError):
+                self.office_phase.remove(office, phase.value)
+        for alert in Alert:
+            with contextlib.suppress(KeyError):
+                self.alert_active.remove(alert.value, office)
+        with contextlib.suppress(KeyError):
+            self.confirm_deadline.remove(office)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""

@@ -167,7 +167,7 @@ class _DeviceContext(SnmpContext):  # type: ignore[misc]
         self._engine = snmp_engine
         self._mibs = mibs
 
-    def get_mib_instrum(self, contextName: bytes = b"") -> Any:  # noqa: N803 (pysnmp's name)
+    def get_mib_instrum(self, contextName: bytes = b"") -> Any:
         request = self._engine.observer.get_execution_context("rfc3412.receiveMessage:request")
         return self._mibs[tuple(request["transportDomain"])]
 
