@@ -139,12 +139,16 @@ def judge_devices(
     }
     judged: dict[str, DeviceJudgement] = {}
     for device_id, judgement in raw.items():
-        culprit = _down_ancestor(device_id, inventory, raw) if judgement.verdict is DeviceVerdict.DOWN else None
+        culprit = (
+            _down_ancestor(device_id, inventory, raw) if judgement.verdict is DeviceVerdict.DOWN else None
+        )
         if culprit is None:
             judged[device_id] = judgement
             continue
         parent = inventory.devices[device_id].parent
-        where = f"parent {culprit} is DOWN" if parent == culprit else f"{culprit} is DOWN (via parent {parent})"
+        where = (
+            f"parent {culprit} is DOWN" if parent == culprit else f"{culprit} is DOWN (via parent {parent})"
+        )
         judged[device_id] = DeviceJudgement(DeviceVerdict.UNREACHABLE, f"{where}; {judgement.reason}")
     return MappingProxyType(judged)
 

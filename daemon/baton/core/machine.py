@@ -1,0 +1,658 @@
+"""The office state machine: `step(state, event, policy, now) -> Transition`.
+
+Theory of operation
+-------------------
+`State` is one immutable snapshot: a phase per office plus the global flags (paused, shadow,
+lease held, storm). `step` takes one event and returns the next snapshot, the actions the service
+must carry out (after journaling the transition) and one human sentence saying what was decided
+and why — including "nothing to do" outcomes. It never raises for bad input: an event for an
+unknown office, a stale run result or an operator command that does not apply leaves the state
+unchanged and says so. No I/O, no clock: `now` is an argument, so the same inputs always give
+the same output (journal replay rebuilds the same state).
+
+Phases (`TRANSITIONS` below lists every phase change the code makes, keyed by event name)::
+
+    OPEN ──verdict DOWN──▶ SUSPECT ──held for hold_down_s──▶ CLOSED
+    OPEN/SUSPECT ──declared by operator──▶ CLOSED
+    SUSPECT ──verdict recovers──▶ OPEN
+    CLOSED ──(approval if required) + alternate chosen──▶ HANDING_OVER ──run ok──▶ HANDED_OVER
+    HANDING_OVER ──run failed → rolled back──▶ FAILED (needs an operator)
+    HANDED_OVER ──handback (operator, or policy after healthy for handback_hold_s)──▶ HANDING_BACK
+    HANDING_BACK ──ok──▶ OPEN
+
+`OfficeObserved` records the verdict (history for flap detection, storm bookkeeping); then, like
+`Ticked`, it *settles* the office: whatever depends on time or on guards (hold-down elapsed, a
+blocked handover whose guards cleared, a handback hold elapsed, a declared `until` passed) is
+re-evaluated on every observation and every tick. Entering CLOSED tries the handover in the same
+step, so SUSPECT can go straight to HANDING_OVER with a `StartRun`.
+
+Guards. An automatic (detected) action needs: the lease, not paused, storm guard off, no
+anti-flap block, office not flapping, and for a handover no `require_approval`; shadow mode
+turns the would-be `StartRun` into a WOULD_HAND_OVER alert. Operator commands (declared closure,
+handback) bypass hold-down, anti-flap, flapping, approval, storm and pause, but never the lease and
+never shadow mode. A blocked handover stays CLOSED with one alert naming the blocker; it is
+retried on every settle.
+
+Choices the design left open, taken as a NOC operator would want them:
+- Alerts are raised once and cleared once (`OfficeState.alerts` remembers which are up); the
+  blocker alert of a CLOSED office is replaced when the blocker changes, and a handback proposal
+  is withdrawn when the office stops being HEALTHY.
+- A declared closure without `until` is never handed back automatically (nor proposed): the
+  building is closed until an operator says otherwise. With `until` in the past it is refused.
+- A declared closure without the lease is still recorded (CLOSED): it is a fact, and the vantage
+  acts on it once it holds the lease. A handback request without the lease is refused.
+- In HANDED_OVER a new declaration re-labels the closure (e.g. detected → declared, which stops
+  automatic handback); moving to a different alternate needs a handback first.
+- Handback of a CLOSED office that no run ever touched reopens it without a run.
+- Lost lease: `AbortRun` for every run in progress; the phase stays until its `RunFinished`.
+- Storm: an office whose verdict *becomes* DOWN is recorded; the guard engages when the offices
+  recorded within `storm_window_s` exceed the limits and clears only once the window holds none
+  and the offices DOWN right now are within the limits. Storms hold offices in SUSPECT (Baton's
+  own network is the suspect), and block automatic handovers and handbacks.
+- Flapping needs at least `FLAP_MIN_SAMPLES` verdicts (or `flap_samples`, if smaller, and ≥ 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from itertools import pairwise
+from types import MappingProxyType
+
+from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, StartRun
+from baton.core.events import (
+    Acked,
+    ClosureDeclared,
+    Event,
+    HandbackRequested,
+    LeaseChanged,
+    OfficeObserved,
+    PauseSet,
+    RunFinished,
+    ShadowSet,
+    Ticked,
+)
+from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
+
+FLAP_MIN_SAMPLES = 5
+
+_OBSERVED = OfficeObserved.__name__
+_TICKED = Ticked.__name__
+_DECLARED = ClosureDeclared.__name__
+_HANDBACK = HandbackRequested.__name__
+_FINISHED = RunFinished.__name__
+_ACKED = Acked.__name__
+
+_SETTLE_CHANGES = (
+    (Phase.OPEN, Phase.SUSPECT),  # verdict DOWN
+    (Phase.SUSPECT, Phase.CLOSED),  # DOWN held for hold_down_s, handover blocked
+    (Phase.SUSPECT, Phase.HANDING_OVER),  # ...and handed over at once
+    (Phase.CLOSED, Phase.OPEN),  # detected closure recovered; declared `until` passed, nothing handed over
+    (Phase.CLOSED, Phase.HANDING_OVER),  # guards cleared
+    (Phase.CLOSED, Phase.HANDING_BACK),  # declared `until` passed after a run touched the office
+    (Phase.HANDED_OVER, Phase.HANDING_BACK),  # automatic handback
+)
+
+# Every phase change `step` can make: (from phase, event name, to phase).
+TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
+    {
+        # verdicts and time: settling runs on both observations and ticks
+        *((p, t, q) for t in (_OBSERVED, _TICKED) for (p, q) in _SETTLE_CHANGES),
+        # a SUSPECT office has a DOWN verdict until an observation says otherwise
+        (Phase.SUSPECT, _OBSERVED, Phase.OPEN),
+        # operator commands
+        *((p, _DECLARED, Phase.CLOSED) for p in (Phase.OPEN, Phase.SUSPECT, Phase.FAILED)),
+        *(
+            (p, _DECLARED, Phase.HANDING_OVER)
+            for p in (Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.FAILED)
+        ),
+        (Phase.CLOSED, _HANDBACK, Phase.OPEN),
+        *((p, _HANDBACK, Phase.HANDING_BACK) for p in (Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)),
+        (Phase.FAILED, _ACKED, Phase.OPEN),
+        # run results
+        (Phase.HANDING_OVER, _FINISHED, Phase.HANDED_OVER),
+        (Phase.HANDING_BACK, _FINISHED, Phase.OPEN),
+        *((p, _FINISHED, Phase.FAILED) for p in (Phase.HANDING_OVER, Phase.HANDING_BACK)),
+    }
+)
+
+# Alerts that say why a CLOSED office is not handed over: at most one is up at a time.
+_BLOCKER_ALERTS = (
+    Alert.AUTOMATION_BLOCKED,
+    Alert.AWAITING_APPROVAL,
+    Alert.NO_ALTERNATE,
+    Alert.WOULD_HAND_OVER,
+)
+# Alerts about the office's closure or runs: all cleared when a run starts or the office reopens.
+_WORK_ALERTS = (*_BLOCKER_ALERTS, Alert.HANDBACK_PROPOSED, Alert.RUN_FAILED)
+_RUNNING = (Phase.HANDING_OVER, Phase.HANDING_BACK)
+_NOT_ELIGIBLE = (OfficeVerdict.DOWN, OfficeVerdict.UNREACHABLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    state: State
+    actions: tuple[Action, ...]
+    # one sentence, e.g. "office seoul-geumcheon DOWN for 30 s (6/8 critical devices down);
+    # handing over to seoul-bangbae": the log line, the journal entry, what tests assert on
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Ctx:
+    state: State
+    policy: Policy
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    office: OfficeState
+    actions: tuple[Action, ...]
+    reason: str
+
+
+def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
+    """The next state, the actions to carry out and why, for one event at time `now`."""
+    if isinstance(event, PauseSet):
+        return _on_pause(state, event)
+    if isinstance(event, ShadowSet):
+        return _on_shadow(state, event)
+    if isinstance(event, LeaseChanged):
+        return _on_lease(state, event)
+    office = state.offices.get(event.office)
+    if office is None:
+        return Transition(state, (), f"{type(event).__name__} for unknown office {event.office!r} ignored")
+    ctx = _Ctx(state, policy, now)
+    if isinstance(event, OfficeObserved):
+        return _on_observed(ctx, office, event)
+    if isinstance(event, Ticked):
+        storm_state, storm_actions, storm_note = _track_storm(state, policy, now, None)
+        ctx = _Ctx(storm_state, policy, now)
+        return _finish(ctx.state, _settle(ctx, office), storm_actions, storm_note)
+    if isinstance(event, ClosureDeclared):
+        outcome = _on_declared(ctx, office, event)
+    elif isinstance(event, HandbackRequested):
+        outcome = _on_handback(ctx, office, event)
+    elif isinstance(event, Acked):
+        outcome = _on_acked(ctx, office, event)
+    else:
+        outcome = _on_run_finished(ctx, office, event)
+    return _finish(state, outcome)
+
+
+def _finish(state: State, outcome: _Outcome, extra: tuple[Action, ...] = (), note: str = "") -> Transition:
+    offices = MappingProxyType({**state.offices, outcome.office.office: outcome.office})
+    reason = f"{outcome.reason}; {note}" if note else outcome.reason
+    return Transition(replace(state, offices=offices), extra + outcome.actions, reason)
+
+
+# --- formatting ----------------------------------------------------------------------------
+
+
+def _secs(seconds: float) -> str:
+    return f"{seconds:.0f} s"
+
+
+def _name(office: OfficeState) -> str:
+    return f"office {office.office}"
+
+
+def _verdict_text(office: OfficeState) -> str:
+    detail = f" ({office.verdict_detail})" if office.verdict_detail else ""
+    return f"{office.verdict}{detail}"
+
+
+# --- alerts --------------------------------------------------------------------------------
+
+
+def _raise(office: OfficeState, alert: Alert, message: str) -> tuple[OfficeState, tuple[Action, ...]]:
+    if alert in office.alerts:
+        return office, ()
+    return replace(office, alerts=office.alerts | {alert}), (RaiseAlert(alert, office.office, message),)
+
+
+def _clear(office: OfficeState, *alerts: Alert) -> tuple[OfficeState, tuple[Action, ...]]:
+    up = sorted(a for a in alerts if a in office.alerts)
+    if not up:
+        return office, ()
+    return replace(office, alerts=office.alerts - set(up)), tuple(ClearAlert(a, office.office) for a in up)
+
+
+def _blocked(office: OfficeState, alert: Alert, reason: str) -> _Outcome:
+    """CLOSED and not handed over, for `reason`: `alert` is the one blocker alert up."""
+    office, cleared = _clear(office, *(a for a in _BLOCKER_ALERTS if a is not alert))
+    office, raised = _raise(office, alert, reason)
+    return _Outcome(office, cleared + raised, reason)
+
+
+# --- global events -------------------------------------------------------------------------
+
+
+def _on_pause(state: State, event: PauseSet) -> Transition:
+    word = "paused" if event.paused else "resumed"
+    if state.paused == event.paused:
+        return Transition(state, (), f"automation already {word}; {event.who} changed nothing")
+    tail = "" if event.paused else "; blocked handovers retry on the next tick"
+    return Transition(replace(state, paused=event.paused), (), f"automation {word} by {event.who}{tail}")
+
+
+def _on_shadow(state: State, event: ShadowSet) -> Transition:
+    word = "on" if event.shadow else "off"
+    if state.shadow == event.shadow:
+        return Transition(state, (), f"shadow mode already {word}; {event.who} changed nothing")
+    tail = ": Baton decides and alerts but runs nothing" if event.shadow else ": Baton acts again"
+    return Transition(replace(state, shadow=event.shadow), (), f"shadow mode {word} by {event.who}{tail}")
+
+
+def _on_lease(state: State, event: LeaseChanged) -> Transition:
+    if event.held:
+        return Transition(
+            replace(state, leader=True), (), "lease held; blocked handovers retry on the next tick"
+        )
+    # Re-sent even if the lease was already lost: aborting twice is harmless, a run left going is not.
+    aborts = tuple(
+        AbortRun(o.office, o.run_id, "lease lost")
+        for o in state.offices.values()
+        if o.phase in _RUNNING and o.run_id is not None
+    )
+    if not aborts:
+        return Transition(replace(state, leader=False), (), "lease lost; no run in progress")
+    runs = ", ".join(a.run_id for a in aborts)
+    return Transition(
+        replace(state, leader=False),
+        aborts,
+        f"lease lost; aborting run(s) {runs} (phases stay until their results arrive)",
+    )
+
+
+# --- observations, flapping and the storm guard -------------------------------------------
+
+
+def _on_observed(ctx: _Ctx, office: OfficeState, event: OfficeObserved) -> Transition:
+    policy, now = ctx.policy, ctx.now
+    changed = event.verdict is not office.verdict
+    office = replace(
+        office,
+        verdict=event.verdict,
+        verdict_since=now if changed else office.verdict_since,
+        verdict_detail=event.detail,
+        history=(*office.history, event.verdict)[-max(1, policy.flap_samples) :],
+    )
+    office, flap_actions, flap_note = _track_flapping(office, policy)
+    state = replace(ctx.state, offices=MappingProxyType({**ctx.state.offices, office.office: office}))
+    newly_down = office.office if changed and event.verdict is OfficeVerdict.DOWN else None
+    state, storm_actions, storm_note = _track_storm(state, policy, now, newly_down)
+    note = "; ".join(n for n in (flap_note, storm_note) if n)
+    return _finish(state, _settle(_Ctx(state, policy, now), office), flap_actions + storm_actions, note)
+
+
+def _track_flapping(office: OfficeState, policy: Policy) -> tuple[OfficeState, tuple[Action, ...], str]:
+    history = office.history
+    if len(history) < max(2, min(FLAP_MIN_SAMPLES, policy.flap_samples)):
+        return office, (), ""
+    changes = sum(1 for a, b in pairwise(history) if a is not b)
+    pct = changes / (len(history) - 1) * 100
+    if not office.flapping and pct >= policy.flap_high_pct:
+        message = (
+            f"{_name(office)} flapping: {pct:.0f}% state change over the last {len(history)} verdicts; "
+            "automatic closure suppressed"
+        )
+        office, raised = _raise(replace(office, flapping=True), Alert.FLAPPING, message)
+        return office, raised, message
+    if office.flapping and pct < policy.flap_low_pct:
+        office, cleared = _clear(replace(office, flapping=False), Alert.FLAPPING)
+        return office, cleared, f"{_name(office)} no longer flapping ({pct:.0f}% state change)"
+    return office, (), ""
+
+
+def _is_storm(count: int, total: int, policy: Policy) -> bool:
+    return count > policy.storm_max_offices or (count >= 2 and count / total > policy.storm_max_ratio)
+
+
+def _track_storm(
+    state: State, policy: Policy, now: float, newly_down: str | None
+) -> tuple[State, tuple[Action, ...], str]:
+    recent = tuple((at, o) for at, o in state.recent_down if now - at <= policy.storm_window_s)
+    if newly_down is not None:
+        recent = (*recent, (now, newly_down))
+    total = len(state.offices)
+    in_window = sorted({o for _, o in recent})
+    if not state.storm:
+        if _is_storm(len(in_window), total, policy):
+            message = (
+                f"storm guard engaged: {len(in_window)} of {total} offices DOWN within "
+                f"{_secs(policy.storm_window_s)} ({', '.join(in_window)}); automation frozen"
+            )
+            return (
+                replace(state, storm=True, recent_down=recent),
+                (RaiseAlert(Alert.STORM_GUARD, None, message),),
+                message,
+            )
+        return replace(state, recent_down=recent), (), ""
+    down_now = sum(1 for o in state.offices.values() if o.verdict is OfficeVerdict.DOWN)
+    if not recent and not _is_storm(down_now, total, policy):
+        return (
+            replace(state, storm=False, recent_down=recent),
+            (ClearAlert(Alert.STORM_GUARD, None),),
+            f"storm guard cleared: {down_now} of {total} offices DOWN, none newly within "
+            f"{_secs(policy.storm_window_s)}",
+        )
+    return replace(state, recent_down=recent), (), ""
+
+
+# --- settling: what time and guards allow now ---------------------------------------------
+
+
+def _settle(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    phase = office.phase
+    if phase is Phase.OPEN:
+        return _settle_open(ctx, office)
+    if phase is Phase.SUSPECT:
+        return _settle_suspect(ctx, office)
+    if phase is Phase.CLOSED:
+        return _settle_closed(ctx, office)
+    if phase is Phase.HANDED_OVER:
+        return _settle_handed_over(ctx, office)
+    if phase in _RUNNING:
+        return _Outcome(
+            office,
+            (),
+            f"{_name(office)} {_verdict_text(office)}; {office.run_kind} run {office.run_id} in progress "
+            f"for {_secs(ctx.now - office.since)}",
+        )
+    return _Outcome(
+        office,
+        (),
+        f"{_name(office)} {_verdict_text(office)}; FAILED since {_secs(ctx.now - office.since)} ago, "
+        "waiting for an operator (ack, handover or handback)",
+    )
+
+
+def _settle_open(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    if office.verdict is not OfficeVerdict.DOWN:
+        return _Outcome(office, (), f"{_name(office)} {_verdict_text(office)}; OPEN")
+    return _Outcome(
+        replace(office, phase=Phase.SUSPECT, since=ctx.now),
+        (),
+        f"{_name(office)} {_verdict_text(office)}; SUSPECT, closing if DOWN holds for "
+        f"{_secs(ctx.policy.hold_down_s)}",
+    )
+
+
+def _settle_suspect(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    held = ctx.now - office.since
+    if office.verdict is not OfficeVerdict.DOWN:
+        return _Outcome(
+            replace(office, phase=Phase.OPEN, since=ctx.now),
+            (),
+            f"{_name(office)} recovered after {_secs(held)} ({_verdict_text(office)}); OPEN",
+        )
+    down_for = f"{_name(office)} DOWN for {_secs(held)}" + (
+        f" ({office.verdict_detail})" if office.verdict_detail else ""
+    )
+    if held < ctx.policy.hold_down_s:
+        return _Outcome(
+            office, (), f"{down_for}; SUSPECT, closing at {_secs(ctx.policy.hold_down_s)} of DOWN"
+        )
+    if office.flapping:
+        return _Outcome(office, (), f"{down_for}; closure suppressed: office is flapping")
+    if ctx.state.storm:
+        return _Outcome(
+            office,
+            (),
+            f"{down_for}; closure suppressed: storm guard engaged (Baton's own network is suspect)",
+        )
+    closure = Closure(kind="detected", at=ctx.now, reason=f"DOWN for {_secs(held)}")
+    return _try_handover(ctx, replace(office, phase=Phase.CLOSED, since=ctx.now, closure=closure), down_for)
+
+
+def _settle_closed(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    closure = office.closure
+    if closure is None or closure.kind == "detected":
+        if office.verdict is not OfficeVerdict.DOWN:
+            return _reopen(
+                ctx,
+                office,
+                f"{_name(office)} recovered ({_verdict_text(office)}) before a handover started; OPEN",
+            )
+        return _try_handover(ctx, office, f"{_name(office)} CLOSED ({_verdict_text(office)})")
+    if closure.until is not None and closure.until <= ctx.now and _healthy_for(ctx, office) is not None:
+        return _offer_handback(ctx, office)
+    return _try_handover(ctx, office, f"{_name(office)} declared closed by {closure.who} ({closure.reason})")
+
+
+def _settle_handed_over(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    where = f"{_name(office)} HANDED_OVER to {office.alternate}"
+    closure = office.closure
+    if (
+        closure is not None
+        and closure.kind == "declared"
+        and (closure.until is None or closure.until > ctx.now)
+    ):
+        until = "until an operator hands it back" if closure.until is None else f"until {closure.until:.0f}"
+        return _Outcome(office, (), f"{where}; declared closed by {closure.who} {until}")
+    if _healthy_for(ctx, office) is None:
+        office, cleared = _clear(office, Alert.HANDBACK_PROPOSED)
+        return _Outcome(
+            office,
+            cleared,
+            f"{where}; {_verdict_text(office)}, "
+            f"handback once HEALTHY for {_secs(ctx.policy.handback_hold_s)}",
+        )
+    return _offer_handback(ctx, office)
+
+
+def _healthy_for(ctx: _Ctx, office: OfficeState) -> float | None:
+    """How long the office has been HEALTHY, if at least `handback_hold_s`."""
+    if office.verdict is not OfficeVerdict.HEALTHY:
+        return None
+    held = ctx.now - office.verdict_since
+    return held if held >= ctx.policy.handback_hold_s else None
+
+
+def _offer_handback(ctx: _Ctx, office: OfficeState) -> _Outcome:
+    """Healthy long enough: hand back on our own if policy and guards allow, else propose it once."""
+    prefix = f"{_name(office)} HEALTHY for {_secs(ctx.now - office.verdict_since)}"
+    if not ctx.policy.auto_handback:
+        why = f"{prefix}; handback proposed (policy: operator hands back)"
+    else:
+        blocker = _automation_blocker(ctx, office) or ("shadow mode" if ctx.state.shadow else None)
+        if blocker is None:
+            return _hand_back(ctx, office, prefix)
+        why = f"{prefix}; handback proposed, automatic handback blocked: {blocker}"
+    office, raised = _raise(office, Alert.HANDBACK_PROPOSED, why)
+    return _Outcome(office, raised, why)
+
+
+def _automation_blocker(ctx: _Ctx, office: OfficeState) -> str | None:
+    """Why an automatic action on this office may not run now (None: it may)."""
+    if not ctx.state.leader:
+        return "this vantage does not hold the lease"
+    if ctx.state.paused:
+        return "automation paused"
+    if ctx.state.storm:
+        return "storm guard engaged"
+    if office.blocked_until is not None and office.blocked_until > ctx.now:
+        return f"anti-flap block for another {_secs(office.blocked_until - ctx.now)}"
+    if office.flapping:
+        return "office is flapping"
+    return None
+
+
+# --- handover and handback ----------------------------------------------------------------
+
+
+def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
+    """A CLOSED office: start the handover if the guards allow, else say (and alert) why not."""
+    declared = office.closure is not None and office.closure.kind == "declared"
+    if not ctx.state.leader:
+        return _blocked(
+            office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: no lease on this vantage"
+        )
+    if not declared:
+        blocker = _automation_blocker(ctx, office)
+        if blocker is not None:
+            return _blocked(
+                office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: {blocker}"
+            )
+        if ctx.policy.require_approval:
+            return _blocked(
+                office,
+                Alert.AWAITING_APPROVAL,
+                f"{prefix}; CLOSED, awaiting an operator's handover (policy requires approval)",
+            )
+    alternate, why_none = _choose_alternate(ctx, office)
+    if alternate is None:
+        return _blocked(office, Alert.NO_ALTERNATE, f"{prefix}; CLOSED, {why_none}")
+    if ctx.state.shadow:
+        return _blocked(
+            office, Alert.WOULD_HAND_OVER, f"{prefix}; CLOSED, shadow mode: would hand over to {alternate}"
+        )
+    return _start_run(ctx, office, RunKind.HANDOVER, alternate, f"{prefix}; handing over to {alternate}")
+
+
+def _choose_alternate(ctx: _Ctx, office: OfficeState) -> tuple[str | None, str]:
+    offices = ctx.state.offices
+    chosen = office.closure.to if office.closure is not None else None
+    if chosen is not None:
+        other = offices.get(chosen)
+        if other is None or other.phase is not Phase.OPEN:
+            state_of = "unknown" if other is None else str(other.phase)
+            return None, f"no alternate available: operator's choice {chosen} is {state_of}"
+        return chosen, ""
+    skipped: list[str] = []
+    for name in office.alternates:
+        other = offices.get(name)
+        if other is None or name == office.office:
+            skipped.append(f"{name} not a valid alternate")
+        elif other.phase is not Phase.OPEN:
+            skipped.append(f"{name} {other.phase}")
+        elif other.verdict in _NOT_ELIGIBLE:
+            skipped.append(f"{name} {other.verdict}")
+        else:
+            return name, ""
+    return None, "no alternate available: " + (", ".join(skipped) or "no alternates configured")
+
+
+def _start_run(ctx: _Ctx, office: OfficeState, kind: RunKind, alternate: str, reason: str) -> _Outcome:
+    base = f"{kind}-{office.office}-{int(ctx.now * 1000)}"
+    # Two runs in the same millisecond (a retry right after a failure) must not share an id.
+    run_id = base if base != office.run_id else f"{base}.1"
+    phase = Phase.HANDING_OVER if kind is RunKind.HANDOVER else Phase.HANDING_BACK
+    office = replace(office, phase=phase, since=ctx.now, run_id=run_id, run_kind=kind, alternate=alternate)
+    office, cleared = _clear(office, *_WORK_ALERTS)
+    return _Outcome(office, (*cleared, StartRun(office.office, kind, run_id, alternate, reason)), reason)
+
+
+def _hand_back(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
+    if office.alternate is None:
+        return _reopen(ctx, office, f"{prefix}; nothing was handed over, OPEN without a run")
+    return _start_run(
+        ctx, office, RunKind.HANDBACK, office.alternate, f"{prefix}; handing back from {office.alternate}"
+    )
+
+
+def _reopen(ctx: _Ctx, office: OfficeState, reason: str) -> _Outcome:
+    office = replace(office, phase=Phase.OPEN, since=ctx.now, closure=None, alternate=None)
+    office, cleared = _clear(office, *_WORK_ALERTS)
+    return _Outcome(office, cleared, reason)
+
+
+# --- operator commands and run results ----------------------------------------------------
+
+
+def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Outcome:
+    asked = f"closure of {office.office} declared by {event.who} ({event.reason})"
+
+    def refuse(why: str) -> _Outcome:
+        return _Outcome(office, (), f"{asked} refused: {why}")
+
+    if office.phase in _RUNNING:
+        return refuse(f"{office.run_kind} run {office.run_id} in progress")
+    if event.until is not None and event.until <= ctx.now:
+        return refuse(f"until {event.until:.0f} is not in the future")
+    if event.to is not None:
+        other = ctx.state.offices.get(event.to)
+        if event.to == office.office:
+            return refuse("an office cannot be its own alternate")
+        if other is None:
+            return refuse(f"{event.to} is not a known office")
+        if other.phase is not Phase.OPEN:
+            return refuse(f"{event.to} is {other.phase}, not OPEN")
+    closure = Closure(
+        kind="declared", at=ctx.now, reason=event.reason, who=event.who, until=event.until, to=event.to
+    )
+    if office.phase is Phase.HANDED_OVER:
+        if event.to is not None and event.to != office.alternate:
+            return refuse(f"already handed over to {office.alternate}; hand back first to move to {event.to}")
+        return _Outcome(
+            replace(office, closure=closure),
+            (),
+            f"{asked}: already HANDED_OVER to {office.alternate}, closure recorded as declared",
+        )
+    since = office.since if office.phase is Phase.CLOSED else ctx.now
+    office, cleared = _clear(
+        replace(office, phase=Phase.CLOSED, since=since, closure=closure), Alert.RUN_FAILED
+    )
+    outcome = _try_handover(ctx, office, f"{_name(office)} declared closed by {event.who} ({event.reason})")
+    return replace(outcome, actions=cleared + outcome.actions)
+
+
+def _on_handback(ctx: _Ctx, office: OfficeState, event: HandbackRequested) -> _Outcome:
+    asked = f"handback of {office.office} requested by {event.who} ({event.reason})"
+    if office.phase in (Phase.OPEN, Phase.SUSPECT):
+        return _Outcome(office, (), f"{asked} refused: {office.phase}, nothing is handed over")
+    if office.phase in _RUNNING:
+        return _Outcome(office, (), f"{asked} refused: {office.run_kind} run {office.run_id} in progress")
+    if ctx.state.shadow:
+        return _Outcome(office, (), f"{asked} refused: shadow mode never runs a handback")
+    if not ctx.state.leader:
+        return _Outcome(office, (), f"{asked} refused: this vantage does not hold the lease")
+    return _hand_back(ctx, office, asked)
+
+
+def _on_acked(ctx: _Ctx, office: OfficeState, event: Acked) -> _Outcome:
+    if office.phase is Phase.FAILED:
+        return _reopen(
+            ctx,
+            office,
+            f"{_name(office)} acknowledged by {event.who} after failed {office.run_kind} run "
+            f"{office.run_id}; OPEN",
+        )
+    if office.blocked_until is not None and office.blocked_until > ctx.now:
+        return _Outcome(
+            replace(office, blocked_until=None),
+            (),
+            f"{_name(office)} acknowledged by {event.who}: anti-flap block lifted "
+            f"({_secs(office.blocked_until - ctx.now)} early)",
+        )
+    return _Outcome(office, (), f"{_name(office)} acknowledged by {event.who}: nothing to lift")
+
+
+def _on_run_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Outcome:
+    run = f"{event.kind} run {event.run_id} of {office.office}"
+    expected = Phase.HANDING_OVER if event.kind is RunKind.HANDOVER else Phase.HANDING_BACK
+    if event.run_id != office.run_id or office.phase is not expected:
+        return _Outcome(
+            office,
+            (),
+            f"result of {run} ignored: not the run in progress ({office.phase}, run {office.run_id})",
+        )
+    detail = f" ({event.detail})" if event.detail else ""
+    if not event.ok:
+        reason = f"{run} failed{detail} and was rolled back; FAILED, needs an operator"
+        failed, raised = _raise(replace(office, phase=Phase.FAILED, since=ctx.now), Alert.RUN_FAILED, reason)
+        return _Outcome(failed, raised, reason)
+    blocked_until = ctx.now + ctx.policy.anti_flap_block_s
+    block = f"automation on it blocked for {_secs(ctx.policy.anti_flap_block_s)}"
+    if event.kind is RunKind.HANDOVER:
+        return _Outcome(
+            replace(office, phase=Phase.HANDED_OVER, since=ctx.now, blocked_until=blocked_until),
+            (),
+            f"{run} to {office.alternate} succeeded{detail}; HANDED_OVER, {block}",
+        )
+    return _reopen(
+        ctx,
+        replace(office, blocked_until=blocked_until),
+        f"{run} from {office.alternate} succeeded{detail}; OPEN, {block}",
+    )

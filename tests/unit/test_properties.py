@@ -1,0 +1,276 @@
+"""Properties of the pure core, over random topologies, policies and event sequences."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from baton.core.actions import Action, Alert, ClearAlert, RaiseAlert, StartRun
+from baton.core.events import (
+    Acked,
+    ClosureDeclared,
+    Event,
+    HandbackRequested,
+    LeaseChanged,
+    OfficeObserved,
+    PauseSet,
+    RunFinished,
+    ShadowSet,
+    Ticked,
+)
+from baton.core.health import (
+    DeviceHealth,
+    Observation,
+    device_verdict,
+    judge_devices,
+    judge_office,
+    observe,
+)
+from baton.core.machine import TRANSITIONS, step
+from baton.core.model import (
+    Device,
+    DeviceVerdict,
+    Inventory,
+    Office,
+    OfficeState,
+    OfficeVerdict,
+    Phase,
+    Policy,
+    Protocol,
+    RunKind,
+    State,
+)
+
+RUNNING = (Phase.HANDING_OVER, Phase.HANDING_BACK)
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+policies = st.builds(
+    Policy,
+    failures_to_down=st.integers(1, 4),
+    hold_down_s=st.sampled_from([0.0, 30.0]),
+    anti_flap_block_s=st.sampled_from([0.0, 100.0, 3600.0]),
+    handback_hold_s=st.sampled_from([0.0, 60.0, 600.0]),
+    auto_handback=st.booleans(),
+    require_approval=st.booleans(),
+    flap_samples=st.sampled_from([1, 5, 21]),
+)
+
+
+@st.composite
+def topologies(draw: st.DrawFn) -> State:
+    names = [f"o{i}" for i in range(draw(st.integers(4, 6)))]
+    offices = {}
+    for name in names:
+        others = [n for n in names if n != name] + ["zz"]  # "zz": an alternate missing from the inventory
+        alternates = draw(st.lists(st.sampled_from(others), max_size=3, unique=True))
+        offices[name] = OfficeState(office=name, alternates=tuple(alternates))
+    return State(offices=MappingProxyType(offices))
+
+
+def draw_event(data: st.DataObject, state: State, now: float) -> Event:
+    names = sorted(state.offices)
+    office = data.draw(st.sampled_from([*names * 4, "zz"]))
+    current = state.offices.get(office)
+    kind = data.draw(
+        st.sampled_from(
+            ["observed"] * 6
+            + ["ticked"] * 4
+            + ["declared", "handback", "acked", "finished"] * 2
+            + ["pause", "shadow", "lease"]
+        )
+    )
+    if kind == "observed":
+        verdicts = [OfficeVerdict.DOWN] * 3 + [OfficeVerdict.HEALTHY] * 3 + list(OfficeVerdict)
+        return OfficeObserved(office, data.draw(st.sampled_from(verdicts)), "detail")
+    if kind == "ticked":
+        return Ticked(office)
+    if kind == "declared":
+        until = data.draw(st.one_of(st.none(), st.floats(now - 10, now + 1000)))
+        to = data.draw(st.one_of(st.none(), st.none(), st.sampled_from([*names, "zz"])))
+        return ClosureDeclared(office, "op", "drill", until=until, to=to)
+    if kind == "handback":
+        return HandbackRequested(office, "op", "reopened")
+    if kind == "acked":
+        return Acked(office, "op")
+    if kind == "finished":
+        run_id = current.run_id if current is not None and current.run_id else "stale"
+        run_id = data.draw(st.sampled_from([run_id, run_id, "stale"]))
+        run_kind = current.run_kind if current is not None and current.run_kind else RunKind.HANDOVER
+        run_kind = data.draw(st.sampled_from([run_kind, run_kind, *RunKind]))
+        return RunFinished(office, run_id, run_kind, ok=data.draw(st.booleans()))
+    flag = data.draw(st.booleans())
+    if kind == "pause":
+        return PauseSet(flag, "op")
+    if kind == "shadow":
+        return ShadowSet(flag, "op")
+    return LeaseChanged(held=data.draw(st.sampled_from([True, True, False])))
+
+
+def eligible_alternate(state: State, office: OfficeState) -> bool:
+    return any(
+        (alt := state.offices.get(name)) is not None
+        and name != office.office
+        and alt.phase is Phase.OPEN
+        and alt.verdict not in (OfficeVerdict.DOWN, OfficeVerdict.UNREACHABLE)
+        for name in office.alternates
+    )
+
+
+def check_alerts_raised_once(before: State, after: State, actions: tuple[Action, ...]) -> None:
+    """Office alerts are raised only when down, cleared only when up; `alerts` follows them."""
+    expected = {name: set(o.alerts) for name, o in before.offices.items()}
+    for action in actions:
+        if isinstance(action, RaiseAlert | ClearAlert) and action.office is None:
+            assert Alert.STORM_GUARD == action.alert
+            assert isinstance(action, RaiseAlert) == after.storm != before.storm
+            continue
+        if isinstance(action, RaiseAlert):
+            assert action.office is not None
+            assert action.alert not in expected[action.office], f"{action.alert} raised twice"
+            expected[action.office].add(action.alert)
+        elif isinstance(action, ClearAlert):
+            assert action.office is not None
+            assert action.alert in expected[action.office], f"{action.alert} cleared while not up"
+            expected[action.office].discard(action.alert)
+    assert expected == {name: set(o.alerts) for name, o in after.offices.items()}
+
+
+def check_step(before: State, event: Event, policy: Policy, now: float) -> State:
+    t = step(before, event, policy, now)
+    after = t.state
+    assert t.reason, "every transition has a reason"
+    assert t == step(before, event, policy, now), "step is deterministic"
+
+    for name, was in before.offices.items():
+        now_phase = after.offices[name].phase
+        if was.phase is not now_phase:
+            assert name == getattr(event, "office", None), "only the event's office changes phase"
+            assert (was.phase, type(event).__name__, now_phase) in TRANSITIONS
+    check_alerts_raised_once(before, after, t.actions)
+
+    starts = [a for a in t.actions if isinstance(a, StartRun)]
+    assert len(starts) == len({s.office for s in starts}) <= 1, "at most one run started per step"
+    for run in starts:
+        was, now_office = before.offices[run.office], after.offices[run.office]
+        assert was.phase not in RUNNING, "never two runs for one office"
+        assert (now_office.phase in RUNNING, now_office.run_id) == (True, run.run_id)
+        assert before.leader, "nothing runs without the lease"
+        assert not before.shadow, "shadow mode never emits a run"
+        operator = isinstance(event, ClosureDeclared | HandbackRequested)
+        declared_handover = (
+            run.kind is RunKind.HANDOVER
+            and now_office.closure is not None
+            and now_office.closure.kind == "declared"
+        )
+        if run.kind is RunKind.HANDOVER:
+            assert run.alternate != run.office, "an office is never its own alternate"
+            assert Phase.OPEN is before.offices[run.alternate].phase, (
+                "the alternate is OPEN (not closed, not handed over)"
+            )
+        if after.storm:
+            assert operator or declared_handover, "a storm freezes automatic runs"
+        if not operator and not declared_handover:
+            assert not before.paused, "automatic runs respect pause"
+            assert not now_office.flapping, "automatic runs respect flapping"
+            assert was.blocked_until is None or was.blocked_until <= now, "automatic runs respect anti-flap"
+
+    # An operator's declaration with the lease, outside shadow mode, with an eligible alternate always runs.
+    if (
+        isinstance(event, ClosureDeclared)
+        and (office := before.offices.get(event.office)) is not None
+        and office.phase in (Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.FAILED)
+        and event.to is None
+        and (event.until is None or event.until > now)
+        and before.leader
+        and not before.shadow
+        and eligible_alternate(before, office)
+    ):
+        assert starts, f"declared closure did not run: {t.reason}"
+    return after
+
+
+@SETTINGS
+@given(state=topologies(), policy=policies, data=st.data())
+def test_machine_invariants_hold_for_any_event_sequence(
+    state: State, policy: Policy, data: st.DataObject
+) -> None:
+    """Safety holds at every step of any event sequence (the checks and their messages: `check_step`)."""
+    now = 0.0
+    for _ in range(data.draw(st.integers(1, 60))):
+        now += data.draw(st.sampled_from([0.0, 1.0, 10.0, 30.0, 100.0, 700.0, 4000.0]))
+        state = check_step(state, draw_event(data, state, now), policy, now)
+
+
+# --- health ---------------------------------------------------------------------------------
+
+PROTOCOLS = list(Protocol)
+
+
+@st.composite
+def capped_results(draw: st.DrawFn, threshold: int) -> list[bool]:
+    """Probe results with no run of `threshold` or more failures in a row."""
+    results: list[bool] = []
+    for _ in range(draw(st.integers(0, 8))):
+        results += [False] * draw(st.integers(0, threshold - 1)) + [True]
+    return results + [False] * draw(st.integers(0, threshold - 1))
+
+
+@SETTINGS
+@given(
+    results=st.lists(st.tuples(st.sampled_from(PROTOCOLS), st.booleans()), max_size=30),
+    threshold=st.integers(1, 4),
+)
+def test_a_device_is_down_exactly_when_every_protocol_failed_enough(
+    results: list[tuple[Protocol, bool]], threshold: int
+) -> None:
+    """DOWN ⇔ every probed protocol has ≥ failures_to_down consecutive failures."""
+    health = DeviceHealth()
+    for at, (protocol, ok) in enumerate(results):
+        health = observe(health, Observation("d", protocol, ok, float(at), reason="timeout"))
+    policy = Policy(failures_to_down=threshold)
+    expected = bool(health.probes) and all(
+        p.consecutive_failures >= threshold for p in health.probes.values()
+    )
+    assert expected == (device_verdict(health, policy).verdict is DeviceVerdict.DOWN)
+
+
+INVENTORY = Inventory(
+    offices=MappingProxyType({"o": Office("o", "o", "r", alternates=("p",)), "p": Office("p", "p", "r")}),
+    devices=MappingProxyType(
+        {
+            "core": Device("core", "o", "core", "10.0.0.1", critical=True),
+            "acc-1": Device("acc-1", "o", "access", "10.0.0.2", critical=True, parent="core"),
+            "acc-2": Device("acc-2", "o", "access", "10.0.0.3", parent="core"),
+        }
+    ),
+)
+
+
+@SETTINGS
+@given(data=st.data(), threshold=st.integers(1, 4))
+def test_fewer_failures_than_the_threshold_never_start_a_run(data: st.DataObject, threshold: int) -> None:
+    """Probes that never fail failures_to_down times in a row: no device DOWN, no office DOWN, no run."""
+    policy = Policy(failures_to_down=threshold, hold_down_s=0.0)
+    streams = {
+        (device, protocol): data.draw(capped_results(threshold))
+        for device in INVENTORY.devices
+        for protocol in (Protocol.SNMP, Protocol.NETCONF)
+    }
+    healths = {device: DeviceHealth() for device in INVENTORY.devices}
+    state = State(offices=MappingProxyType({"o": OfficeState("o", ("p",)), "p": OfficeState("p")}))
+    for at in range(max(map(len, streams.values()), default=0)):
+        for (device, protocol), results in streams.items():
+            if at < len(results):
+                obs = Observation(device, protocol, results[at], float(at), reason="timeout")
+                healths[device] = observe(healths[device], obs)
+        devices = judge_devices(INVENTORY, healths, policy)
+        assert DeviceVerdict.DOWN not in {j.verdict for j in devices.values()}
+        office = judge_office("o", INVENTORY, devices, policy)
+        assert OfficeVerdict.DOWN is not office.verdict
+        for event in (OfficeObserved("o", office.verdict, office.detail), Ticked("o")):
+            t = step(state, event, policy, float(at) * 10)
+            assert not any(isinstance(a, StartRun) for a in t.actions)
+            state = t.state
+        assert Phase.OPEN is state.offices["o"].phase
