@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,8 +26,10 @@ EX_CONFIG = 78  # inventory, config or playbook invalid
 # parser(s) with `set_defaults(func=callable(args) -> int)`.
 COMMAND_MODULES: tuple[str, ...] = (
     "baton.commands.validate",
+    "baton.commands.plan",
     "baton.commands.daemon",
     "baton.commands.lab",
+    "baton.commands.operator",
 )
 
 
@@ -54,6 +57,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("baton: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `baton ... | head` closed our stdout: not worth a traceback. Point stdout at /dev/null
+        # so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -155,9 +155,12 @@ def _show_text(d: dict[str, Any]) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from baton import logs
     from baton.lab.control import ControlError
     from baton.lab.network import LabError
 
+    # People read this terminal: readable lines, and no per-session debug chatter.
+    logs.configure(json=False, level="info")
     try:
         return asyncio.run(_run_lab(args))
     except (LabError, ControlError) as exc:
@@ -203,6 +206,7 @@ def _summary(lab: Any, inventory: Path) -> str:
     first = lab.plan.devices[0]
     secrets = lab.secrets
     creds = inventory / "credentials"
+    other_noc = lab.plan.offices[-1].noc_prefix.replace(".0/24", ".1")
     lines = [
         f"baton lab: {len(lab.plan.offices)} offices, {len(lab.plan.devices)} devices, "
         f"started in {lab.startup_s:.2f} s",
@@ -225,10 +229,13 @@ def _summary(lab: Any, inventory: Path) -> str:
         "1.3.6.1.2.1.1.5.0",
         f"  snmpget -m '' -v3 -l authPriv -u {secrets.v3_user} -a SHA-256 -A $(cat {creds}/snmp-v3-auth) "
         f"-x AES -X $(cat {creds}/snmp-v3-priv) {first.address}:{cfg.snmp_port} 1.3.6.1.2.1.1.3.0",
-        f"  ssh -i {creds}/baton_ed25519 -p {cfg.ssh_port} baton@{first.address}   "
-        "(from 127.0.0.1 or the office's NOC prefix; host key pinned in the inventory)",
+        f"  ssh -o UserKnownHostsFile={cfg.dir}/known_hosts -i {creds}/baton_ed25519 -p {cfg.ssh_port} "
+        f"baton@{first.address} show management",
+        f"      (allowed from 127.0.0.1 and the office's NOC prefix; add -b {other_noc} "
+        "to try from another office: refused)",
         f"  ncclient: manager.connect(host='{first.address}', port={cfg.ssh_port}, username='baton', "
-        f"key_filename='{creds}/baton_ed25519', hostkey_verify=False)",
+        f"key_filename='{creds}/baton_ed25519', allow_agent=False, look_for_keys=False, "
+        f"ssh_config=None, hostkey_b64='{lab.host_key(first.id).split()[1]}')",
         f"  baton lab --dir {cfg.dir} status | power-off OFFICE | cut OFFICE | link-down DEVICE IFINDEX ...",
         "",
         "Ctrl-C stops the lab.",

@@ -53,6 +53,11 @@ def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: 
     write_private(creds / "automation-password", s.ssh_password.encode() + b"\n")
     write_private(creds / "baton_ed25519", lab.client_key.export_private_key())
     (creds / "baton_ed25519.pub").write_text(public_key_line(lab.client_key) + "\n")
+    # For people with OpenSSH/ncclient: the same pins as the inventory, so nobody needs to
+    # turn host key checking off to try the lab.
+    (base / "known_hosts").write_text(
+        "".join(f"[{dp.address}]:{lab.config.ssh_port} {lab.host_key(dp.id)}\n" for dp in lab.plan.devices)
+    )
 
     trap_host = trap_collector or (lab.config.trap_target[0] if lab.config.trap_target else None)
     offices = []
