@@ -52,4 +52,5 @@ def configure(*, json: bool = True, level: str = "info", stream: TextIO | None =
 
 
 def get_logger(**context: Any) -> Any:
-    return structlog.get_logger().bind(**context)
+    """A lazy logger: it follows `configure()` even when created at import time."""
+    return structlog.get_logger(**context)
