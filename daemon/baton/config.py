@@ -94,6 +94,10 @@ class Config:
     traps: TrapSettings = TrapSettings()
     etcd: EtcdSettings | None = None
     shadow: bool = False  # initial mode: observe and log "would hand over", act not
+    # Which playbook (by its `name`) runs a handover / handback; an office's vars
+    # `handover_playbook` / `handback_playbook` override it. None: the only one of that kind.
+    handover_playbook: str | None = None
+    handback_playbook: str | None = None
     base_dir: Path = Path()  # baton.yaml's directory: where `file:` references start
 
 
@@ -187,6 +191,8 @@ class ConfigFile(Strict):
     vantage: VantageFile
     etcd: EtcdFile | None = None
     shadow: bool = False
+    handover_playbook: str | None = None
+    handback_playbook: str | None = None
     policy: PolicyFile = Field(default_factory=PolicyFile)
 
 
@@ -354,6 +360,16 @@ def read_config(
     return ConfigReading(None if errors_in(problems) else config, problems, inventory, doc)
 
 
+def _ref(base: Path, text: str) -> SecretRef:
+    """A reference from baton.yaml: `file:` paths start at the config's directory, so they are
+    made absolute here and resolve the same wherever they are used (inventory refs start at
+    the inventory directory instead)."""
+    ref = parse_ref(text)
+    if ref.kind == "file":
+        return SecretRef("file", str(base / ref.name))
+    return ref
+
+
 def _to_config(parsed: ConfigFile, base: Path) -> Config:
     given = parsed.policy.model_dump(exclude_none=True)
     api = parsed.api
@@ -369,17 +385,17 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
             tcp_listen=api.tcp_listen,
             tls_cert=None if api.tls_cert is None else base / api.tls_cert,
             tls_key=None if api.tls_key is None else base / api.tls_key,
-            tokens=tuple(parse_ref(t) for t in api.tokens),
+            tokens=tuple(_ref(base, t) for t in api.tokens),
         ),
         metrics_listen=parsed.metrics_listen,
         traps=TrapSettings(
             enabled=parsed.traps.enabled,
             listen=parsed.traps.listen,
             port=parsed.traps.port,
-            communities=tuple(parse_ref(c) for c in parsed.traps.communities),
+            communities=tuple(_ref(base, c) for c in parsed.traps.communities),
             v3_users=tuple(
                 TrapUser(
-                    u.user, u.auth_protocol, parse_ref(u.auth_key), u.priv_protocol, parse_ref(u.priv_key)
+                    u.user, u.auth_protocol, _ref(base, u.auth_key), u.priv_protocol, _ref(base, u.priv_key)
                 )
                 for u in parsed.traps.v3_users
             ),
@@ -388,6 +404,8 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
         if parsed.etcd is None
         else EtcdSettings(tuple(parsed.etcd.endpoints), parsed.etcd.prefix, parsed.etcd.lease_ttl_s),
         shadow=parsed.shadow,
+        handover_playbook=parsed.handover_playbook,
+        handback_playbook=parsed.handback_playbook,
         base_dir=base,
     )
 

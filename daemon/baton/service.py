@@ -44,12 +44,19 @@ from baton.config import Config, check_all
 from baton.controller import Controller, initial_state
 from baton.core.actions import AbortRun, StartRun
 from baton.core.events import LeaseChanged, RunFinished, Ticked
-from baton.core.model import Inventory, Phase
+from baton.core.model import Inventory, Phase, RunKind
 from baton.journal import Journal, JournalError
 from baton.logs import get_logger
 from baton.metrics import Metrics
+from baton.playbook import dryrun
+from baton.playbook.plan import RunPlan, plan_run
+from baton.playbook.recovery import recover
+from baton.playbook.render import RunInfo
+from baton.playbook.runner import RunOutcome, StepOutcome, execute
 from baton.playbook.schema import Playbook, check_playbooks
+from baton.playbook.steps import Connectors
 from baton.sdnotify import Notifier
+from baton.secrets import resolve
 from baton.yamlsource import ConfigError, Problem, errors_in
 
 log = get_logger()
@@ -86,8 +93,9 @@ class RunResult:
     detail: str
 
 
-# What executes one run: the playbook runner, behind a callable so the loop stays small.
-RunLauncher = Callable[[StartRun], Awaitable[RunResult]]
+# What executes one run: the playbook runner, behind a callable so the loop stays small. The
+# event asks the run to stop and roll back (an operator's abort, or a lost lease).
+RunLauncher = Callable[[StartRun, asyncio.Event], Awaitable[RunResult]]
 
 
 class RunManager:
@@ -97,6 +105,7 @@ class RunManager:
         self._launcher = launcher
         self._report = report
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._aborts: dict[str, asyncio.Event] = {}
         self.accepting = True
 
     @property
@@ -108,46 +117,48 @@ class RunManager:
             # Stopping: no new device work. The office stays HANDING_*; the restart recovers it.
             log.warning("run.not_started", run_id=action.run_id, office=action.office, why="stopping")
             return
-        task = asyncio.get_running_loop().create_task(self._run(action), name=f"run {action.run_id}")
+        abort = asyncio.Event()
+        self._aborts[action.run_id] = abort
+        task = asyncio.get_running_loop().create_task(self._run(action, abort), name=f"run {action.run_id}")
         self._tasks[action.run_id] = task
 
     def abort_run(self, action: AbortRun) -> None:
-        task = self._tasks.get(action.run_id)
-        if task is not None:
+        abort = self._aborts.get(action.run_id)
+        if abort is not None:
             log.warning("run.abort", run_id=action.run_id, office=action.office, reason=action.reason)
-            task.cancel()
+            abort.set()
 
-    async def _run(self, action: StartRun) -> None:
+    async def _run(self, action: StartRun, abort: asyncio.Event) -> None:
         bound = log.bind(run_id=action.run_id, office=action.office, kind=action.kind.value)
         bound.info("run.started", alternate=action.alternate, reason=action.reason)
         try:
-            result = await self._launcher(action)
+            result = await self._launcher(action, abort)
         except asyncio.CancelledError:
-            result = RunResult(
-                False, "run cancelled (abort or shutdown); confirmed commits cancelled or reverting"
-            )
-            self._tasks.pop(action.run_id, None)
-            self._finish(action, result)
+            # Shutdown past its grace: like a crash. The journal holds the truth and recovery
+            # finishes the run at the next start; pending confirmed commits revert on their own.
+            bound.warning("run.interrupted")
             raise
         except Exception as exc:  # a bug in a step must fail the run, never the daemon
             bound.exception("run.crashed")
             result = RunResult(False, f"run crashed: {type(exc).__name__}: {exc}")
-        self._tasks.pop(action.run_id, None)
-        self._finish(action, result)
-
-    def _finish(self, action: StartRun, result: RunResult) -> None:
-        log.info(
-            "run.finished", run_id=action.run_id, office=action.office, ok=result.ok, detail=result.detail
-        )
+        finally:
+            self._tasks.pop(action.run_id, None)
+            self._aborts.pop(action.run_id, None)
+        bound.info("run.finished", ok=result.ok, detail=result.detail)
         self._report(RunFinished(action.office, action.run_id, action.kind, result.ok, result.detail))
 
     async def shutdown(self, grace_s: float) -> None:
+        """Start nothing new; let runs in flight finish (a safe point), cancel what outlasts `grace_s`."""
         self.accepting = False
         tasks = list(self._tasks.values())
-        for task in tasks:
+        if not tasks:
+            return
+        log.info("runs.draining", runs=len(tasks), grace_s=grace_s)
+        _, pending = await asyncio.wait(tasks, timeout=grace_s)
+        for task in pending:
             task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace_s)
+        if pending:
+            await asyncio.wait(pending)
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,9 +176,51 @@ def load_all(config_path: Path) -> Loaded:
     playbooks = check_playbooks(validation.config.playbooks) if validation.config is not None else None
     if playbooks is not None:
         problems.extend(playbooks.problems)
+    if playbooks is not None and validation.config is not None and validation.inventory is not None:
+        problems.extend(
+            _playbook_choice_problems(validation.config, validation.inventory, playbooks.playbooks)
+        )
     if errors_in(problems) or validation.config is None or validation.inventory is None or playbooks is None:
         raise ConfigError(problems)
     return Loaded(validation.config, validation.inventory, playbooks.playbooks, problems)
+
+
+def choose_playbook(
+    kind: RunKind, office_vars: Any, config: Config, playbooks: dict[str, Playbook]
+) -> Playbook | str:
+    """The playbook for a run of `kind` for an office, or why there is none."""
+    key = f"{kind.value}_playbook"
+    named = office_vars.get(key) if hasattr(office_vars, "get") else None
+    named = named or getattr(config, key)
+    if named is not None:
+        chosen = playbooks.get(str(named))
+        if chosen is None:
+            known = ", ".join(sorted(playbooks))
+            return f"{key} '{named}' is not a playbook in {config.playbooks} (known: {known})"
+        if chosen.kind != kind.value:
+            return f"{key} '{named}' is a {chosen.kind} playbook, not a {kind.value} one"
+        return chosen
+    of_kind = [p for p in playbooks.values() if p.kind == kind.value]
+    if len(of_kind) == 1:
+        return of_kind[0]
+    names = ", ".join(sorted(p.name for p in of_kind)) or "none"
+    return f"no single {kind.value} playbook in {config.playbooks} (found: {names}); set {key} in baton.yaml"
+
+
+def _playbook_choice_problems(
+    config: Config, inventory: Inventory, playbooks: dict[str, Playbook]
+) -> list[Problem]:
+    problems = []
+    for office in inventory.offices.values():
+        for kind in RunKind:
+            chosen = choose_playbook(kind, office.vars, config, playbooks)
+            if isinstance(chosen, str):
+                problems.append(Problem(str(config.playbooks), None, f"office {office.id}", chosen, ""))
+    # One problem per distinct message: a missing default would otherwise repeat per office.
+    unique: dict[str, Problem] = {}
+    for problem in problems:
+        unique.setdefault(problem.message, problem)
+    return list(unique.values())
 
 
 class Service:
@@ -188,6 +241,7 @@ class Service:
         self.clock = clock
         self.metrics = Metrics()
         self._launcher_factory = launcher_factory
+        self._progress: dict[str, dict[str, dict[str, str]]] = {}
         self._stopping = asyncio.Event()
         self._reload_requested = False
         self.started_at = clock()
@@ -231,7 +285,7 @@ class Service:
         state = initial_state(
             self.inventory, journaled, paused=flags.paused, shadow=shadow, leader=self.leadership.held
         )
-        launcher = self._launcher_factory(self) if self._launcher_factory else _refuse_runs
+        launcher = self._launcher_factory(self) if self._launcher_factory else self._launch
         self.runs = RunManager(launcher, self._report_run)
         self.controller = Controller(state, self.config.policy, self.journal, self.runs, self.clock)
         await self._recover()
@@ -376,19 +430,107 @@ class Service:
 
     # --- parts started by run() ---------------------------------------------------------------
 
+    def resolve(self, ref: Any) -> str:
+        """Inventory credentials: `file:` references start at the inventory directory."""
+        return resolve(ref, base_dir=self.config.inventory)
+
+    @property
+    def connectors(self) -> Connectors:
+        return Connectors(resolve=self.resolve)
+
+    def _plan(
+        self, kind: RunKind, office: str, alternate: str, run_id: str, reason: str, who: str
+    ) -> RunPlan | str:
+        known = self.inventory.offices.get(office)
+        if known is None:
+            return f"office {office} is not in the inventory"
+        chosen = choose_playbook(kind, known.vars, self.config, self.playbooks)
+        if isinstance(chosen, str):
+            return chosen
+        info = RunInfo(id=run_id, kind=kind, reason=reason, who=who)
+        return plan_run(chosen, self.inventory, office, alternate, info)
+
+    async def _launch(self, action: StartRun, abort: asyncio.Event) -> RunResult:
+        closure = self.controller.state.offices[action.office].closure
+        who = closure.who if closure is not None and closure.who else "baton"
+        plan = self._plan(action.kind, action.office, action.alternate, action.run_id, action.reason, who)
+        if isinstance(plan, str):
+            return RunResult(False, f"cannot plan the run: {plan}")
+        progress = self._progress.setdefault(action.run_id, {})
+
+        def on_step(outcome: StepOutcome) -> None:
+            progress[outcome.device] = {
+                "step": outcome.name,
+                "phase": outcome.phase,
+                "status": outcome.status.value,
+                "detail": outcome.detail,
+            }
+
+        try:
+            outcome: RunOutcome = await execute(
+                plan,
+                journal=self.journal,
+                connectors=self.connectors,
+                confirm_window_s=self.config.policy.confirm_window_s,
+                progress=on_step,
+                abort=abort,
+                clock=self.clock,
+            )
+        finally:
+            # Keep the last runs' progress for `baton run ID`; the journal has it all anyway.
+            while len(self._progress) > 20:
+                self._progress.pop(next(iter(self._progress)))
+        return RunResult(outcome.ok, outcome.detail)
+
+    def run_progress(self, run_id: str) -> dict[str, Any] | None:
+        progress = self._progress.get(run_id)
+        return None if progress is None else dict(progress)
+
+    async def plan(self, office: str, to: str | None) -> dict[str, Any]:
+        """Dry-run of what a handover (or, for a handed-over office, a handback) would change."""
+        state = self.controller.state.offices.get(office)
+        if state is None:
+            raise KeyError(office)
+        if state.phase in (Phase.HANDED_OVER, Phase.HANDING_BACK, Phase.FAILED) and state.alternate:
+            kind, alternate = RunKind.HANDBACK, state.alternate
+        else:
+            kind = RunKind.HANDOVER
+            open_ = [
+                a for a in state.alternates if self.controller.state.offices.get(a, state).phase is Phase.OPEN
+            ]
+            alternate = to or (open_[0] if open_ else (state.alternates[0] if state.alternates else ""))
+        if not alternate:
+            return {"office": office, "kind": kind.value, "error": f"office {office} has no alternate office"}
+        plan = self._plan(kind, office, alternate, f"plan-{office}", "dry run", "baton")
+        if isinstance(plan, str):
+            return {"office": office, "kind": kind.value, "error": plan}
+        result = await dryrun.dry_run(plan, self.connectors)
+        return dryrun.as_dict(result)
+
     async def _recover(self) -> None:
         """Finish what a previous process left: unfinished runs are rolled back or completed."""
-        unfinished = self.journal.unfinished_runs()
-        if not unfinished:
+        if not self.journal.unfinished_runs():
             return
-        try:
-            recovery: Any = importlib.import_module("baton.playbook.recovery")
-        except ImportError:  # pragma: no cover - recovery ships with the runner
-            log.error("recovery.unavailable", runs=[r.id for r in unfinished])
-            return
-        for record in unfinished:
-            outcome = await recovery.recover_run(self, record)
-            self.apply(RunFinished(record.office, record.id, record.kind, outcome.ok, outcome.detail))
+
+        def plan_for(record: Any) -> RunPlan | None:
+            plan = self._plan(
+                record.kind, record.office, record.alternate, record.id, record.reason, record.who
+            )
+            return None if isinstance(plan, str) else plan
+
+        for outcome in await recover(
+            self.journal,
+            connectors=self.connectors,
+            inventory=self.inventory,
+            plan_for=plan_for,
+            clock=self.clock,
+        ):
+            record = self.journal.run(outcome.run_id)
+            kind = record.kind if record is not None else RunKind.HANDOVER
+            log.warning("recovery.done", run_id=outcome.run_id, office=outcome.office, result=outcome.result)
+            self.apply(
+                RunFinished(outcome.office, outcome.run_id, kind, outcome.result == "ok", outcome.detail)
+            )
 
     async def _serve_metrics(self) -> web.AppRunner:
         async def metrics_handler(_request: web.Request) -> web.Response:
@@ -449,7 +591,3 @@ class Service:
 
     def offices_in(self, *phases: Phase) -> list[str]:
         return [o.office for o in self.controller.state.offices.values() if o.phase in phases]
-
-
-async def _refuse_runs(action: StartRun) -> RunResult:
-    return RunResult(False, "this daemon was started without a playbook runner")

@@ -84,7 +84,9 @@ def test_credential_references_resolve_from_the_config_directory(tmp_path: Path)
         " is not set — set the variable in the daemon's environment (EnvironmentFile= in the unit)"
     ] == [str(p) for p in problems]
     config = load_config(path, environ={"BATON_TEST_TOKEN": "x"})
-    assert (SecretRef("file", "token"), SecretRef("env", "BATON_TEST_TOKEN")) == config.api.tokens
+    # made absolute at load, so it resolves the same from wherever it is used
+    expected = (SecretRef("file", str(tmp_path / "token")), SecretRef("env", "BATON_TEST_TOKEN"))
+    assert expected == config.api.tokens
 
 
 def test_literal_token_is_refused_without_echoing_it(tmp_path: Path) -> None:

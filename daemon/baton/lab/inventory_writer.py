@@ -176,6 +176,8 @@ def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: 
         {
             "inventory": "inventory",
             "playbooks": playbooks_dir or "playbooks",
+            "handover_playbook": "lab-handover",
+            "handback_playbook": "lab-handback",
             "journal_path": str(base / "journal.sqlite3"),
             "api": {"unix_socket": str(base / "baton.sock")},
             "metrics_listen": "127.0.0.1:9180",
