@@ -1,0 +1,100 @@
+"""Helpers shared by the runner tests: an inventory around real NETCONF endpoints, and readers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from baton.adapters.netconf import NetconfClient
+from baton.core.model import Device, Inventory, NetconfSettings, Office, RunKind, SecretRef
+from baton.journal import Journal, RunRecord, StepStatus
+from baton.playbook.plan import RunInfo, RunPlan, plan_run
+from baton.playbook.schema import load_playbook
+from tests.peers.endpoints import SshEndpoint
+
+REPO = Path(__file__).resolve().parents[2]
+PLAYBOOKS = REPO / "playbooks"
+NACM_NS = "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+NACM_FILTER = f'<nacm xmlns="{NACM_NS}"><groups/></nacm>'
+CLOSED = "gc"
+ALTERNATE = "bb"
+GROUP = "bb-noc"
+
+
+def read_secret(ref: SecretRef) -> str:
+    """Test resolver: file refs only."""
+    assert ref.kind == "file"
+    return Path(ref.name).read_text()
+
+
+def device_for(
+    device_id: str,
+    endpoint: SshEndpoint,
+    *,
+    tags: Sequence[str] = ("netconfd",),
+    variables: Mapping[str, Any] | None = None,
+) -> Device:
+    return Device(
+        id=device_id,
+        office=CLOSED,
+        role="core",
+        address=endpoint.host,
+        tags=tuple(tags),
+        host_key=endpoint.host_key,
+        netconf=NetconfSettings(
+            enabled=True,
+            port=endpoint.port,
+            username=endpoint.username,
+            private_key=SecretRef("file", str(endpoint.private_key)),
+            timeout_s=10.0,
+        ),
+        vars=dict(variables or {}),
+    )
+
+
+def inventory_of(devices: Sequence[Device]) -> Inventory:
+    offices = {
+        CLOSED: Office(CLOSED, "Geumcheon", "seoul", (ALTERNATE,), {"operator_group": "gc-noc"}),
+        ALTERNATE: Office(
+            ALTERNATE,
+            "Bangbae",
+            "seoul",
+            (CLOSED,),
+            {"operator_group": GROUP, "noc_prefixes": ["127.10.2.0/24"]},
+        ),
+    }
+    return Inventory(offices, {d.id: d for d in devices})
+
+
+def make_plan(inventory: Inventory, playbook: Path, run_id: str, kind: RunKind = RunKind.HANDOVER) -> RunPlan:
+    plan = plan_run(
+        load_playbook(playbook), inventory, CLOSED, ALTERNATE, RunInfo(run_id, kind, "test", "pytest")
+    )
+    assert plan.problems == ()
+    return plan
+
+
+def get_running(device: Device, filter_xml: str | None = NACM_FILTER) -> str:
+    """Running config (or part of it) read over a fresh session."""
+
+    async def read() -> str:
+        async with NetconfClient.connect(device, resolve=read_secret, timeout_s=10) as nc:
+            return await nc.get_config("running", filter_xml)
+
+    return asyncio.run(read())
+
+
+async def get_running_async(device: Device, filter_xml: str | None = NACM_FILTER) -> str:
+    async with NetconfClient.connect(device, resolve=read_secret, timeout_s=10) as nc:
+        return await nc.get_config("running", filter_xml)
+
+
+def statuses(record: RunRecord, name: str) -> dict[str, StepStatus]:
+    """Device -> status of the last journal row of step `name`."""
+    return {s.device: s.status for s in record.steps if s.name == name}
+
+
+def open_journal(tmp_path: Path) -> Journal:
+    return Journal.open(tmp_path / "journal.sqlite3")
