@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -40,6 +39,8 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from baton import api
+from baton.adapters.traps import TrapReceiverError
 from baton.config import Config, check_all
 from baton.controller import Controller, initial_state
 from baton.core.actions import AbortRun, StartRun
@@ -48,6 +49,7 @@ from baton.core.model import Inventory, Phase, RunKind
 from baton.journal import Journal, JournalError
 from baton.logs import get_logger
 from baton.metrics import Metrics
+from baton.monitor import Monitor, trap_receiver_config
 from baton.playbook import dryrun
 from baton.playbook.plan import RunPlan, plan_run
 from baton.playbook.recovery import recover
@@ -253,7 +255,7 @@ class Service:
         self.journal: Journal
         self.controller: Controller
         self.runs: RunManager
-        self.monitor: Any = None
+        self.monitor: Monitor | None = None
 
     # --- life cycle --------------------------------------------------------------------------
 
@@ -301,7 +303,7 @@ class Service:
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
 
         metrics_runner = await self._serve_metrics()
-        api = await self._start_api()
+        listeners = await self._start_api()
         await self._start_monitor()
         lease_task = loop.create_task(self.leadership.run(self._lease_changed), name="leadership")
         log.info(
@@ -322,8 +324,7 @@ class Service:
                 await lease_task
             if self.monitor is not None:
                 await self.monitor.stop()
-            if api is not None:
-                await api.close()
+            await listeners.close()
             await metrics_runner.cleanup()
             log.info("daemon.stopped")
         return 0
@@ -340,7 +341,7 @@ class Service:
         while not self._stopping.is_set():
             if self._reload_requested:
                 self._reload_requested = False
-                self.reload()
+                await self.reload()
             self._tick()
             self.last_loop_at = self.clock()
             self.notifier.watchdog()
@@ -377,7 +378,7 @@ class Service:
     def stop(self) -> None:
         self._stopping.set()
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         """Validate everything again; adopt it only if valid. The old configuration stays otherwise."""
         self.notifier.reloading()
         try:
@@ -403,7 +404,7 @@ class Service:
         self.config, self.inventory, self.playbooks = config, inventory, loaded.playbooks
         self.controller.reconfigure(inventory, config.policy)
         if self.monitor is not None:
-            self.monitor.reconfigure(inventory, config.policy)
+            await self.monitor.reconfigure(inventory, config.policy)
         log.info("reload.done", offices=len(inventory.offices), devices=len(inventory.devices))
         self.notifier.ready(self.summary())
         return True
@@ -547,37 +548,37 @@ class Service:
         return runner
 
     def _update_state_metrics(self) -> None:
-        update = getattr(self.metrics, "update_state", None)
-        if update is not None:
-            update(self.controller.state, self.last_loop_at)
+        self.metrics.update_state(self.controller.state, self.last_loop_at)
 
-    async def _start_api(self) -> Any:
-        try:
-            api: Any = importlib.import_module("baton.api")
-        except ImportError:  # pragma: no cover - the API ships with the daemon
-            return None
-        from baton.secrets import resolve
-
+    async def _start_api(self) -> api.Listeners:
         app = api.create_app(self, tokens=(), allow_peercred=True)
-        return await api.start_listeners(
-            app, self.config.api, lambda ref: resolve(ref, base_dir=self.config.base_dir)
-        )
+        # Config references are absolute already; tokens are loaded from them here, once.
+        return await api.start_listeners(app, self.config.api, self.resolve)
 
     async def _start_monitor(self) -> None:
+        def make(with_traps: bool) -> Monitor:
+            return Monitor(
+                self.inventory,
+                self.config.policy,
+                resolve=self.resolve,
+                metrics=self.metrics,
+                on_observed=self.apply,
+                traps=trap_receiver_config(self.config.traps) if with_traps else None,
+            )
+
+        self.monitor = make(with_traps=True)
         try:
-            monitor: Any = importlib.import_module("baton.monitor")
-        except ImportError:  # pragma: no cover - the monitor ships with the daemon
-            return
-        self.monitor = monitor.Monitor.for_service(self)
-        await self.monitor.start()
+            await self.monitor.start()
+        except TrapReceiverError as exc:
+            # Traps only speed detection up; polling decides. Run without them, loudly.
+            log.error("traps.unavailable", error=str(exc), port=self.config.traps.port)
+            self.monitor = make(with_traps=False)
+            await self.monitor.start()
 
     # --- what the API reads ---------------------------------------------------------------------
 
     def device_views(self, office: str) -> list[dict[str, Any]]:
-        if self.monitor is None:
-            return []
-        views: list[dict[str, Any]] = self.monitor.device_views(office)
-        return views
+        return [] if self.monitor is None else self.monitor.device_views(office)
 
     def status_extra(self) -> dict[str, Any]:
         return {
