@@ -15,8 +15,10 @@ from typing import Any, TextIO
 
 import structlog
 
+# A key *ending* in one of these words names a credential ("api_token", "community");
+# "token_count" does not.
 _SECRET_KEY = re.compile(
-    r"(password|passwd|secret|token|community|auth_key|priv_key|private_key|passphrase)", re.I
+    r"(^|_)(password|passwd|secret|token|community|auth_key|priv_key|private_key|passphrase)s?$", re.I
 )
 MASK = "***"
 
