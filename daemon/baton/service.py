@@ -10,7 +10,10 @@ Theory of operation. One asyncio loop runs:
   is restarted by systemd rather than pinging on;
 * the **control API** (operator commands become events through the controller);
 * **runs**: a `StartRun` action becomes a task executing the playbook; its result comes back as a
-  `RunFinished` event, like everything else.
+  `RunFinished` event, like everything else;
+* **catch-ups** (`baton.catchup`), decided on each tick: a HANDED_OVER office's devices that the
+  handover skipped as unreachable are handed over by a run of their own once the monitor judges
+  them UP. The office stays HANDED_OVER; a handback aborts a catch-up in progress first.
 
 Every event goes through `Controller.apply`: the pure core decides, the journal records, then
 actions are carried out. At start the journal is replayed (the last state of every office), and
@@ -41,6 +44,7 @@ from aiohttp import web
 
 from baton import api
 from baton.adapters.traps import TrapReceiverError
+from baton.catchup import CatchUps
 from baton.config import Config, check_all
 from baton.controller import Controller, initial_state
 from baton.core.actions import AbortRun, StartRun
@@ -255,6 +259,7 @@ class Service:
         self.journal: Journal
         self.controller: Controller
         self.runs: RunManager
+        self.catchups: CatchUps
         self.monitor: Monitor | None = None
 
     # --- life cycle --------------------------------------------------------------------------
@@ -290,6 +295,7 @@ class Service:
         launcher = self._launcher_factory(self) if self._launcher_factory else self._launch
         self.runs = RunManager(launcher, self._report_run)
         self.controller = Controller(state, self.config.policy, self.journal, self.runs, self.clock)
+        self.catchups = CatchUps(self.journal, self._plan_catchup, self._run_catchup, clock=self.clock)
         await self._recover()
 
         loop = asyncio.get_running_loop()
@@ -319,6 +325,7 @@ class Service:
         finally:
             self.notifier.stopping("stopping: cancelling runs at a safe point")
             await self.runs.shutdown(STOP_GRACE_S)
+            await self.catchups.shutdown(STOP_GRACE_S)
             lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease_task
@@ -345,12 +352,15 @@ class Service:
             self._tick()
             self.last_loop_at = self.clock()
             self.notifier.watchdog()
+            # systemd wants a ping within WATCHDOG_USEC: tick at least every half of it.
+            tick_s = min(TICK_S, self.notifier.watchdog_interval_s or TICK_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), timeout=TICK_S)
+                await asyncio.wait_for(self._stopping.wait(), timeout=tick_s)
 
     def _tick(self) -> None:
         for office in list(self.controller.state.offices):
             self.apply(Ticked(office))
+        self.catchups.tick(self.controller.state, self._device_verdicts)
         self.notifier.status(self.summary())
 
     def apply(self, event: Any) -> None:
@@ -359,9 +369,12 @@ class Service:
             self.controller.apply(event)
         except JournalError as exc:
             # Not journaled means not acted on: the core's state did not change either.
+            self.metrics.journal_errors_total.inc()
             log.error("journal.write_failed", error=str(exc), trigger=type(event).__name__)
 
     def _report_run(self, event: RunFinished) -> None:
+        result = "ok" if event.ok else "failed"
+        self.metrics.runs_total.labels(kind=event.kind.value, result=result).inc()
         self.apply(event)
 
     def _lease_changed(self, held: bool) -> None:
@@ -452,6 +465,9 @@ class Service:
         return plan_run(chosen, self.inventory, office, alternate, info)
 
     async def _launch(self, action: StartRun, abort: asyncio.Event) -> RunResult:
+        if action.kind is RunKind.HANDBACK:
+            # Never two runs for one office: a catch-up in progress is aborted (rolled back) first.
+            await self.catchups.settle(action.office)
         closure = self.controller.state.offices[action.office].closure
         who = closure.who if closure is not None and closure.who else "baton"
         plan = self._plan(action.kind, action.office, action.alternate, action.run_id, action.reason, who)
@@ -482,6 +498,35 @@ class Service:
             while len(self._progress) > 20:
                 self._progress.pop(next(iter(self._progress)))
         return RunResult(outcome.ok, outcome.detail)
+
+    # --- catch-up of devices a handover left pending (baton.catchup) ---------------------------
+
+    def _device_verdicts(self, office: str) -> dict[str, str]:
+        if self.monitor is None:
+            return {}
+        return {str(v["id"]): str(v["verdict"]) for v in self.monitor.device_views(office)}
+
+    def _plan_catchup(
+        self, office: str, alternate: str, run_id: str, devices: frozenset[str]
+    ) -> RunPlan | str:
+        reason = f"catch-up: {', '.join(sorted(devices))} answer(s) again"
+        plan = self._plan(RunKind.HANDOVER, office, alternate, run_id, reason, "baton")
+        if isinstance(plan, str):
+            return plan
+        narrowed = plan.only(devices)
+        if not narrowed.devices:
+            return f"{', '.join(sorted(devices))} no longer targets of the handover playbook"
+        return narrowed
+
+    async def _run_catchup(self, plan: RunPlan, abort: asyncio.Event) -> RunOutcome:
+        return await execute(
+            plan,
+            journal=self.journal,
+            connectors=self.connectors,
+            confirm_window_s=self.config.policy.confirm_window_s,
+            abort=abort,
+            clock=self.clock,
+        )
 
     def run_progress(self, run_id: str) -> dict[str, Any] | None:
         progress = self._progress.get(run_id)
@@ -529,7 +574,7 @@ class Service:
             record = self.journal.run(outcome.run_id)
             kind = record.kind if record is not None else RunKind.HANDOVER
             log.warning("recovery.done", run_id=outcome.run_id, office=outcome.office, result=outcome.result)
-            self.apply(
+            self._report_run(
                 RunFinished(outcome.office, outcome.run_id, kind, outcome.result == "ok", outcome.detail)
             )
 
@@ -549,6 +594,7 @@ class Service:
 
     def _update_state_metrics(self) -> None:
         self.metrics.update_state(self.controller.state, self.last_loop_at)
+        self.metrics.runs_in_progress.set(len(self.runs.running))
 
     async def _start_api(self) -> api.Listeners:
         app = api.create_app(self, tokens=(), allow_peercred=True)
@@ -578,7 +624,10 @@ class Service:
     # --- what the API reads ---------------------------------------------------------------------
 
     def device_views(self, office: str) -> list[dict[str, Any]]:
-        return [] if self.monitor is None else self.monitor.device_views(office)
+        views = [] if self.monitor is None else self.monitor.device_views(office)
+        pending = set(self.catchups.pending(office))
+        # pending: left unreachable by the handover, handed over when it answers (a catch-up).
+        return [{**view, "pending": view["id"] in pending} for view in views]
 
     def status_extra(self) -> dict[str, Any]:
         return {
@@ -588,6 +637,8 @@ class Service:
             "uptime_s": self.clock() - self.started_at,
             "last_loop_at": self.last_loop_at,
             "runs_in_progress": list(self.runs.running),
+            "catchups_in_progress": list(self.catchups.running),
+            "pending_devices": self.catchups.all_pending(),  # office -> devices awaiting a catch-up
         }
 
     def offices_in(self, *phases: Phase) -> list[str]:

@@ -9,8 +9,8 @@ shows it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any
 
 from baton.core.model import Device, Inventory, RunKind
@@ -83,6 +83,15 @@ class RunPlan:
     @property
     def phases(self) -> tuple[int, ...]:
         return tuple(sorted({s.phase for d in self.devices for s in d.steps}))
+
+    def only(self, device_ids: Iterable[str]) -> RunPlan:
+        """The same run limited to `device_ids` (a catch-up of devices a handover left pending)."""
+        wanted = frozenset(device_ids)
+        return replace(
+            self,
+            devices=tuple(d for d in self.devices if d.device.id in wanted),
+            problems=tuple(p for p in self.problems if p.device is None or p.device in wanted),
+        )
 
     @property
     def worst_case_s(self) -> float:

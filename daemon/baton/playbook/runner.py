@@ -29,6 +29,19 @@ already did (same id), and always finishes it: the journal says how every run en
    (no `:confirmed-commit`, or already confirmed); the `compensate` of every ssh/snmp/rpc step
    that ran, newest first.
 
+6. Unreachable devices, with the playbook's `unreachable: skip`: before a device's first step, the
+   session that step needs is opened ("first contact"). When that fails at the connection level
+   (`is_unreachable`: refused, reset, timed out, no route, the peer closing before the SSH
+   banner; never a host key or authentication failure, never an rpc-error), every step of the
+   device is journaled `skipped` with a detail starting "unreachable (pending)", the device ends
+   UNREACHABLE, and the others go on: the run is `ok` when every device that answered
+   succeeded, even when none answered ("ok: 0 device(s) handed over, 3 unreachable (pending)").
+   That is deliberate: the office is closed and nobody can operate those devices now; a failed
+   run would leave the office FAILED for an operator who could do nothing either, whereas the
+   daemon catches the pending devices up when they answer again (`baton.catchup`). A device
+   that fails *after* first contact (its session drops mid-run) is a real failure. With the
+   default `unreachable: fail` nothing of this happens: the connect error fails the run.
+
 Every step, including the runner's own (prepare-candidate, commit, confirm, cancel-commit,
 discard-candidate, compensate:NAME), is journaled at `intent` before it runs and gets exactly one
 result after: done, failed (with the cause), skipped (why) or rolled_back (undo steps that
@@ -51,12 +64,29 @@ from typing import Literal
 
 import structlog
 
-from baton.adapters.errors import AdapterError, AdapterTimeoutError, NetconfError, NetconfRpcError
+from baton.adapters.errors import (
+    AdapterError,
+    AdapterTimeoutError,
+    HostKeyError,
+    NetconfConnectError,
+    NetconfError,
+    NetconfRpcError,
+    SshConnectError,
+)
 from baton.core.events import RunFinished
 from baton.core.model import RunKind
-from baton.journal import Journal, StepStatus
+from baton.journal import Journal, StepRecord, StepStatus
 from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan
-from baton.playbook.schema import NetconfEdit, NetconfGet, SnmpGet, SnmpSet, Step, Wait
+from baton.playbook.schema import (
+    NetconfEdit,
+    NetconfGet,
+    NetconfRpc,
+    SnmpGet,
+    SnmpSet,
+    SshCommand,
+    Step,
+    Wait,
+)
 from baton.playbook.steps import Connectors, DeviceSession, StepFailed, run_step, wrap_config
 
 log = structlog.get_logger("baton.runner")
@@ -68,6 +98,8 @@ CONFIRM = "confirm"
 CANCEL = "cancel-commit"
 DISCARD = "discard-candidate"
 COMPENSATE = "compensate:"
+# How the steps of a device skipped for not answering start their detail (the catch-up reads it).
+UNREACHABLE = "unreachable (pending)"
 
 OnFailure = Literal["rollback", "rollback_device", "stop"]
 Progress = Callable[["StepOutcome"], None]
@@ -83,6 +115,7 @@ class DeviceStatus(StrEnum):
     FAILED = "failed"
     ROLLED_BACK = "rolled_back"
     LEFT = "left"  # on_failure stop: left as it is
+    UNREACHABLE = "unreachable"  # unreachable: skip, and it did not answer: skipped, pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +158,11 @@ class RunOutcome:
 
     def device(self, device_id: str) -> DeviceOutcome:
         return next(d for d in self.devices if d.device == device_id)
+
+    @property
+    def unreachable(self) -> tuple[str, ...]:
+        """Devices skipped because they did not answer (pending a catch-up)."""
+        return tuple(d.device for d in self.devices if d.status is DeviceStatus.UNREACHABLE)
 
     def to_event(self) -> RunFinished:
         return RunFinished(
@@ -212,8 +250,51 @@ def is_too_late(first_commit_at: float | None, window_s: float, margin_s: float,
     return first_commit_at is not None and now > first_commit_at + window_s - margin_s
 
 
-def summarize(result: str, devices: Sequence[DeviceOutcome], reason: str = "") -> str:
+_UNREACHABLE_MARKS = (
+    "tcp connect to",  # refused, timed out, no route, network unreachable...
+    "error reading ssh protocol banner",  # accepted, then closed/reset before SSH spoke
+    "connection reset",
+    "connection refused",
+    "connection lost",
+    "timed out",
+    "no route to host",
+    "unreachable",
+    "no netconf session with",  # the whole establishment timed out
+    "no ssh session with",
+)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Did a connect fail at the connection level (the device does not answer at all)?
+
+    Host key and authentication failures, missing credentials and rpc-errors are not: the device
+    (or something claiming to be it) answered. The adapters' connect errors carry a cause text
+    only, so this reads it; tests against the lab pin what a dead device gives.
+    """
+    if not isinstance(exc, NetconfConnectError | SshConnectError) or isinstance(exc, HostKeyError):
+        return False
+    cause = exc.cause.lower()
+    if "authentication failed" in cause or "credentials" in cause:
+        return False
+    return any(mark in cause for mark in _UNREACHABLE_MARKS)
+
+
+def unreachable_devices(steps: Iterable[StepRecord]) -> frozenset[str]:
+    """The devices a run skipped as unreachable, read from its journaled steps."""
+    return frozenset(
+        s.device for s in steps if s.status is StepStatus.SKIPPED and s.detail.startswith(UNREACHABLE)
+    )
+
+
+def summarize(
+    result: str, devices: Sequence[DeviceOutcome], reason: str = "", kind: RunKind = RunKind.HANDOVER
+) -> str:
     """One sentence for the journal, logs and the RunFinished event."""
+    unreachable = sum(1 for d in devices if d.status is DeviceStatus.UNREACHABLE)
+    if result == "ok" and unreachable:
+        done = "handed over" if kind is RunKind.HANDOVER else "handed back"
+        text = f"ok: {len(devices) - unreachable} device(s) {done}, {unreachable} unreachable (pending)"
+        return f"{text}; {reason}" if reason else text
     counts: dict[str, int] = {}
     for d in devices:
         counts[d.status.value] = counts.get(d.status.value, 0) + 1
@@ -246,6 +327,7 @@ class _Dev:
     confirmed: bool = False
     rolled_back: bool = False
     failed: str | None = None
+    unreachable: str | None = None  # why it was skipped as not answering (unreachable: skip)
     ran: list[PlannedStep] = field(default_factory=list)  # steps that may have changed something
     outcomes: list[StepOutcome] = field(default_factory=list)
 
@@ -269,7 +351,7 @@ class _Dev:
             self.committed,
             self.confirmed,
             self.rolled_back,
-            self.failed,
+            self.failed if self.failed is not None else self.unreachable,
             tuple(self.outcomes),
         )
 
@@ -287,8 +369,11 @@ class _Run:
         progress: Progress | None,
         abort: asyncio.Event | None,
         clock: Callable[[], float],
+        unreachable: Mapping[str, str] | None = None,
     ) -> None:
         self.plan = plan
+        self.skip_unreachable = plan.playbook.unreachable == "skip"
+        self.known_unreachable = dict(unreachable or {})  # found so by the capabilities read
         self.journal = journal
         self.connectors = connectors
         self.run_id = plan.run.id
@@ -379,7 +464,7 @@ class _Run:
         finally:
             await asyncio.gather(*(dev.session.close() for dev in self.devs), return_exceptions=True)
         outcomes = tuple(d.outcome() for d in self.devs)
-        detail = summarize(result, outcomes, reason)
+        detail = summarize(result, outcomes, reason, self.plan.run.kind)
         return RunOutcome(
             self.run_id,
             self.plan.office,
@@ -422,6 +507,11 @@ class _Run:
                             await self._skip_rest(dev, self._stop_reason())
                         break
                     if dev.status is DeviceStatus.PENDING:
+                        if self.skip_unreachable:
+                            cause = self.known_unreachable.get(dev.id) or await self._first_contact(dev, ps)
+                            if cause is not None:
+                                await self._mark_unreachable(dev, cause)
+                                break
                         dev.status = DeviceStatus.RUNNING
                     try:
                         if isinstance(ps.step, NetconfEdit) and not dev.locked:
@@ -438,6 +528,29 @@ class _Run:
                 # thread (TICK), and 200 held open made a 200-device run twice as slow (measured).
                 if not dev.holds_session:
                     await dev.session.close()
+
+    async def _first_contact(self, dev: _Dev, ps: PlannedStep) -> str | None:
+        """Open the session the device's first step needs; the cause when it does not answer.
+
+        Any other connect error is left for the step itself to meet again (and journal) as a
+        real failure; SNMP steps have no session to open, so they are never skipped.
+        """
+        step = ps.step.until if isinstance(ps.step, Wait) else ps.step
+        try:
+            if isinstance(step, NetconfEdit | NetconfRpc | NetconfGet):
+                await dev.session.netconf()
+            elif isinstance(step, SshCommand):
+                await dev.session.ssh()
+        except AdapterError as exc:
+            if is_unreachable(exc):
+                return _describe(exc)
+        return None
+
+    async def _mark_unreachable(self, dev: _Dev, cause: str) -> None:
+        dev.unreachable = f"{UNREACHABLE}: {cause}"
+        dev.status = DeviceStatus.UNREACHABLE
+        self.log.warning("runner.device_unreachable", device=dev.id, detail=cause)
+        await self._skip_rest(dev, f"{UNREACHABLE}: {cause}")
 
     async def _device_failed(self, dev: _Dev, detail: str) -> None:
         dev.failed = detail
@@ -772,19 +885,19 @@ def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
 
 async def _capabilities(
     plan: RunPlan, connectors: Connectors, concurrency: int, devices: Iterable[str]
-) -> tuple[dict[str, bool], list[str]]:
+) -> tuple[dict[str, bool], dict[str, AdapterError]]:
     """Which of `devices` support :confirmed-commit (one short session each) and which failed."""
     wanted = set(devices)
     sem = asyncio.Semaphore(concurrency)
     result: dict[str, bool] = {}
-    errors: list[str] = []
+    errors: dict[str, AdapterError] = {}
 
     async def one(dp: DevicePlan) -> None:
         async with sem:
             try:
                 nc = await connectors.netconf(dp.device)
             except AdapterError as exc:
-                errors.append(f"{dp.device.id}: {exc}")
+                errors[dp.device.id] = exc
                 return
             try:
                 result[dp.device.id] = nc.supports_confirmed_commit
@@ -849,11 +962,15 @@ async def execute(
     if margin >= window:
         return await refuse(f"refused: confirm margin {margin:g} s is not shorter than the window {window} s")
     unsafe = uncompensated_edits(plan)
+    unreachable: dict[str, str] = {}
     if unsafe:
         caps, errors = await _capabilities(plan, connectors, workers, unsafe)
-        if errors:
-            return await refuse("refused: cannot read capabilities of " + "; ".join(errors[:10]))
-        why = refusal(plan, caps)
+        if pb.unreachable == "skip":
+            unreachable = {d: _describe(e) for d, e in errors.items() if is_unreachable(e)}
+        refused = [f"{d}: {e}" for d, e in sorted(errors.items()) if d not in unreachable]
+        if refused:
+            return await refuse("refused: cannot read capabilities of " + "; ".join(refused[:10]))
+        why = refusal(plan.only(d.device.id for d in plan.devices if d.device.id not in unreachable), caps)
         if why is not None:
             return await refuse(why)
 
@@ -868,6 +985,7 @@ async def execute(
         progress=progress,
         abort=abort,
         clock=clock,
+        unreachable=unreachable,
     )
     outcome = await state.go()
     await asyncio.to_thread(journal.finish_run, run.id, outcome.result, outcome.detail, clock())

@@ -16,6 +16,11 @@ happens when one fails (`on_failure`), and the ordered `steps`. Each step has a 
     wait           repeat the condition step `until` every `interval_s` until its checks pass
                    or `deadline_s` passes
 
+`unreachable: skip` (default `fail`) lets a run go on without the devices that do not answer at
+all when first contacted (connection refused/reset/timed out, no route; never a host key or
+authentication failure): they are journaled "skipped: unreachable (pending)" and the run is ok
+when every device that answered succeeded.
+
 Every step may have `when` (a Jinja2 expression), `phase` (with `barriers: true` every device
 finishes phase k before any starts k+1), `timeout_s`, `retries` (idempotent kinds only) and
 `compensate` (the step that undoes it). Templates are checked at load: Jinja2 syntax (with the
@@ -237,6 +242,10 @@ class Playbook(_Model):
     confirm_window_s: float = Field(300.0, gt=0)
     on_failure: Literal["rollback", "rollback_device", "stop"] = "rollback"
     barriers: bool = False
+    # A device whose first contact fails at the connection level (refused, reset, timed out,
+    # no route): `fail` fails the run like any failure; `skip` leaves it "unreachable (pending)"
+    # and hands over the others (the daemon catches it up when it answers again).
+    unreachable: Literal["fail", "skip"] = "fail"
     steps: list[Step] = Field(min_length=1)
 
     @property
