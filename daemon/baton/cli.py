@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "baton.commands.daemon",
     "baton.commands.lab",
     "baton.commands.operator",
+    "baton.commands.demo",
 )
 
 

@@ -56,6 +56,21 @@ def test_fault_commands_change_the_lab(lab_network: RunningLab, capsys: pytest.C
     assert all(d.faults.reachable for d in lab_network.lab.devices.values())
 
 
+def test_power_off_with_ups_keeps_those_roles_up(lab_network: RunningLab) -> None:
+    """`power-off --ups core` darkens all but the core router; power-on boots only the dark ones."""
+    devices = {d.role: d for d in lab_network.lab.office_devices("busan-jung")}
+    core_boot = devices["core"].boot_time
+    assert EX_OK == lab_cli(lab_network, "power-off", "busan-jung", "--ups", "core")
+    assert {"core": True, "agg": False, "olt": False} == {r: d.faults.powered for r, d in devices.items()}
+
+    assert EX_OK == lab_cli(lab_network, "power-on", "busan-jung")
+    assert all(d.faults.powered for d in devices.values())
+    assert core_boot == devices["core"].boot_time  # the UPS kept it up: no reboot
+    with pytest.raises(ControlError, match="unknown role"):
+        request(lab_network.dir, "power_off", office="busan-jung", ups=["dc"])
+    assert all(d.faults.powered for d in devices.values())
+
+
 def test_show_prints_running_mgmt(lab_network: RunningLab, capsys: pytest.CaptureFixture[str]) -> None:
     """`show` prints the device's running mgmt config: home NOC and Baton in the ACL, trap target."""
     assert EX_OK == lab_cli(lab_network, "show", "busan-jung-core1")

@@ -32,6 +32,14 @@ def _on_off(text: str) -> bool:
     return text == "on"
 
 
+def _roles(text: str) -> list[str]:
+    roles = [r.strip() for r in text.split(",") if r.strip()]
+    unknown = [r for r in roles if r not in ("core", "agg", "olt")]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown role(s) {', '.join(unknown)}; roles: core, agg, olt")
+    return roles
+
+
 def register(sub: Any) -> None:
     lab = sub.add_parser("lab", help="run a simulated multi-office network on loopback (demo, drills, bench)")
     lab.add_argument(
@@ -65,9 +73,18 @@ def register(sub: Any) -> None:
     device = ("device", str, "device id")
     simple("status", "offices, devices, faults and addresses of the running lab", "status")
     simple("show", "one device: interfaces, faults, running mgmt config", "show", device)
-    simple(
-        "power-off", "power an office off (power alarm first, then every device dies)", "power_off", office
+    power_off = cmds.add_parser(
+        "power-off", parents=[common], help="power an office off (power alarm first, then every device dies)"
     )
+    power_off.add_argument("office", help="office id")
+    power_off.add_argument(
+        "--ups",
+        type=_roles,
+        default=[],
+        metavar="ROLES",
+        help="comma-separated roles a UPS keeps up (core, agg, olt), e.g. --ups core",
+    )
+    power_off.set_defaults(func=lambda a: _control(a, "power_off", ["office", "ups"]))
     simple("power-on", "power an office on (devices boot, coldStart traps)", "power_on", office)
     simple("cut", "cut an office's uplink: its devices become unreachable", "cut", office)
     simple("uncut", "restore an office's uplink", "uncut", office)

@@ -46,6 +46,12 @@ def _arg(req: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _roles(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ControlError("argument 'ups' must be a list of roles")
+    return tuple(value)
+
+
 def _commands(lab: Lab) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]:
     async def status(_: dict[str, Any]) -> Any:
         return lab.status()
@@ -56,7 +62,9 @@ def _commands(lab: Lab) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
     return {
         "status": status,
         "show": show,
-        "power_off": lambda r: lab.power_off(_arg(r, "office", str), float(r.get("grace_s", 0.0))),
+        "power_off": lambda r: lab.power_off(
+            _arg(r, "office", str), float(r.get("grace_s", 0.0)), _roles(r.get("ups", []))
+        ),
         "power_on": lambda r: lab.power_on(_arg(r, "office", str)),
         "cut": lambda r: lab.cut(_arg(r, "office", str)),
         "uncut": lambda r: lab.uncut(_arg(r, "office", str)),

@@ -52,6 +52,7 @@ DEFAULT_DEVICES_PER_OFFICE = 4
 MAX_OFFICES = 250
 MAX_DEVICES_PER_OFFICE = 250 * 200  # second octet 20..219
 LAB_USER = "baton"  # the NETCONF/SSH user Baton logs in as
+ROLES = frozenset({"core", "agg", "olt"})
 
 T = TypeVar("T")
 
@@ -470,8 +471,12 @@ class Lab:
 
     # --- faults (all async so callers on another thread use one way: run_coroutine_threadsafe)
 
-    async def power_off(self, office: str, grace_s: float = 0.0) -> str:
-        """Office on battery: the power alarm goes out, then after `grace_s` every device dies."""
+    async def power_off(self, office: str, grace_s: float = 0.0, ups: Sequence[str] = ()) -> str:
+        """Office on battery: the power alarm goes out, then after `grace_s` every device dies,
+        except those whose role is in `ups` (core, agg, olt): a UPS carries them on."""
+        unknown = sorted(set(ups) - ROLES)
+        if unknown:
+            raise LabError(f"unknown role(s) {', '.join(unknown)} for ups; roles: {', '.join(sorted(ROLES))}")
         devices = self.office_devices(office)
         assert self._agent is not None
         assert self._traps is not None
@@ -481,26 +486,33 @@ class Lab:
             self._traps.power(monitor, failing=True)
         if grace_s > 0:
             await asyncio.sleep(grace_s)
-        for device in devices:
+        dark = [d for d in devices if d.role not in ups]
+        for device in dark:
             device.faults.powered = False
-        self._drop_sessions(devices)
+        self._drop_sessions(dark)
         self._powered_off.add(office)
-        log.info("lab.power_off", office=office, devices=len(devices))
-        return f"office {office} powered off ({len(devices)} devices down)"
+        log.info("lab.power_off", office=office, devices=len(dark), ups=list(ups))
+        if len(dark) == len(devices):
+            return f"office {office} powered off ({len(devices)} devices down)"
+        return (
+            f"office {office} powered off ({len(dark)} devices down, "
+            f"{len(devices) - len(dark)} on UPS: {', '.join(sorted(set(ups)))})"
+        )
 
     async def power_on(self, office: str) -> str:
         devices = self.office_devices(office)
         assert self._agent is not None
         assert self._traps is not None
         self._agent.set_office_power(office, POWER_MAINS)
-        for device in devices:
+        dark = [d for d in devices if not d.faults.powered]  # a UPS kept the others up: no reboot
+        for device in dark:
             device.faults.powered = True
-        for device in devices:
+        for device in dark:
             self._boot(device)
         self._traps.power(devices[0], failing=False)
         self._powered_off.discard(office)
-        log.info("lab.power_on", office=office, devices=len(devices))
-        return f"office {office} powered on ({len(devices)} devices booted)"
+        log.info("lab.power_on", office=office, devices=len(dark))
+        return f"office {office} powered on ({len(dark)} devices booted)"
 
     async def cut(self, office: str) -> str:
         devices = self.office_devices(office)
