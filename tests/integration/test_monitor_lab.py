@@ -2,14 +2,15 @@
 offices on loopback, faults injected through the lab, traps sent by the lab's devices.
 
 Each office has 8 devices (2 core routers, 2 aggregation routers, 4 OLTs; cores and aggs are
-critical), so "the whole office went dark" (2/4 critical DOWN) and "one core died, taking what
-hangs off it" (1 DOWN + 1 UNREACHABLE of 4) are told apart by the ratio rule.
+critical). A device silenced by a dead device of its own office counts against that office (the
+building went dark); one silenced by a dead uplink in another office makes it UNREACHABLE.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import re
 import socket
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
@@ -41,7 +42,7 @@ VENDOR_TRAPS = MappingProxyType(
     }
 )
 DARK_BUSAN = (
-    "2/4 critical devices down: busan-jung-core1, busan-jung-core2, "
+    "4/4 critical devices down (2 behind a down device of the office): busan-jung-core1, busan-jung-core2, "
     "busan-jung-agg1 (unreachable), busan-jung-agg2 (unreachable)"
 )
 
@@ -78,7 +79,15 @@ class Recorder:
 class LabRig:
     """A lab of OFFICES in its own thread, its inventory as Baton loads it, and a Monitor."""
 
-    def __init__(self, tmp_path: Path, *, poll_interval_s: float, traps: bool) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        *,
+        poll_interval_s: float,
+        traps: bool,
+        rewire: Callable[[Inventory], Inventory] | None = None,
+    ) -> None:
+        self.rewire = rewire
         self.dir = tmp_path / "lab"
         self.secrets = load_or_create_secrets(self.dir / "lab")  # the lab picks these up
         self.metrics = Metrics()
@@ -119,6 +128,8 @@ class LabRig:
         lab = await asyncio.to_thread(self.thread.start)
         inventory_dir = write_inventory(lab)
         inventory = quick_probes(load_inventory(inventory_dir))
+        if self.rewire is not None:
+            inventory = self.rewire(inventory)
         policy = Policy(poll_interval_s=self.poll_interval_s, failures_to_down=FAILURES_TO_DOWN)
         self.monitor = Monitor(
             inventory,
@@ -170,8 +181,13 @@ def quick_probes(inventory: Inventory) -> Inventory:
 async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Coroutine[Any, Any, LabRig]]]:
     rigs: list[LabRig] = []
 
-    async def make(*, poll_interval_s: float = 1.0, traps: bool = False) -> LabRig:
-        rig = LabRig(tmp_path, poll_interval_s=poll_interval_s, traps=traps)
+    async def make(
+        *,
+        poll_interval_s: float = 1.0,
+        traps: bool = False,
+        rewire: Callable[[Inventory], Inventory] | None = None,
+    ) -> LabRig:
+        rig = LabRig(tmp_path, poll_interval_s=poll_interval_s, traps=traps, rewire=rewire)
         rigs.append(rig)
         await rig.start()
         return rig
@@ -197,7 +213,8 @@ async def test_power_off_makes_that_office_down_within_failures_to_down_rounds(
     assert before + FAILURES_TO_DOWN <= down_round <= after + FAILURES_TO_DOWN + 2
     # DOWN as soon as two critical devices are; by the latest round DOWN may come at, every
     # device has failed failures_to_down polls.
-    assert event.detail.startswith("2/4 critical devices down: busan-jung-")
+    # the first DOWN comes as soon as the devices failing so far reach the ratio
+    assert re.match(r"[234]/4 critical devices down(:| \()", event.detail), event.detail
     await rig.recorder.until(lambda: monitor.rounds >= after + FAILURES_TO_DOWN + 2)
     assert DARK_BUSAN == monitor.office_judgements()["busan-jung"].detail
     others = {e.verdict for r, _, e in rig.recorder.events if r > before and e.office != "busan-jung"}
@@ -213,11 +230,47 @@ async def test_power_off_makes_that_office_down_within_failures_to_down_rounds(
     assert 'baton_office_health_ratio{office="busan-jung"} 0.0' in rendered
 
 
-async def test_core_router_down_makes_office_unreachable_not_down(
+HUB = "busan-jung-core2"  # stands in for the regional router geumcheon's uplinks end on
+
+
+def uplinked_through_hub(inventory: Inventory) -> Inventory:
+    """Geumcheon's core routers reach the network through a router of another office."""
+    devices = dict(inventory.devices)
+    for device_id in ("seoul-geumcheon-core1", "seoul-geumcheon-core2"):
+        devices[device_id] = replace(devices[device_id], parent=HUB)
+    return Inventory(inventory.offices, MappingProxyType(devices))
+
+
+async def test_a_dead_uplink_in_another_office_makes_the_office_unreachable_not_down(
     make_rig: Callable[..., Coroutine[Any, Any, LabRig]],
 ) -> None:
-    """One core dies and everything behind it goes silent: the office is UNREACHABLE (its
-    aggregation router is not at fault), not DOWN, and the detail says which devices."""
+    """The uplink router (another office's) dies and geumcheon goes silent behind it: geumcheon is
+    UNREACHABLE — Baton cannot see it, which is no closure — never DOWN."""
+    rig = await make_rig(rewire=uplinked_through_hub)
+    monitor = rig.monitor
+    assert monitor is not None
+
+    async def uplink_dies(lab: Lab) -> None:
+        await lab.device_down(HUB)
+        await lab.cut("seoul-geumcheon")  # every path to geumcheon went through it
+
+    before = monitor.rounds
+    await rig.lab(uplink_dies)
+    _, _, event = await rig.recorder.until_verdict("seoul-geumcheon", OfficeVerdict.UNREACHABLE)
+
+    assert re.match(r"[234]/4 critical devices unreachable \(parent down\)", event.detail), event.detail
+    verdicts = {e.verdict for r, _, e in rig.recorder.events if r > before and e.office == "seoul-geumcheon"}
+    assert OfficeVerdict.DOWN not in verdicts
+    views = {v["id"]: v for v in monitor.device_views("seoul-geumcheon")}
+    assert {"UNREACHABLE"} == {v["verdict"] for v in views.values()}
+    assert views["seoul-geumcheon-core1"]["reason"].startswith(f"parent {HUB} is DOWN")
+
+
+async def test_a_dead_core_takes_what_hangs_off_it_down_with_its_office(
+    make_rig: Callable[..., Coroutine[Any, Any, LabRig]],
+) -> None:
+    """One core of the office dies and everything behind it goes silent: those devices count
+    against the office (1 DOWN + 1 behind it of 4 critical: DOWN at the 0.5 ratio)."""
     rig = await make_rig()
     monitor = rig.monitor
     assert monitor is not None
@@ -229,24 +282,18 @@ async def test_core_router_down_makes_office_unreachable_not_down(
         for device_id in behind:  # their path goes through the dead core
             lab.device(device_id).faults.cut = True
 
-    before = monitor.rounds
     await rig.lab(core_dies)
-    _, _, event = await rig.recorder.until_verdict("seoul-geumcheon", OfficeVerdict.UNREACHABLE)
-
+    _, _, event = await rig.recorder.until_verdict("seoul-geumcheon", OfficeVerdict.DOWN)
     expected = (
-        "2/4 critical devices down or unreachable (1 behind a down parent): "
+        "2/4 critical devices down (1 behind a down device of the office): "
         "seoul-geumcheon-core1, seoul-geumcheon-agg1 (unreachable)"
     )
     assert expected == event.detail
-    verdicts = {e.verdict for r, _, e in rig.recorder.events if r > before and e.office == "seoul-geumcheon"}
-    assert OfficeVerdict.DOWN not in verdicts
     views = {v["id"]: v for v in monitor.device_views("seoul-geumcheon")}
     assert {"seoul-geumcheon-agg1", "seoul-geumcheon-olt01", "seoul-geumcheon-olt03"} == {
         i for i, v in views.items() if v["verdict"] == "UNREACHABLE"
     }
     assert views["seoul-geumcheon-agg1"]["reason"].startswith("parent seoul-geumcheon-core1 is DOWN")
-    others = {e.verdict for r, _, e in rig.recorder.events if r > before and e.office != "seoul-geumcheon"}
-    assert {OfficeVerdict.HEALTHY} == others
 
 
 async def test_power_alarm_shortens_detection_but_never_decides_alone(
@@ -283,7 +330,8 @@ async def test_power_alarm_shortens_detection_but_never_decides_alone(
     assert (down_round, OfficeVerdict.HEALTHY) == busan[busan.index((down_round, OfficeVerdict.DOWN)) - 1]
     assert passes < down_passes <= passes + FAILURES_TO_DOWN
     assert down_round - before <= 1 < FAILURES_TO_DOWN - 1  # no need to wait for poll rounds
-    assert event.detail.startswith("2/4 critical devices down: busan-jung-")
+    # the first DOWN comes as soon as the devices failing so far reach the ratio
+    assert re.match(r"[234]/4 critical devices down(:| \()", event.detail), event.detail
     await rig.recorder.until(lambda: monitor.trap_passes >= passes + FAILURES_TO_DOWN)
     assert DARK_BUSAN == monitor.office_judgements()["busan-jung"].detail
     assert b'baton_traps_received_total{kind="powerFail"}' in rig.metrics.render()

@@ -295,8 +295,8 @@ def test_judge_office_compares_ratios_exactly() -> None:
     assert OfficeVerdict.DOWN == j.verdict
 
 
-def test_judge_office_from_observations() -> None:
-    """End to end: probes fail on the core, its children become UNREACHABLE, the office is UNREACHABLE."""
+def test_a_dark_office_is_down_even_behind_its_own_core() -> None:
+    """The building goes dark: its core is DOWN, the rest unreachable behind it — the office is DOWN."""
     inventory = inventory_of(
         Device("core-1", "o", "core", "10.0.0.1"),
         Device("acc-1", "o", "access", "10.0.0.2", critical=True, parent="core-1"),
@@ -304,7 +304,27 @@ def test_judge_office_from_observations() -> None:
     )
     devices = judge_devices(inventory, {"core-1": DOWN, "acc-1": DOWN, "acc-2": DOWN}, POLICY)
     j = judge_office("o", inventory, devices, POLICY)
-    assert (OfficeVerdict.UNREACHABLE, "2/2 critical devices unreachable (parent down)") == (
+    assert (OfficeVerdict.DOWN, "2/2 critical devices down (2 behind a down device of the office)", 2, 0) == (
         j.verdict,
         j.detail,
+        j.down,
+        j.unreachable,
     )
+
+
+def test_an_office_behind_a_dead_uplink_in_another_office_is_unreachable() -> None:
+    """The uplink router of another office is DOWN: the office is UNREACHABLE, never DOWN."""
+    inventory = inventory_of(
+        Device("hub-1", "hub", "core", "10.9.0.1", critical=True),
+        Device("core-1", "o", "core", "10.0.0.1", critical=True, parent="hub-1"),
+        Device("acc-1", "o", "access", "10.0.0.2", critical=True, parent="core-1"),
+    )
+    devices = judge_devices(inventory, {"hub-1": DOWN, "core-1": DOWN, "acc-1": DOWN}, POLICY)
+    j = judge_office("o", inventory, devices, POLICY)
+    assert (OfficeVerdict.UNREACHABLE, "2/2 critical devices unreachable (parent down)", 0, 2) == (
+        j.verdict,
+        j.detail,
+        j.down,
+        j.unreachable,
+    )
+    assert ("hub-1", "hub-1") == (devices["core-1"].cause, devices["acc-1"].cause)

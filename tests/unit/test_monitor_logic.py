@@ -305,17 +305,17 @@ async def test_every_round_emits_one_verdict_per_office(rig: Rig) -> None:
     assert rig.monitor.first_round_done.is_set()
 
 
-async def test_core_failing_makes_office_unreachable_after_failures_to_down_rounds(rig: Rig) -> None:
-    """A dead core and the devices behind it: the office is UNREACHABLE, not DOWN, after 3 probes."""
+async def test_core_failing_counts_what_hangs_off_it_after_failures_to_down_rounds(rig: Rig) -> None:
+    """A dead core and the devices behind it in the same office: the office is DOWN after 3 probes."""
     await rig.time.advance(20.0)
     rig.alive -= {"a-core1", "a-agg1", "a-olt1"}
     await rig.time.advance(40.0)
     # rounds 1-2 before the fault, 3-4 with 1 and 2 failures (still UP), 5 with the third
-    expected = [OfficeVerdict.HEALTHY] * 4 + [OfficeVerdict.UNREACHABLE] * 2
+    expected = [OfficeVerdict.HEALTHY] * 4 + [OfficeVerdict.DOWN] * 2
     assert expected == [v for _, v in rig.verdicts("a")]
     detail = rig.monitor.office_judgements()["a"].detail
     assert (
-        "2/3 critical devices down or unreachable (1 behind a down parent): a-core1, a-agg1 (unreachable)"
+        "2/3 critical devices down (1 behind a down device of the office): a-core1, a-agg1 (unreachable)"
         == detail
     )
     assert {OfficeVerdict.HEALTHY} == {v for _, v in rig.verdicts("b")}
@@ -331,8 +331,8 @@ async def test_office_alarm_with_dead_devices_is_down_before_the_next_round(rig:
         (r, p, e.verdict) for r, p, e in rig.events if e.office == "a" and r == 2 and p > 0
     ]
     assert (
-        "2/3 critical devices down: a-core1, a-core2, a-agg1 (unreachable)"
-        == rig.monitor.office_judgements()["a"].detail
+        "3/3 critical devices down (1 behind a down device of the office): "
+        "a-core1, a-core2, a-agg1 (unreachable)" == rig.monitor.office_judgements()["a"].detail
     )
 
 

@@ -54,6 +54,7 @@ class DeviceHealth:
 class DeviceJudgement:
     verdict: DeviceVerdict
     reason: str  # "snmp: 3 consecutive failures (timeout)"
+    cause: str | None = None  # UNREACHABLE: the DOWN device highest up the parent chain (root cause)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +150,8 @@ def judge_devices(
         where = (
             f"parent {culprit} is DOWN" if parent == culprit else f"{culprit} is DOWN (via parent {parent})"
         )
-        judged[device_id] = DeviceJudgement(DeviceVerdict.UNREACHABLE, f"{where}; {judgement.reason}")
+        root = _root_cause(culprit, inventory, raw)
+        judged[device_id] = DeviceJudgement(DeviceVerdict.UNREACHABLE, f"{where}; {judgement.reason}", root)
     return MappingProxyType(judged)
 
 
@@ -166,6 +168,15 @@ def _down_ancestor(device_id: str, inventory: Inventory, raw: Mapping[str, Devic
     return None
 
 
+def _root_cause(culprit: str, inventory: Inventory, raw: Mapping[str, DeviceJudgement]) -> str:
+    """The DOWN device highest up the chain from `culprit`: what really failed (a dead uplink
+    router of another office, rather than the office's own core behind it)."""
+    root = culprit
+    while (above := _down_ancestor(root, inventory, raw)) is not None and above != culprit:
+        root = above
+    return root
+
+
 def judge_office(
     office_id: str,
     inventory: Inventory,
@@ -174,11 +185,16 @@ def judge_office(
 ) -> OfficeJudgement:
     """The office verdict from its devices' judgements.
 
-    Considered devices are the critical ones (all devices if none is critical). DOWN when the
-    DOWN share reaches `office_down_ratio`; UNREACHABLE when only DOWN and UNREACHABLE together
-    reach it (we cannot see the office: not a closure); UNKNOWN when no considered device has a
-    verdict yet; DEGRADED when any device of the office is DOWN or UNREACHABLE below that;
-    HEALTHY otherwise (considered devices still UNKNOWN do not spoil HEALTHY).
+    Considered devices are the critical ones (all devices if none is critical). A device that
+    is UNREACHABLE because a device *of this office* is DOWN counts as down here: when the whole
+    building goes dark, its core router is DOWN and everything behind it unreachable, and that is
+    the office failing. Only a cause outside the office (its uplink in another office) makes a
+    device count as unreachable: then we cannot see the office, which is not a closure.
+
+    DOWN when the down share reaches `office_down_ratio`; UNREACHABLE when down and unreachable
+    together reach it; UNKNOWN when no considered device has a verdict yet; DEGRADED when any
+    device of the office is DOWN or UNREACHABLE below that; HEALTHY otherwise (considered devices
+    still UNKNOWN do not spoil HEALTHY).
     """
     devices = inventory.devices_of(office_id)
     if not devices:
@@ -192,9 +208,18 @@ def judge_office(
         judgement = device_judgements.get(device_id)
         return DeviceVerdict.UNKNOWN if judgement is None else judgement.verdict
 
+    def is_inside(cause: str | None) -> bool:
+        known = inventory.devices.get(cause) if cause is not None else None
+        return known is not None and known.office == office_id
+
     verdicts = [verdict_of(d.id) for d in considered]
-    down = verdicts.count(DeviceVerdict.DOWN)
-    unreachable = verdicts.count(DeviceVerdict.UNREACHABLE)
+    behind_own = sum(
+        1
+        for d in considered
+        if verdict_of(d.id) is DeviceVerdict.UNREACHABLE and is_inside(device_judgements[d.id].cause)
+    )
+    down = verdicts.count(DeviceVerdict.DOWN) + behind_own
+    unreachable = verdicts.count(DeviceVerdict.UNREACHABLE) - behind_own
     up = verdicts.count(DeviceVerdict.UP)
     ratio = up / n
 
@@ -203,7 +228,8 @@ def judge_office(
 
     # Compare as quotients, like the policy states them (3 * 0.1 > 0.3 in floating point).
     if down / n >= policy.office_down_ratio:
-        return judged(OfficeVerdict.DOWN, f"{down}/{n} {label} down")
+        behind = f" ({behind_own} behind a down device of the office)" if behind_own else ""
+        return judged(OfficeVerdict.DOWN, f"{down}/{n} {label} down{behind}")
     if (down + unreachable) / n >= policy.office_down_ratio:
         if down == 0:
             return judged(OfficeVerdict.UNREACHABLE, f"{unreachable}/{n} {label} unreachable (parent down)")
