@@ -430,7 +430,10 @@ def run_status(backend: ApiBackend, run: RunRecord | None, run_id: str) -> str:
                 return "running"
             # The core has applied the run's RunFinished even if the runner has not journaled it.
             return "failed" if state.phase is Phase.FAILED else "ok"
-    return "unfinished"  # neither finished in the journal nor the run the core knows: interrupted
+    # Catch-up runs (devices handed over late) are the daemon's, not the core's.
+    if run_id in backend.status_extra().get("catchups_in_progress", ()):
+        return "running"
+    return "unfinished"  # neither finished in the journal nor a run in progress: interrupted
 
 
 def run_view(backend: ApiBackend, run: RunRecord, *, with_steps: bool) -> dict[str, Any]:

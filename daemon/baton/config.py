@@ -67,6 +67,7 @@ class TrapSettings:
     port: int = 162
     communities: tuple[SecretRef, ...] = ()
     v3_users: tuple[TrapUser, ...] = ()
+    vendor_traps: tuple[tuple[str, str, bool], ...] = ()  # (oid, kind, office_level)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,12 +163,21 @@ class TrapUserFile(Strict):
     priv_key: Ref
 
 
+class VendorTrapFile(Strict):
+    """A vendor notification Baton should understand (power, environment, door alarms)."""
+
+    oid: Annotated[str, Field(pattern=r"^[0-9]+(\.[0-9]+)+$")]
+    kind: Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,31}$")]  # a metric label: keep it short
+    office_level: bool = False  # about the whole office: re-poll all its devices at once
+
+
 class TrapsFile(Strict):
     enabled: bool = True
     listen: str = ALL_INTERFACES
     port: Port = 162
     communities: Refs = Field(default_factory=list)
     v3_users: list[TrapUserFile] = Field(default_factory=list)
+    vendor_traps: list[VendorTrapFile] = Field(default_factory=list)
 
 
 class VantageFile(Strict):
@@ -337,9 +347,11 @@ def read_config(
     doc, problems = read_document(path)
     if doc is None:
         return ConfigReading(None, problems)
-    base = path.parent
+    # Absolute: `file:` references and relative paths must not depend on the daemon's cwd.
+    base = path.resolve().parent
     named = doc.data.get("inventory") if isinstance(doc.data, dict) else None
-    inventory = base / named if isinstance(named, str) and named else None
+    # As the user wrote it (relative to where they are), for messages; Config gets absolute paths.
+    inventory = path.parent / named if isinstance(named, str) and named else None
     if not isinstance(doc.data, dict):
         problems.append(
             Problem(doc.file, 1, "", "expected a mapping of settings", "see the example baton.yaml")
@@ -399,6 +411,7 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
                 )
                 for u in parsed.traps.v3_users
             ),
+            vendor_traps=tuple((v.oid, v.kind, v.office_level) for v in parsed.traps.vendor_traps),
         ),
         etcd=None
         if parsed.etcd is None

@@ -32,12 +32,35 @@ def mask_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) ->
 
 
 def configure(*, json: bool = True, level: str = "info", stream: TextIO | None = None) -> None:
-    """Set up structlog for the process. `json=False` gives readable lines for people (CLI, demo)."""
+    """Set up structlog for the process. `json=False` gives readable lines for people (CLI, demo).
+
+    Libraries that log through the standard `logging` module (paramiko, asyncssh, aiohttp) are
+    rendered by the same processors, so the daemon's output stays one JSON object per line.
+    """
     renderer: Any = (
         structlog.processors.JSONRenderer(sort_keys=False)
         if json
         else structlog.dev.ConsoleRenderer(colors=False)
     )
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processor=renderer,
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.processors.add_log_level,
+                structlog.processors.TimeStamper(fmt="iso", utc=True),
+                mask_secrets,
+                structlog.processors.format_exc_info,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)  # libraries speak up only when something is wrong
+    # paramiko logs every failed SSH negotiation (a powered-off device) as an ERROR with a
+    # traceback; the adapters already report those as probe failures.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

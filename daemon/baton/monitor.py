@@ -245,7 +245,12 @@ def trap_receiver_config(
             )
             for u in settings.v3_users
         ),
-        vendor_traps=MappingProxyType(dict(vendor_traps or {})),
+        vendor_traps=MappingProxyType(
+            {
+                **{oid: VendorTrap(kind, office_level) for oid, kind, office_level in settings.vendor_traps},
+                **(vendor_traps or {}),
+            }
+        ),
         learn_engine_ids=bool(settings.v3_users),
     )
 

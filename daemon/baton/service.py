@@ -374,7 +374,17 @@ class Service:
 
     def _report_run(self, event: RunFinished) -> None:
         result = "ok" if event.ok else "failed"
+        now = self.clock()
         self.metrics.runs_total.labels(kind=event.kind.value, result=result).inc()
+        record = self.journal.run(event.run_id)
+        if record is not None:
+            self.metrics.run_duration_seconds.labels(kind=event.kind.value, result=result).observe(
+                max(0.0, now - record.started)
+            )
+        office = self.controller.state.offices.get(event.office)
+        if event.ok and event.kind is RunKind.HANDOVER and office is not None and office.closure is not None:
+            # From the moment the office was judged closed to every device confirmed.
+            self.metrics.handover_seconds.observe(max(0.0, now - office.closure.at))
         self.apply(event)
 
     def _lease_changed(self, held: bool) -> None:

@@ -99,9 +99,14 @@ def test_cross_checks_of_config_against_inventory(tmp_path: Path, capsys: pytest
     path.write_text(config)
     assert EX_CONFIG == main(["validate", "--inventory", str(REPO / "inventory"), "--config", str(path)])
     out = capsys.readouterr().out.splitlines()
+    lines = config.splitlines()
+    office_line = lines.index("  office: seoul-gwachon") + 1
+    # reported where the first value involved is written
+    policy_line = next(i for i, line in enumerate(lines, 1) if line.startswith("  poll_interval_s:"))
     assert [
-        f"{path}:13: vantage.office: unknown office 'seoul-gwachon' — did you mean 'seoul-gwacheon'?",
-        f"{path}:53: policy: poll_interval_s (5) is shorter than the SNMP probe time of 10"
+        f"{path}:{office_line}: vantage.office: unknown office 'seoul-gwachon'"
+        " — did you mean 'seoul-gwacheon'?",
+        f"{path}:{policy_line}: policy: poll_interval_s (5) is shorter than the SNMP probe time of 10"
         " device(s): timeout_s ×"
         " (retries + 1) = 3 × 2 = 6 s for sw-olt-1 (the longest) — raise poll_interval_s to at"
         " least 6, or lower"

@@ -23,6 +23,7 @@ import yaml
 
 from baton.lab.network import LAB_USER, Lab, public_key_line, write_private
 from baton.lab.snmp_agent import OID_LAB_OFFICE_POWER
+from baton.lab.traps import TRAP_POWER_FAIL, TRAP_POWER_RESTORED
 
 GROUP_OF_ROLE = {"core": "core-router", "agg": "agg-router", "olt": "olt"}
 CREDENTIALS = "credentials"
@@ -36,6 +37,10 @@ def _dump(path: Path, header: str, data: Any) -> None:
 
 def _snmp_group(office_region: str) -> str:
     return "snmp-v3-seoul" if office_region == "seoul" else "snmp-v2c"
+
+
+def _dotted(oid: tuple[int, ...]) -> str:
+    return ".".join(map(str, oid))
 
 
 def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: str | None = None) -> Path:
@@ -168,6 +173,15 @@ def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: 
             "listen": host,
             "port": port,
             "communities": [f"file:inventory/{CREDENTIALS}/snmp-community"],
+            # The lab's UPS alarms: office-level, so Baton re-polls the whole office at once.
+            "vendor_traps": [
+                {"oid": ".".join(map(str, TRAP_POWER_FAIL)), "kind": "powerFail", "office_level": True},
+                {
+                    "oid": ".".join(map(str, TRAP_POWER_RESTORED)),
+                    "kind": "powerRestored",
+                    "office_level": True,
+                },
+            ],
         }
     first_office = lab.plan.offices[0].id
     _dump(
