@@ -4,32 +4,47 @@ Starts K snmpd agents on 127.0.0.2.. (free UDP ports), simulates N devices as N 
 spread over those agents, and for `--duration` seconds polls every device once per `--interval`
 (sysUpTime + ifOperStatus.1 + sysName in one GET, as a device with one critical interface).
 Reports device-polls/s, client CPU per poll (process CPU / polls, target building excluded and
-reported separately), RSS, and the agents' CPU. With `--workers W`, W processes each poll N/W
-devices with their own engine. `--exporter` also runs prometheus-snmp-exporter for the same OIDs
-against the same agents and reports its CPU per device-scrape. Everything started is stopped.
+reported separately), RSS, the agents' CPU, poll latency p50/p99, and whether the schedule was
+kept: every poll due (each device's phase, computed as the scheduler does) until 1 s before the
+stop must have started within 1 s of its due time and ended ok, with no failure and no overrun
+(a device's turn skipped because its previous poll was still running).
 
-    .venv/bin/python bench/poll.py --devices 1000 --duration 30
-    .venv/bin/python bench/poll.py --devices 10000 --duration 30 --workers 2 --exporter
+`--impl fast` (default) is the v2c fast path (baton.adapters.snmp_fast); `--impl pysnmp` is the
+same poller with v2c through pysnmp (the code before the fast path). `--workers W`: W processes
+each poll N/W devices. `--repeat R` runs the Baton part R times (same agents) and prints the
+median. `--exporter` also runs prometheus-snmp-exporter for the same OIDs against the same agents
+and reports its CPU per device-scrape. Everything started is stopped. Logging is cut to warnings
+for both impls.
+
+    .venv/bin/python bench/poll.py --devices 1000 --duration 20 --repeat 3 --exporter --exporter-scrapes 2000
+    .venv/bin/python bench/poll.py --devices 10000 --duration 30 --repeat 3
+    .venv/bin/python bench/poll.py --devices 10000 --duration 20 --repeat 3 --impl pysnmp --workers 2
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
+import logging
 import multiprocessing as mp
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
+
+import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "daemon"))
 
-from baton.adapters.snmp import PollScheduler, SnmpPoller
+from baton.adapters.snmp import PollScheduler, SnmpPoller, SnmpReading, phase_offset
 from baton.core.model import Device, SecretRef, SnmpSettings, frozen_map
 
 COMMUNITY = "public"
@@ -98,24 +113,55 @@ def devices_for(agents: list[tuple[str, int]], first: int, count: int, interval_
     return out
 
 
-async def run_worker(devices: list[Device], duration_s: float, interval_s: float) -> dict[str, float]:
-    poller = SnmpPoller(lambda _ref: COMMUNITY, max_concurrency=1000)
+async def run_worker(
+    devices: list[Device], duration_s: float, interval_s: float, fast: bool
+) -> dict[str, Any]:
+    # readings stamped with the scheduler's clock, to match them with their due times
+    poller = SnmpPoller(lambda _ref: COMMUNITY, max_concurrency=1000, fast_v2c=fast, clock=time.monotonic)
     cpu0 = time.process_time()
     # Build every target once (what a daemon does at start), 200 at a time.
     for i in range(0, len(devices), 200):
         await asyncio.gather(*(poller.poll(d) for d in devices[i : i + 200]))
     build_cpu = time.process_time() - cpu0
     counts = {"ok": 0, "fail": 0}
+    latencies: list[float] = []
+    ok_started: dict[str, list[float]] = {d.id: [] for d in devices}
 
-    def deliver(reading: object) -> None:
-        counts["ok" if getattr(reading, "ok", False) else "fail"] += 1
+    def deliver(reading: SnmpReading) -> None:
+        counts["ok" if reading.ok else "fail"] += 1
+        latencies.append(reading.latency_s or 0.0)
+        if reading.ok:
+            ok_started[reading.device].append(reading.at)
 
-    scheduler = PollScheduler(poller, devices, interval_s, deliver=deliver)
+    grid_at: list[float] = []
+
+    def clock() -> float:  # time.monotonic, remembering when the scheduler laid out the phases
+        now = time.monotonic()
+        if not grid_at:
+            grid_at.append(now)
+        return now
+
+    scheduler = PollScheduler(poller, devices, interval_s, deliver=deliver, clock=clock)
     cpu1, wall1 = time.process_time(), time.perf_counter()
     scheduler.start()
     await asyncio.sleep(duration_s)
+    t1 = time.monotonic()
     await scheduler.stop()
     cpu, wall = time.process_time() - cpu1, time.perf_counter() - wall1
+    # Every poll due (each device's phase, computed as the scheduler does) until 1 s before the
+    # stop must have started within 1 s of its due time and ended ok: "on time".
+    t0 = grid_at[0]
+    grid = t0 - t0 % interval_s
+    due = on_time = 0
+    for device in devices:
+        first = grid + phase_offset(device.id, interval_s)
+        at = first if first >= t0 else first + interval_s
+        started = sorted(ok_started[device.id])
+        while at < t1 - 1.0:
+            due += 1
+            i = bisect.bisect_left(started, at - 0.001)
+            on_time += i < len(started) and started[i] < at + 1.0
+            at += interval_s
     poller.close()
     return {
         "polls": counts["ok"] + counts["fail"],
@@ -125,41 +171,70 @@ async def run_worker(devices: list[Device], duration_s: float, interval_s: float
         "build_cpu_s": build_cpu,
         "rss_mb": rss_mb(),
         "overruns": scheduler.overruns,
+        "latencies": latencies,
+        "due": due,
+        "on_time": on_time,
     }
 
 
 def worker_main(
-    args: tuple[list[tuple[str, int]], int, int, float, float], out: mp.Queue[dict[str, float]]
+    args: tuple[list[tuple[str, int]], int, int, float, float, bool],
+    out: mp.Queue[dict[str, Any]],
 ) -> None:
-    agents, first, count, duration_s, interval_s = args
-    out.put(asyncio.run(run_worker(devices_for(agents, first, count, interval_s), duration_s, interval_s)))
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    agents, first, count, duration_s, interval_s, fast = args
+    devices = devices_for(agents, first, count, interval_s)
+    out.put(asyncio.run(run_worker(devices, duration_s, interval_s, fast)))
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def bench_baton(
-    agents: list[tuple[str, int]], n: int, workers: int, duration_s: float, interval_s: float
-) -> None:
+    agents: list[tuple[str, int]], n: int, workers: int, duration_s: float, interval_s: float, impl: str
+) -> dict[str, float]:
     ctx = mp.get_context("fork")
-    queue: mp.Queue[dict[str, float]] = ctx.Queue()
+    queue: mp.Queue[dict[str, Any]] = ctx.Queue()
     share = n // workers
+    load0 = loadavg()
     procs = [
-        ctx.Process(target=worker_main, args=((agents, w * share, share, duration_s, interval_s), queue))
+        ctx.Process(
+            target=worker_main,
+            args=((agents, w * share, share, duration_s, interval_s, impl == "fast"), queue),
+        )
         for w in range(workers)
     ]
     for p in procs:
         p.start()
-    results = [queue.get(timeout=duration_s + 600) for _ in procs]
+    results = [queue.get(timeout=duration_s + 900) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    polls = sum(r["polls"] for r in results)
-    cpu = sum(r["cpu_s"] for r in results)
-    wall = max(r["wall_s"] for r in results)
+
+    def total(key: str) -> float:
+        return sum(float(r[key]) for r in results)
+
+    polls, fail, cpu, overruns = total("polls"), total("fail"), total("cpu_s"), total("overruns")
+    wall = max(float(r["wall_s"]) for r in results)
+    due = total("due")
+    ok = polls - fail
+    lat = sorted(x for r in results for x in r["latencies"])
+    p50 = 1000 * lat[len(lat) // 2] if lat else 0.0
+    p99 = 1000 * lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+    on_time = total("on_time")
+    met = on_time == due and fail == 0 and overruns == 0
+    cpu_ms = 1000 * cpu / max(polls, 1)
     print(
-        f"baton  N={n} workers={workers} interval={interval_s}s: {polls / wall:.0f} device-polls/s "
-        f"(target {n / interval_s:.0f}), CPU/poll {1000 * cpu / max(polls, 1):.2f} ms, "
-        f"failed {sum(r['fail'] for r in results)}, overruns {sum(r['overruns'] for r in results)}, "
-        f"RSS {' + '.join(str(round(r['rss_mb'])) for r in results)} MB, "
-        f"target build {1000 * sum(r['build_cpu_s'] for r in results) / n:.2f} ms CPU/device"
+        f"baton[{impl}] N={n} workers={workers} interval={interval_s}s: {polls / wall:.0f} device-polls/s "
+        f"(target {n / interval_s:.0f}), CPU/poll {cpu_ms:.3f} ms, "
+        f"ok {ok:.0f}, on time {on_time:.0f}/{due:.0f} due, "
+        f"failed {fail:.0f}, overruns {overruns:.0f}, "
+        f"latency p50 {p50:.1f} ms p99 {p99:.1f} ms, "
+        f"RSS {' + '.join(str(round(float(r['rss_mb']))) for r in results)} MB, "
+        f"target build {1000 * total('build_cpu_s') / n:.2f} ms CPU/device, "
+        f"load {load0} -> {loadavg()}; {n}/{interval_s:g}s target {'MET' if met else 'NOT met'}"
     )
+    return {"cpu_ms": cpu_ms, "rate": polls / wall, "met": float(met)}
 
 
 def bench_exporter(workdir: Path, agents: list[tuple[str, int]], scrapes: int) -> None:
@@ -231,6 +306,8 @@ def main() -> None:
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--agents", type=int, default=4)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--impl", choices=("fast", "pysnmp"), default="fast")
+    parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--exporter", action="store_true")
     parser.add_argument("--exporter-scrapes", type=int, default=2000)
     args = parser.parse_args()
@@ -241,10 +318,21 @@ def main() -> None:
         agent_pids.extend(p.pid for p, _, _ in started)
         agents = [(h, p) for _, h, p in started]
         try:
-            a0 = sum(proc_cpu_s(p) for p in agent_pids)
-            bench_baton(agents, args.devices, args.workers, args.duration, args.interval)
-            agent_cpu = sum(proc_cpu_s(p) for p in agent_pids) - a0
-            print(f"agents: {len(agents)} snmpd, CPU during the Baton run {agent_cpu:.1f} s")
+            runs = []
+            for _ in range(args.repeat):
+                a0 = sum(proc_cpu_s(p) for p in agent_pids)
+                runs.append(
+                    bench_baton(agents, args.devices, args.workers, args.duration, args.interval, args.impl)
+                )
+                agent_cpu = sum(proc_cpu_s(p) for p in agent_pids) - a0
+                print(f"agents: {len(agents)} snmpd, CPU during the Baton run {agent_cpu:.1f} s")
+            if args.repeat > 1:
+                print(
+                    f"median of {args.repeat}: CPU/poll "
+                    f"{statistics.median(r['cpu_ms'] for r in runs):.3f} ms, "
+                    f"{statistics.median(r['rate'] for r in runs):.0f} device-polls/s, "
+                    f"target met in {sum(int(r['met']) for r in runs)}/{args.repeat} runs"
+                )
             if args.exporter:
                 bench_exporter(Path(tmp), agents, args.exporter_scrapes)
         finally:

@@ -8,8 +8,9 @@ import socket
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import pytest
 from pyasn1.codec.ber import decoder as ber_decoder
@@ -17,7 +18,8 @@ from pyasn1.codec.ber import encoder as ber_encoder
 from pysnmp.proto import api as snmp_api
 from pysnmp.proto import rfc1902, rfc1905
 
-from baton.adapters.snmp import PollScheduler, SnmpPoller, SnmpReading
+from baton.adapters.snmp import PollScheduler, SnmpPoller, SnmpReading, convert
+from baton.adapters.snmp_fast import GetTemplate, decode_response, encode_oid, encode_request
 from baton.core.model import Device, SecretRef, SnmpSettings, frozen_map
 from baton.metrics import Metrics
 from tests.peers.endpoints import SnmpEndpoint
@@ -434,3 +436,350 @@ def test_link_cut_and_udp_drop_time_out_and_recover(snmpd_netns: SnmpdNetns, tmp
     ok = {"ok": True, "failure": None, "reason": ""}
     timeout = {"ok": False, "failure": "timeout", "reason": "timeout after 0.3 s × 1 try"}
     assert [ok, timeout, ok, timeout, ok] == outcomes
+
+
+# --- v2c fast path (baton.adapters.snmp_fast) ------------------------------------------------
+
+V2C = snmp_api.PROTOCOL_MODULES[snmp_api.SNMP_VERSION_2C]
+
+
+def _comparable(reading: SnmpReading) -> tuple[object, ...]:
+    return (
+        reading.ok,
+        reading.reason,
+        reading.failure,
+        dict(reading.if_oper_status),
+        dict(reading.extra),
+        reading.warnings,
+    )
+
+
+@pytest.mark.parametrize("critical", [(1, 3), ()], ids=["critical", "walk"])
+async def test_fast_path_reads_exactly_what_pysnmp_reads(
+    snmpd_agent: SnmpdProcess, critical: tuple[int, ...]
+) -> None:
+    """Differential against a real snmpd: both codecs give the same reading, interface down included."""
+    snmpd_agent.set_if_oper_status(3, 2)
+    endpoint = snmpd_agent.endpoint
+    base = v2c_device(endpoint, critical=critical)
+    assert base.snmp is not None
+    oids = {"sys_name": SYS_NAME_OID, "nothing": "1.3.6.1.4.1.99999.1.0", "descr": "1.3.6.1.2.1.1.1.0"}
+    device = Device(
+        base.id, base.office, base.role, base.address, snmp=replace(base.snmp, oids=frozen_map(oids))
+    )
+    readings = []
+    for fast in (True, False):
+        poller = SnmpPoller(make_resolver(endpoint), fast_v2c=fast)
+        try:
+            readings.append(await poller.poll(device))
+        finally:
+            poller.close()
+    fast_reading, slow_reading = readings
+    assert _comparable(slow_reading) == _comparable(fast_reading)
+    assert ("nothing (1.3.6.1.4.1.99999.1.0) is noSuchObject",) == fast_reading.warnings
+    assert 2 == fast_reading.if_oper_status[3]
+    assert fast_reading.sys_uptime is not None
+    assert slow_reading.sys_uptime is not None
+
+
+def _exchange(host: str, port: int, datagram: bytes) -> bytes:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5.0)
+        sock.connect((host, port))
+        sock.send(datagram)
+        return sock.recv(65535)
+
+
+def test_net_snmp_responses_decode_like_pyasn1(snmpd_agent: SnmpdProcess) -> None:
+    """Bytes captured from a real snmpd (GET with every value kind it serves, and a GETBULK page)
+    read the same with the fast reader as with pysnmp's own decoder."""
+    endpoint = snmpd_agent.endpoint
+    names = [
+        (1, 3, 6, 1, 2, 1, 1, 3, 0),  # TimeTicks
+        (1, 3, 6, 1, 2, 1, 1, 5, 0),  # OCTET STRING
+        (1, 3, 6, 1, 2, 1, 1, 2, 0),  # OBJECT IDENTIFIER
+        (1, 3, 6, 1, 2, 1, 2, 2, 1, 8, 1),  # INTEGER
+        (1, 3, 6, 1, 2, 1, 1, 3, 1),  # noSuchInstance
+        (1, 3, 6, 1, 4, 1, 99999, 1, 0),  # noSuchObject
+    ]
+    rid = 2**24 + 42
+    captured = [
+        _exchange(endpoint.host, endpoint.port, GetTemplate(endpoint.community.encode(), names).encode(rid)),
+        _exchange(
+            endpoint.host,
+            endpoint.port,
+            encode_request(
+                endpoint.community.encode(), rid, [(1, 3, 6, 1, 2, 1, 2, 2)], pdu_tag=0xA5, max_repetitions=30
+            ),
+        ),
+    ]
+    for raw in captured:
+        message, _ = ber_decoder.decode(raw, asn1Spec=V2C.Message())
+        pdu = V2C.apiMessage.get_pdu(message)
+        expected = [(encode_oid(tuple(oid)), convert(value)) for oid, value in V2C.apiPDU.get_varbinds(pdu)]
+        response = decode_response(raw)
+        assert (rid, expected) == (response.request_id, list(response.varbinds))
+    kinds = {value.type for _, value in decode_response(captured[0]).varbinds}
+    assert {
+        "TimeTicks",
+        "OctetString",
+        "ObjectIdentifier",
+        "Integer",
+        "noSuchInstance",
+        "noSuchObject",
+    } == kinds
+    assert 30 == len(decode_response(captured[1]).varbinds)
+
+
+def _request_of(datagram: bytes) -> tuple[Any, Any, list[Any]]:
+    message, _ = ber_decoder.decode(datagram, asn1Spec=V2C.Message())
+    pdu = V2C.apiMessage.get_pdu(message)
+    return message, pdu, [oid for oid, _ in V2C.apiPDU.get_varbinds(pdu)]
+
+
+def _respond(
+    datagram: bytes,
+    values: Callable[[list[Any]], list[tuple[Any, Any]]],
+    *,
+    error_status: int = 0,
+    error_index: int = 0,
+    request_id_delta: int = 0,
+) -> bytes:
+    message, pdu, names = _request_of(datagram)
+    response = V2C.apiPDU.get_response(pdu)
+    V2C.apiPDU.set_request_id(response, int(V2C.apiPDU.get_request_id(pdu)) + request_id_delta)
+    V2C.apiPDU.set_error_status(response, error_status)
+    V2C.apiPDU.set_error_index(response, error_index)
+    V2C.apiPDU.set_varbinds(response, values(names))
+    V2C.apiMessage.set_pdu(message, response)
+    return bytes(ber_encoder.encode(message))
+
+
+def _healthy(names: list[Any]) -> list[tuple[Any, Any]]:
+    out: list[tuple[Any, Any]] = []
+    for oid in names:
+        if str(oid) == "1.3.6.1.2.1.1.3.0":
+            out.append((oid, rfc1902.TimeTicks(4242)))
+        elif str(oid).startswith("1.3.6.1.2.1.2.2.1.8."):
+            out.append((oid, rfc1902.Integer(1)))
+        else:
+            out.append((oid, rfc1902.OctetString("fake")))
+    return out
+
+
+async def _poll_fake(
+    udp_responder: Callable[..., Any], answer: Callable[[bytes], bytes], **device: Any
+) -> tuple[SnmpReading, int]:
+    endpoint = _fake_endpoint(await udp_responder(answer))
+    poller = SnmpPoller(make_resolver(endpoint))
+    try:
+        reading = await poller.poll(v2c_device(endpoint, **device))
+    finally:
+        poller.close()
+    return reading, poller.unmatched_datagrams
+
+
+async def test_fast_path_garbage_after_a_matching_request_id_is_garbage(
+    udp_responder: Callable[..., Any],
+) -> None:
+    """An answer that carries our request-id but a malformed body fails as "garbage", no exception."""
+
+    def broken(request: bytes) -> bytes:
+        good = _respond(request, _healthy)
+        assert b"\x43\x02\x10\x92" in good  # TimeTicks 4242
+        return good.replace(b"\x43\x02\x10\x92", b"\x43\x02\xff\xff")  # TimeTicks -1: out of range
+
+    reading, _ = await _poll_fake(udp_responder, broken, timeout_s=0.5)
+    assert (False, "garbage") == (reading.ok, reading.failure)
+    assert reading.reason.startswith("undecodable response (")
+
+
+async def test_fast_path_answer_for_other_oids_is_garbage(udp_responder: Callable[..., Any]) -> None:
+    """A well-formed answer whose varbinds name other OIDs than asked is garbage."""
+
+    def other_oids(request: bytes) -> bytes:
+        return _respond(request, lambda names: [((1, 3, 6, 1, 9), rfc1902.Integer(1)) for _ in names])
+
+    reading, _ = await _poll_fake(udp_responder, other_oids)
+    assert (False, "garbage", "response varbinds do not match the request") == (
+        reading.ok,
+        reading.failure,
+        reading.reason,
+    )
+
+
+async def test_fast_path_error_status_names_the_oid(udp_responder: Callable[..., Any]) -> None:
+    """error-status genErr at index 2 is an error naming the second OID asked (ifOperStatus.1)."""
+
+    def gen_err(request: bytes) -> bytes:
+        return _respond(request, _healthy, error_status=5, error_index=2)
+
+    reading, _ = await _poll_fake(udp_responder, gen_err)
+    assert (False, "error", "genErr at 1.3.6.1.2.1.2.2.1.8.1") == (
+        reading.ok,
+        reading.failure,
+        reading.reason,
+    )
+
+
+async def test_fast_path_ignores_foreign_request_ids_and_junk(udp_responder: Callable[..., Any]) -> None:
+    """Junk and an answer for another request-id are dropped (counted), the real answer is used."""
+    sent: list[bytes] = []
+
+    class Tricky(_UdpResponder):
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+            sent.append(data)
+            if self.transport is not None:
+                self.transport.sendto(b"\x30\x03junk", addr)
+                self.transport.sendto(_respond(data, _healthy, request_id_delta=1), addr)
+                self.transport.sendto(_respond(data, _healthy), addr)
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: Tricky(lambda _: b""), local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    try:
+        endpoint = _fake_endpoint(int(transport.get_extra_info("sockname")[1]))
+        poller = SnmpPoller(make_resolver(endpoint))
+        try:
+            reading = await poller.poll(v2c_device(endpoint))
+            unmatched = poller.unmatched_datagrams
+        finally:
+            poller.close()
+    finally:
+        transport.close()
+    assert (True, 4242, {"sys_name": "fake"}) == (reading.ok, reading.sys_uptime, dict(reading.extra))
+    assert (1, 2) == (len(sent), unmatched)
+
+
+async def test_fast_path_answer_from_another_address_is_not_accepted(
+    udp_responder: Callable[..., Any],
+) -> None:
+    """A correct answer sent from a different port than the one asked is dropped: timeout."""
+    loop = asyncio.get_running_loop()
+    other, _ = await loop.create_datagram_endpoint(
+        asyncio.DatagramProtocol, local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    answered: list[bytes] = []
+
+    def from_elsewhere(request: bytes) -> bytes:
+        answered.append(request)
+        return b""  # the listening socket itself sends an empty datagram (junk)
+
+    class Spoofer(_UdpResponder):
+        def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
+            answered.append(data)
+            other.sendto(_respond(data, _healthy), addr)
+
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: Spoofer(from_elsewhere), local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    try:
+        endpoint = _fake_endpoint(int(transport.get_extra_info("sockname")[1]))
+        poller = SnmpPoller(make_resolver(endpoint))
+        try:
+            reading = await poller.poll(v2c_device(endpoint, timeout_s=0.3))
+            unmatched = poller.unmatched_datagrams
+        finally:
+            poller.close()
+    finally:
+        transport.close()
+        other.close()
+    assert (False, "timeout", 1, 1) == (reading.ok, reading.failure, len(answered), unmatched)
+
+
+async def test_fast_path_retry_resends_the_same_request(udp_responder: Callable[..., Any]) -> None:
+    """With retries=1, a lost first request is resent (same bytes, same request-id) and answered."""
+    seen: list[bytes] = []
+
+    def second_time_lucky(request: bytes) -> bytes:
+        seen.append(request)
+        return _respond(request, _healthy) if len(seen) == 2 else b""  # b"": nothing is sent
+
+    reading, unmatched = await _poll_fake(udp_responder, second_time_lucky, timeout_s=0.3, retries=1)
+    assert (True, 2, True, 0) == (reading.ok, len(seen), seen[0] == seen[1], unmatched)
+
+
+async def test_fast_path_close_ends_polls_in_flight(udp_responder: Callable[..., Any]) -> None:
+    """close() while a poll waits for an answer ends it as "poller closed"."""
+    got_request = asyncio.Event()
+
+    def silent(_request: bytes) -> bytes:
+        got_request.set()
+        return b""
+
+    endpoint = _fake_endpoint(await udp_responder(silent))
+    poller = SnmpPoller(make_resolver(endpoint))
+    task = asyncio.ensure_future(poller.poll(v2c_device(endpoint, timeout_s=30.0)))
+    await got_request.wait()
+    poller.close()
+    reading = await task
+    assert (False, "error", "poller closed") == (reading.ok, reading.failure, reading.reason)
+
+
+async def test_fast_path_keeps_many_devices_apart(snmpd_factory: Callable[..., SnmpdProcess]) -> None:
+    """200 devices over two agents, all in flight at once through one socket: each gets its own
+    agent's answer (request-ids route them), and a second round reuses the templates."""
+    agents = [snmpd_factory(host, sys_name=f"co-b-{host}") for host in ("127.0.0.2", "127.0.0.3")]
+    poller = SnmpPoller(make_resolver(agents[0].endpoint), max_concurrency=200)
+    devices = [v2c_device(agents[i % 2].endpoint, f"dev{i}", timeout_s=5.0, retries=1) for i in range(200)]
+    try:
+        rounds = [await asyncio.gather(*(poller.poll(d) for d in devices)) for _ in range(2)]
+        engines, targets = poller.engine_count, poller.target_count
+    finally:
+        poller.close()
+    for readings in rounds:
+        assert [(True, f"co-b-127.0.0.{2 + i % 2}") for i in range(200)] == [
+            (r.ok, r.extra["sys_name"]) for r in readings
+        ]
+    assert (0, 200) == (engines, targets)
+
+
+async def test_fast_path_over_ipv6_loopback() -> None:
+    """A device at ::1 is polled over the fast path's AF_INET6 socket and its answer is matched."""
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: _UdpResponder(lambda request: _respond(request, _healthy)),
+        local_addr=("::1", 0),
+        family=socket.AF_INET6,
+    )
+    try:
+        port = int(transport.get_extra_info("sockname")[1])
+        endpoint = replace(_fake_endpoint(port), host="::1")
+        poller = SnmpPoller(make_resolver(endpoint))
+        try:
+            reading = await poller.poll(v2c_device(endpoint))
+        finally:
+            poller.close()
+    finally:
+        transport.close()
+    assert (True, 4242, {1: 1}) == (reading.ok, reading.sys_uptime, dict(reading.if_oper_status))
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "pysnmp"])
+async def test_walk_stops_at_end_of_mib_view(udp_responder: Callable[..., Any], fast: bool) -> None:
+    """An agent whose MIB ends inside the ifOperStatus column answers endOfMibView (repeating the
+    last OID): the walk ends there with what it read, it is not "non-increasing" garbage."""
+
+    def answer(request: bytes) -> bytes:
+        _, pdu, _ = _request_of(request)
+        if not isinstance(pdu, V2C.GetBulkRequestPDU):
+            return _respond(request, _healthy)
+        column = "1.3.6.1.2.1.2.2.1.8"
+        last = rfc1902.ObjectName(f"{column}.2")
+        return _respond(
+            request,
+            lambda _names: [
+                (rfc1902.ObjectName(f"{column}.1"), rfc1902.Integer(1)),
+                (last, rfc1902.Integer(2)),
+                (last, rfc1905.endOfMibView),
+            ],
+        )
+
+    endpoint = _fake_endpoint(await udp_responder(answer))
+    poller = SnmpPoller(make_resolver(endpoint), fast_v2c=fast)
+    try:
+        reading = await poller.poll(v2c_device(endpoint, critical=()))
+    finally:
+        poller.close()
+    assert (True, "", {1: 1, 2: 2}) == (reading.ok, reading.reason, dict(reading.if_oper_status))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +15,7 @@ from baton.adapters.snmp import (
     TICKS_WRAP,
     SnmpReading,
     SnmpValue,
+    _Limiter,
     assess,
     classify_error_indication,
     convert,
@@ -193,3 +196,47 @@ def test_metrics_render_probe_and_verdict_series() -> None:
     assert 'baton_device_verdict{device="r1",office="co-a",verdict="DOWN"} 1.0' in text
     assert 'verdict="UP"' not in text
     assert 'baton_office_health_ratio{office="co-a"} 0.5' in text
+
+
+async def test_limiter_is_fifo_bounded_and_survives_cancellation() -> None:
+    """The poller's concurrency limit: at most N holders, waiters served in order, and a waiter
+    cancelled while queued (or just after being handed a slot) does not leak the slot."""
+    limiter = _Limiter(2)
+    order: list[int] = []
+    holding = 0
+    most = 0
+    gate = asyncio.Event()
+
+    async def worker(i: int) -> None:
+        nonlocal holding, most
+        await limiter.acquire()
+        try:
+            holding += 1
+            most = max(most, holding)
+            order.append(i)
+            await gate.wait()
+        finally:
+            holding -= 1
+            limiter.release()
+
+    tasks = [asyncio.ensure_future(worker(i)) for i in range(6)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    tasks[3].cancel()  # queued: never gets a slot
+    gate.set()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert ([0, 1, 2, 4, 5], 2) == (order, most)
+    assert isinstance(results[3], asyncio.CancelledError)
+
+    # handed a slot, then cancelled before it ran: the slot goes back
+    await limiter.acquire()
+    await limiter.acquire()
+    late = asyncio.ensure_future(limiter.acquire())
+    await asyncio.sleep(0)
+    limiter.release()  # hands the slot to `late`...
+    late.cancel()  # ...which is cancelled before resuming
+    with pytest.raises(asyncio.CancelledError):
+        await late
+    limiter.release()
+    await asyncio.wait_for(limiter.acquire(), 5.0)
+    await asyncio.wait_for(limiter.acquire(), 5.0)
