@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from baton import api
+from baton.adapters.snmp_access import PysnmpAccess
 from baton.adapters.traps import TrapReceiverError
 from baton.catchup import CatchUps
 from baton.config import Config, check_all
@@ -458,9 +460,10 @@ class Service:
         """Inventory credentials: `file:` references start at the inventory directory."""
         return resolve(ref, base_dir=self.config.inventory)
 
-    @property
+    @functools.cached_property
     def connectors(self) -> Connectors:
-        return Connectors(resolve=self.resolve)
+        """How runs reach devices; one instance (and one SNMP access, whose engines are reused)."""
+        return Connectors(resolve=self.resolve, snmp=PysnmpAccess(self.resolve))
 
     def _plan(
         self, kind: RunKind, office: str, alternate: str, run_id: str, reason: str, who: str
