@@ -19,7 +19,9 @@ Policy, applied to every run of `journal.unfinished_runs()` at daemon start, bef
   - the run is finished `rolled_back` when every undo worked, else `failed` with what an
     operator must look at.
 Undo steps are journaled like the runner's (intent, then rolled_back/failed), so a crash during
-recovery is recovered in turn; undo already journaled as rolled_back is not repeated.
+recovery is recovered in turn; undo already journaled as rolled_back is not repeated. Steps the
+crash left at `intent` are closed as failed ("interrupted ..., outcome unknown") when the run is
+finished, after recovery has decided from them.
 
 Compensating steps need the rendered playbook: `plan_for(run)` re-plans the run (same playbook,
 inventory and run info; rendering is deterministic). Without it, cancel-commit and discard still
@@ -193,6 +195,18 @@ async def _recover_run(
             outcome.detail = (
                 "recovered after a restart: rollback incomplete, an operator must check: "
                 + "; ".join(a for a in outcome.actions if "cannot" in a or "failed" in a)
+            )
+    # Close the steps the crash caught in flight: their outcome is unknown, and what recovery did
+    # about their device is in the rows after them. Left at `intent`, they would read as running.
+    for step in run.steps:
+        if step.status is StepStatus.INTENT:
+            await asyncio.to_thread(
+                journal.step_result,
+                step.id,
+                StepStatus.FAILED,
+                "interrupted by a restart before its result was journaled; outcome unknown, "
+                "handled by recovery (see the steps after it)",
+                clock(),
             )
     await asyncio.to_thread(journal.finish_run, run.id, outcome.result, outcome.detail, clock())
     bound.info("recovery.finished", result=outcome.result, detail=outcome.detail)
