@@ -353,7 +353,7 @@ class SnmpSetupError(Exception):
 # --- pysnmp plumbing -----------------------------------------------------------------------
 
 
-class _EngineSlot:
+class EngineSlot:
     """One SnmpEngine (one UDP socket per address family) and what is configured in it."""
 
     def __init__(self, index: int) -> None:
@@ -394,7 +394,7 @@ class _FastV2c:
 @dataclass(slots=True)
 class _Target:
     key: tuple[Any, ...]
-    slot: _EngineSlot | None  # None on the v2c fast path (no pysnmp engine involved)
+    slot: EngineSlot | None  # None on the v2c fast path (no pysnmp engine involved)
     addr_name: str
     timeout_s: float
     tries: int
@@ -492,7 +492,7 @@ class SnmpPoller:
         self._limiter = _Limiter(max_concurrency)
         self._metrics = metrics
         self._clock = clock
-        self._slots: list[_EngineSlot] = []
+        self._slots: list[EngineSlot] = []
         self._targets: dict[str, _Target] = {}
         self._last_uptime: dict[str, tuple[int, float]] = {}  # device -> (ticks, monotonic time)
         self._last_ok: dict[str, bool] = {}
@@ -956,12 +956,12 @@ class SnmpPoller:
             walk=not snmp.critical_interfaces,
         )
 
-    def _new_slot(self) -> _EngineSlot:
-        slot = _EngineSlot(len(self._slots))
+    def _new_slot(self) -> EngineSlot:
+        slot = EngineSlot(len(self._slots))
         self._slots.append(slot)
         return slot
 
-    def _slot_for_user(self, user: str, digest: str) -> _EngineSlot:
+    def _slot_for_user(self, user: str, digest: str) -> EngineSlot:
         for slot in self._slots:
             if slot.users.get(user, digest) == digest:
                 return slot

@@ -42,7 +42,7 @@ from typing import Any, Final
 import structlog
 from pyasn1.error import PyAsn1Error
 from pysnmp.carrier.asyncio.dgram import udp, udp6
-from pysnmp.entity import config, engine
+from pysnmp.entity import config
 from pysnmp.entity.rfc3413 import cmdgen
 from pysnmp.proto import errind, rfc1902
 from pysnmp.proto.error import StatusInformation
@@ -51,6 +51,7 @@ from baton.adapters.errors import AdapterError, AdapterTimeoutError
 from baton.adapters.snmp import (
     AUTH_PROTOCOLS,
     PRIV_PROTOCOLS,
+    EngineSlot,
     classify_error_indication,
     convert,
     describe_error_status,
@@ -152,38 +153,10 @@ def _first_line(exc: BaseException) -> str:
 # --- engines ---------------------------------------------------------------------------------
 
 
-class _Slot:
-    """One SnmpEngine (one UDP socket per address family) and what is configured in it."""
-
-    def __init__(self, index: int) -> None:
-        self.index = index
-        self.engine = engine.SnmpEngine()
-        self.users: dict[str, str] = {}  # v3 user name -> digest of (protocols, keys)
-        self.communities: dict[str, str] = {}  # digest of community -> security name
-        self.params: dict[tuple[str, str, int], str] = {}  # (security name, level, mp model) -> name
-        self.domains: set[tuple[int, ...]] = set()
-        self.next_id = 0
-
-    def name(self, prefix: str) -> str:
-        self.next_id += 1
-        return f"{prefix}{self.index}-{self.next_id}"
-
-    def ensure_transport(self, domain: tuple[int, ...]) -> None:
-        if domain in self.domains:
-            return
-        transport = udp6.Udp6AsyncioTransport() if domain == udp6.DOMAIN_NAME else udp.UdpAsyncioTransport()
-        config.add_transport(self.engine, domain, transport.open_client_mode())
-        self.domains.add(domain)
-
-    def close(self) -> None:
-        if self.engine.transport_dispatcher is not None:
-            self.engine.close_dispatcher()
-
-
 @dataclass(frozen=True, slots=True)
 class _Target:
     key: str  # digest of everything the target was built from (credentials included)
-    slot: _Slot
+    slot: EngineSlot
     addr_name: str
     waits_s: float  # pysnmp's per-try timeout × tries
 
@@ -197,7 +170,7 @@ class PysnmpAccess:
     def __init__(self, resolve: Resolve) -> None:
         self._resolve = resolve
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._slots: list[_Slot] = []
+        self._slots: list[EngineSlot] = []
         self._targets: dict[str, _Target] = {}
         self._get = cmdgen.GetCommandGenerator()
         self._set = cmdgen.SetCommandGenerator()
@@ -443,12 +416,12 @@ class PysnmpAccess:
         log.debug("snmp_access.target_built", device=device.id, engine=slot.index, version=snmp.version)
         return target
 
-    def _new_slot(self) -> _Slot:
-        slot = _Slot(len(self._slots))
+    def _new_slot(self) -> EngineSlot:
+        slot = EngineSlot(len(self._slots))
         self._slots.append(slot)
         return slot
 
-    def _slot_for_user(self, user: str, credentials: str) -> _Slot:
+    def _slot_for_user(self, user: str, credentials: str) -> EngineSlot:
         for slot in self._slots:
             if slot.users.get(user, credentials) == credentials:
                 return slot
