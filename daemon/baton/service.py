@@ -335,6 +335,10 @@ class Service:
                 await self.monitor.stop()
             await listeners.close()
             await metrics_runner.cleanup()
+            if "connectors" in self.__dict__:  # created on first use (cached_property)
+                snmp_access = self.connectors.snmp
+                if isinstance(snmp_access, PysnmpAccess):
+                    snmp_access.close()
             log.info("daemon.stopped")
         return 0
 
