@@ -408,6 +408,7 @@ async def _baton_run(
         plan = plan_run(
             playbook, inventory, office, alternate, RunInfo(run_id, RunKind.HANDOVER, "bench", "bench")
         )
+        log(f"  baton: planned in {time.perf_counter() - t0:.2f} s (CPU {cpu_self() - c0:.2f} s)")
         outcome = await execute(
             plan, journal=journal, connectors=Connectors(resolve), concurrency=concurrency
         )

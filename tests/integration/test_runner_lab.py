@@ -8,7 +8,10 @@ playbooks/handover.yaml are run with its targets widened to every device of the 
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,7 +25,7 @@ from baton.journal import Journal, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, plan_run
-from baton.playbook.runner import CONFIRM, DeviceStatus, execute
+from baton.playbook.runner import CONFIRM, DeviceStatus, execute, held_sessions
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve
@@ -64,10 +67,21 @@ async def test_handover_of_200_lab_devices(big_lab: RunningLab, tmp_path: Path) 
     # NetconfClient runs each blocking ncclient call in the loop's default executor; its default
     # size (cores + 4) would let only a handful of devices talk at once.
     asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=64))
+    connects: Counter[str] = Counter()
+
+    class CountingConnectors(Connectors):
+        async def netconf(self, device: Device) -> NetconfClient:
+            connects[device.id] += 1
+            return await super().netconf(device)
+
+    held = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], len(os.listdir("/proc/self/fd")))
     started = time.perf_counter()
     with Journal.open(tmp_path / "journal.sqlite3") as journal:
         outcome = await execute(
-            plan, journal=journal, connectors=Connectors(resolve_ref, connect_timeout_s=20), concurrency=50
+            plan,
+            journal=journal,
+            connectors=CountingConnectors(resolve_ref, connect_timeout_s=20),
+            concurrency=50,
         )
         record = journal.run("run-lab")
     elapsed = time.perf_counter() - started
@@ -78,6 +92,12 @@ async def test_handover_of_200_lab_devices(big_lab: RunningLab, tmp_path: Path) 
     assert record is not None
     assert {StepStatus.DONE} == {s.status for s in record.steps}
     assert DEVICES == len([s for s in record.steps if s.name == CONFIRM])
+    # One session per device for the whole run (edit, commit, verify across the barrier, confirm)
+    # for as many devices as the fd limit allows; one per segment plus the confirm for the rest.
+    assert DEVICES == len(connects)
+    if held >= DEVICES:
+        assert {1} == set(connects.values())
+    assert set(connects.values()) <= {1, 3}
 
     source = noc_source(big_lab.lab.plan, ALTERNATE)
     admitted = big_lab.lab.plan.office(ALTERNATE).noc_prefix

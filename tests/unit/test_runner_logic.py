@@ -11,8 +11,10 @@ from baton.journal import StepRecord, StepStatus
 from baton.playbook.plan import PlannedStep, RunInfo, RunPlan, plan_run
 from baton.playbook.recovery import device_states, is_fully_confirmed
 from baton.playbook.runner import (
+    FDS_PER_SESSION,
     commit_position,
     confirm_margin,
+    held_sessions,
     is_too_late,
     refusal,
     retry_delays,
@@ -194,3 +196,12 @@ def test_recovery_sees_a_fully_confirmed_run() -> None:
     """Every committed device confirmed: the run took effect."""
     rows = [row(d, n, StepStatus.DONE) for d in ("d1", "d2") for n in ("s0", "commit", "confirm")]
     assert is_fully_confirmed(device_states(rows))
+
+
+def test_sessions_are_held_across_barriers_only_within_half_the_fd_limit() -> None:
+    assert 1024 // 2 // FDS_PER_SESSION == held_sessions(1024)  # systemd's default soft limit: 128
+    assert 2500 == held_sessions(20000)
+    assert 0 == held_sessions(4)
+    assert 63 == held_sessions(1024, 520)  # what is already open counts against it
+    assert 0 == held_sessions(1024, 1100)
+    assert held_sessions(-1) > 1_000_000  # RLIM_INFINITY

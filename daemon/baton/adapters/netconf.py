@@ -2,11 +2,12 @@
 
 Theory of operation
 -------------------
-ncclient is blocking and runs one reader thread per session. Every call here runs the blocking
-ncclient call in a worker thread (`asyncio.to_thread`) under `asyncio.wait_for`; ncclient's own
-RPC timeout is set to the same value, so the worker normally gives up on its own and the asyncio
-timeout is only a backstop. Calls on one `NetconfClient` are serialised (one RPC in flight per
-session), which is what a playbook step wants and what keeps the replies' order obvious.
+ncclient is blocking and runs one reader thread per session (here `_Session`, without ncclient's
+TICK polling). Every call here runs the blocking ncclient call in a worker thread
+(`asyncio.to_thread`) under `asyncio.wait_for`; ncclient's own RPC timeout is set to the same
+value, so the worker normally gives up on its own and the asyncio timeout is only a backstop.
+Calls on one `NetconfClient` are serialised (one RPC in flight per session), which is what a
+playbook step wants and what keeps the replies' order obvious.
 
 Worker threads come from the loop's default executor (min(32, cores + 4) threads). A daemon that
 probes many devices at once should give the loop a larger default executor, or connects queue.
@@ -29,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import selectors
 import socket
 import tempfile
 import threading
@@ -52,6 +54,8 @@ from ncclient.transport.errors import (
     SSHUnknownHostError,
     TransportError,
 )
+from ncclient.transport.parser import DefaultXMLParser, SAXFilterXMLNotFoundError
+from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from ncclient.xml_ import XMLError
 
 from baton.adapters.errors import (
@@ -70,8 +74,20 @@ from baton.core.model import Device, Protocol, SecretRef
 # every RPC waits up to TICK before it is even sent: ~100 ms per RPC at the default 0.1 s, which
 # eats the failover budget (a handover is dozens of RPCs). Measured on loopback (get-config):
 # TICK 0.1 → 103 ms/RPC, 0.13 % CPU per idle session; 0.01 → 13 ms, 0.36 %; 0.001 → 2.2 ms,
-# 0.94 %. 0.01 takes most of the gain for a third of 0.001's idle cost per open session.
+# 0.94 %. Baton's own sessions (`_Session` below) no longer depend on TICK at all: they write
+# requests from the calling thread and their reader thread sleeps until data arrives. The global
+# stays at 0.01 for any other ncclient session in the process (tests' own clients, say).
 ncclient.transport.session.TICK = 0.01
+# How often an idle `_Session` reader thread wakes up anyway (to notice a close it was not woken
+# for); nothing waits on it: requests never queue, replies wake it up.
+_IDLE_WAKE_S = 5.0
+# paramiko's transport thread reads its socket with a 0.1 s timeout, so an idle session wakes it
+# (and takes the GIL) 10 times a second only to see whether it was closed. Once the session is
+# up, the timeout is raised to this: data and the peer's close still wake it at once; our own
+# close is seen by the reader at once, by paramiko's thread within this (it then exits).
+# Measured: 1,000 sessions held open at 0.1 s sank a 2-core box (load 500, a 1,000-device run
+# 136 s instead of ~30 s).
+_TRANSPORT_IDLE_S = 5.0
 
 log = structlog.get_logger(__name__)
 
@@ -161,6 +177,72 @@ def _open_socket(device: Device, params: _ConnectParams) -> socket.socket:
         raise NetconfConnectError(device.id, f"TCP connect to {where}: {reason.lower()}") from None
 
 
+class _Session(nc_transport.SSHSession):  # type: ignore[misc]  # ncclient is untyped
+    """ncclient's SSH session without its TICK polling (ncclient 0.7's `Session.run` loop).
+
+    Upstream, `send` queues the request and the session thread sends it after its next
+    `select(timeout=TICK)`: up to TICK of latency per RPC, and an idle session wakes up 1/TICK
+    times a second (100/s at 0.01), each time taking the GIL. Here `send` frames and writes the
+    request itself, in the calling thread (paramiko's `Channel.send` is thread-safe; a lock keeps
+    two requests from interleaving), and the reader thread only wakes up for data, for the close,
+    or every `_IDLE_WAKE_S`. Replies are parsed and dispatched exactly as upstream does.
+    """
+
+    parser: Any  # ncclient's SAX or DOM reply parser
+
+    def __init__(self, device_handler: Any) -> None:
+        super().__init__(device_handler)
+        self._send_lock = threading.Lock()
+
+    def send(self, message: str) -> None:
+        if not self.connected:
+            raise TransportError("Not connected to NETCONF server")
+        data = message.encode()
+        if self._base == NetconfBase.BASE_11:
+            data = b"\n#%i\n%s%s" % (len(data), data, END_DELIM)
+        else:
+            data = data + MSG_DELIM
+        with self._send_lock:
+            channel = self._channel
+            if channel is None:
+                raise TransportError("Not connected to NETCONF server")
+            while data:
+                try:
+                    sent = channel.send(data)
+                except OSError as exc:  # the channel closed under us: the session is gone
+                    raise TransportError(f"session closed: {exc}") from None
+                if sent <= 0:
+                    raise SessionCloseError(self._buffer.getvalue(), data)
+                data = data[sent:]
+
+    def run(self) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            self._transport_register(selector, selectors.EVENT_READ)
+            while True:
+                if not selector.select(timeout=_IDLE_WAKE_S):
+                    if self._closing.is_set():
+                        break
+                    continue
+                data = self._transport_read()
+                if data:
+                    try:
+                        self.parser.parse(data)
+                    except SAXFilterXMLNotFoundError:
+                        self.parser = DefaultXMLParser(self)
+                        self.parser.parse(data)
+                elif self._closing.is_set():
+                    break  # end of session, expected
+                else:
+                    raise SessionCloseError(self._buffer.getvalue())
+        except Exception as exc:
+            self.logger.debug("Broke out of main loop, error=%r", exc)
+            self._dispatch_error(exc)
+            self.close()
+        finally:
+            selector.close()
+
+
 def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams) -> Any:
     """Open the SSH transport, verify the pinned host key, authenticate, exchange hellos.
 
@@ -169,7 +251,7 @@ def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams)
     """
     sock = _open_socket(device, params)
     handler = nc_manager.make_device_handler({"name": "default"})
-    session = nc_transport.SSHSession(handler)
+    session = _Session(handler)
     try:
         with _key_file(params.key_text) as key_path:
             session.connect(
@@ -203,6 +285,8 @@ def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams)
         if isinstance(exc, Exception):
             raise _connect_error(device, pinned, params, exc) from None
         raise
+    with contextlib.suppress(Exception):  # an optimisation only; the handshake is over
+        session._transport.sock.settimeout(_TRANSPORT_IDLE_S)
     return nc_manager.Manager(session, handler, timeout=params.timeout_s, raise_mode=RaiseMode.ERRORS)
 
 
@@ -635,8 +719,9 @@ class NetconfProbe:
     One session is kept open between probes (re-established on any failure): a <get> on an open
     session takes ~12 ms where connect + get takes ~280 ms, and a fresh session per poll means an
     SSH login (sshd fork, subsystem, AAA accounting record) on the device every poll interval.
-    The price is the idle session on our side (~0.36 % CPU each at TICK 0.01, measured) against
-    ~11 ms CPU per fresh connect: for very large fleets, `reuse_session=False` is cheaper here.
+    The price is the idle session on our side (two threads that wake up every few seconds, see
+    `_Session`; it was ~0.36 % CPU each with ncclient's TICK polling) against ~11 ms CPU per
+    fresh connect.
 
     A reused session that turns out broken (the server restarted since the last probe) is
     re-established once within the same probe, so a device that is back is not reported down

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from xml.sax.saxutils import escape
 
-from jinja2 import StrictUndefined, TemplateError, Undefined, UndefinedError
+from jinja2 import StrictUndefined, Template, TemplateError, Undefined, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 from pydantic import BaseModel
@@ -86,6 +86,19 @@ def _wrap(path: str, value: Any) -> Any:
 
 
 class _Environment(SandboxedEnvironment):
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        # `from_string` compiles anew on every call (Jinja caches only loader templates); a plan
+        # renders the same few templates for every device: ~2 ms each, 2.5 s for 200 devices.
+        self._compiled: dict[str, Template] = {}
+
+    def compiled(self, source: str) -> Template:
+        """`from_string(source)`, compiled once per environment."""
+        template = self._compiled.get(source)
+        if template is None:
+            template = self._compiled[source] = self.from_string(source)
+        return template
+
     def getattr(self, obj: Any, attribute: str) -> Any:
         value = super().getattr(obj, attribute)
         if isinstance(value, Undefined) and isinstance(obj, _Scope | _Seq):
@@ -214,7 +227,8 @@ def render_step(
 
     def render(text: str, path: KeyPath) -> str:
         try:
-            result = env.from_string(text).render(context)
+            template = env.compiled(text) if isinstance(env, _Environment) else env.from_string(text)
+            result = template.render(context)
         except UndefinedError as exc:
             raise RenderError(step.name, device, f"undefined variable: {exc.message}") from None
         except TemplateError as exc:

@@ -10,7 +10,9 @@ already did (same id), and always finishes it: the journal says how every run en
    then are capabilities read up front, one short session per device).
 2. Devices run with bounded concurrency (a semaphore of the playbook's `concurrency`), their
    steps in order. With `barriers`, the run is cut into phases: every device finishes phase k
-   before any starts k+1; sessions are closed between phases unless one must stay open.
+   before any starts k+1. A device keeps one NETCONF session for the whole run (edits, commit,
+   verify across the barrier, confirm) while file descriptors allow (`held_sessions`); beyond
+   that budget its sessions are closed between phases unless one must stay open.
 3. Per device, the first `netconf.edit` locks the candidate and discards it (a clean start);
    edits go to the candidate; right after the device's *last* edit the candidate is committed
    (which validates it) with `<confirmed/>`, confirm-timeout = the confirm window and a `<persist>` id
@@ -55,6 +57,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
+import resource
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -71,6 +75,7 @@ from baton.adapters.errors import (
     NetconfConnectError,
     NetconfError,
     NetconfRpcError,
+    NetconfSessionError,
     SshConnectError,
 )
 from baton.core.events import RunFinished
@@ -105,6 +110,10 @@ OnFailure = Literal["rollback", "rollback_device", "stop"]
 Progress = Callable[["StepOutcome"], None]
 
 _BACKSTOP_S = 2.0  # over a step's own timeout, in case an adapter does not honour it
+# File descriptors one open NETCONF session takes (TCP socket, paramiko's channel pipe, the
+# reader thread's epoll): sessions are held across barriers only while they fit in half of what
+# is left under the process's RLIMIT_NOFILE (the rest stays for probes, journal, API, logs).
+FDS_PER_SESSION = 4
 
 
 class DeviceStatus(StrEnum):
@@ -241,6 +250,21 @@ def refusal(plan: RunPlan, confirmed_commit: Mapping[str, bool]) -> str | None:
     )
 
 
+def held_sessions(fd_limit: int, fds_open: int = 0) -> int:
+    """How many devices may keep their session open across barriers: half of the file
+    descriptors left under RLIMIT_NOFILE (soft limit `fd_limit`, -1 for none)."""
+    if fd_limit < 0:  # RLIM_INFINITY
+        return 1 << 30
+    return max(0, (fd_limit - fds_open) // 2 // FDS_PER_SESSION)
+
+
+def _fds_open() -> int:
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:  # no /proc: count none
+        return 0
+
+
 def confirm_margin(window_s: float) -> float:
     """How much of the window must be left to confirm: a fifth, at least 5 s (less for tiny windows)."""
     return min(max(5.0, window_s * 0.2), window_s / 2)
@@ -320,6 +344,7 @@ class _Dev:
     status: DeviceStatus = DeviceStatus.PENDING
     next_pos: int = 0
     locked: bool = False
+    hold: bool = False  # keep the session open across barriers (one session for the whole run)
     confirmed_commit: bool = True  # known once connected
     persist: bool = True  # :confirmed-commit:1.1 (the commit outlives the session)
     committed: bool = False
@@ -392,6 +417,12 @@ class _Run:
         self.devs = [
             _Dev(dp, DeviceSession(dp.device, connectors), commit_position(dp.steps)) for dp in plan.devices
         ]
+        # One session per device for the whole run (edit, commit, verify, confirm) where the file
+        # descriptors allow: a connect costs ~11 ms CPU (SSH handshake), an idle session almost
+        # nothing since its reader thread sleeps until data arrives (`adapters.netconf._Session`).
+        budget = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _fds_open())
+        for dev in self.devs[:budget]:
+            dev.hold = True
         self.log = log.bind(office=plan.office, run_id=self.run_id)
 
     # --- journal (SQLite with fsync: off the event loop) ---------------------------------------
@@ -524,9 +555,10 @@ class _Run:
                         break
                     dev.next_pos = pos + 1
             finally:
-                # Sessions are closed between segments: an idle ncclient session costs a polling
-                # thread (TICK), and 200 held open made a 200-device run twice as slow (measured).
-                if not dev.holds_session:
+                # A device that goes on keeps its session (see `hold`) for the next segment and
+                # the confirm; a failed or skipped one has nothing left to do with it.
+                keep = dev.hold and dev.failed is None and dev.unreachable is None
+                if not (keep or dev.holds_session):
                     await dev.session.close()
 
     async def _first_contact(self, dev: _Dev, ps: PlannedStep) -> str | None:
@@ -711,11 +743,25 @@ class _Run:
         index = dev.plan.steps[dev.commit_at].index if dev.commit_at is not None else 0
 
         async def confirm() -> str:
+            held = dev.session.has_netconf
             nc = await dev.session.netconf()
-            await nc.commit(persist_id=self.persist_id if dev.persist else None)
+            persist_id = self.persist_id if dev.persist else None
+            detail = "confirmed"
+            try:
+                await nc.commit(persist_id=persist_id)
+            except NetconfSessionError:
+                # A session held since the commit died while idle (the device dropped it): with
+                # <persist> the confirmed commit outlives it, so confirm once on a fresh session.
+                # (Had this confirm reached the device, the retry meets an rpc-error: no harm.)
+                if not (held and dev.persist):
+                    raise
+                await dev.session.close()
+                nc = await dev.session.netconf()
+                await nc.commit(persist_id=persist_id)
+                detail = "confirmed (on a fresh session: the held one had closed)"
             dev.confirmed = True
             dev.status = DeviceStatus.CONFIRMED
-            return "confirmed"
+            return detail
 
         try:
             await self._journaled_call(dev, index, CONFIRM, "confirm", confirm)
