@@ -35,7 +35,7 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -58,6 +58,7 @@ from ncclient.transport.parser import DefaultXMLParser, SAXFilterXMLNotFoundErro
 from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from ncclient.xml_ import XMLError
 
+from baton.adapters.connecting import Connecting
 from baton.adapters.errors import (
     NetconfConnectError,
     NetconfError,
@@ -415,27 +416,6 @@ def _close_manager(mgr: Any, *, polite: bool = True) -> None:
             session.close()
 
 
-class _Connecting:
-    """What `NetconfClient.connect` returns: await it, or use it as an async context manager."""
-
-    def __init__(self, coro_factory: Callable[[], Awaitable[NetconfClient]]) -> None:
-        self._factory = coro_factory
-        self._client: NetconfClient | None = None
-
-    def __await__(self) -> Generator[Any, None, NetconfClient]:
-        return self._factory().__await__()
-
-    async def __aenter__(self) -> NetconfClient:
-        self._client = await self._factory()
-        return self._client
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._client is not None:
-            await self._client.close()
-
-
 class NetconfClient:
     """One NETCONF session with one device.
 
@@ -472,7 +452,7 @@ class NetconfClient:
         resolve: Resolve,
         timeout_s: float | None = None,
         source_address: str | None = None,
-    ) -> _Connecting:
+    ) -> Connecting[NetconfClient]:
         """Open a session: `nc = await NetconfClient.connect(...)` or `async with ... as nc`.
 
         timeout_s bounds the whole establishment (TCP, SSH, auth, hello) and is the default RPC
@@ -482,7 +462,7 @@ class NetconfClient:
         async def opened() -> NetconfClient:
             return await cls._open(device, resolve, timeout_s, source_address)
 
-        return _Connecting(opened)
+        return Connecting(opened)
 
     @classmethod
     async def _open(

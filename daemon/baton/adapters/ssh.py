@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Self
@@ -31,6 +31,7 @@ from typing import Any, Self
 import asyncssh
 import structlog
 
+from baton.adapters.connecting import Connecting
 from baton.adapters.errors import SshConnectError, SshError, SshHostKeyError, SshTimeoutError
 from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, known_hosts_entry, parse_pinned_key
 from baton.core.model import Device, SecretRef
@@ -76,27 +77,6 @@ class _PinnedKeyClient(asyncssh.SSHClient):
         return False
 
 
-class _Connecting:
-    """What `SshClient.connect` returns: await it, or use it as an async context manager."""
-
-    def __init__(self, factory: Callable[[], Awaitable[SshClient]]) -> None:
-        self._factory = factory
-        self._client: SshClient | None = None
-
-    def __await__(self) -> Generator[Any, None, SshClient]:
-        return self._factory().__await__()
-
-    async def __aenter__(self) -> SshClient:
-        self._client = await self._factory()
-        return self._client
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if self._client is not None:
-            await self._client.close()
-
-
 class SshClient:
     """One SSH connection to one device; several commands may run on it, one channel each."""
 
@@ -118,7 +98,7 @@ class SshClient:
         resolve: Resolve,
         timeout_s: float | None = None,
         source_address: str | None = None,
-    ) -> _Connecting:
+    ) -> Connecting[SshClient]:
         """Connect and authenticate: `c = await SshClient.connect(...)` or `async with ... as c`.
 
         timeout_s bounds connect + authentication and is the default command timeout; None
@@ -128,7 +108,7 @@ class SshClient:
         async def opened() -> SshClient:
             return await cls._open(device, resolve, timeout_s, source_address)
 
-        return _Connecting(opened)
+        return Connecting(opened)
 
     @classmethod
     async def _open(
