@@ -369,6 +369,16 @@ class EngineSlot:
         self.next_id += 1
         return f"{prefix}{self.index}-{self.next_id}"
 
+    def target_params(self, security_name: str, level: str, mp_model: int) -> str:
+        """The name of the target parameters for this security, added once per engine."""
+        key = (security_name, level, mp_model)
+        name = self.params.get(key)
+        if name is None:
+            name = self.name("p")
+            config.add_target_parameters(self.engine, name, security_name, level, mp_model)
+            self.params[key] = name
+        return name
+
     def ensure_transport(self, domain: tuple[int, ...]) -> None:
         if domain in self.domains:
             return
@@ -924,12 +934,7 @@ class SnmpPoller:
             level = "authPriv" if priv_key else "authNoPriv" if auth_key else "noAuthNoPriv"
             mp_model = 3
 
-        params_key = (security_name, level, mp_model)
-        params_name = slot.params.get(params_key)
-        if params_name is None:
-            params_name = slot.name("p")
-            config.add_target_parameters(slot.engine, params_name, security_name, level, mp_model)
-            slot.params[params_key] = params_name
+        params_name = slot.target_params(security_name, level, mp_model)
         slot.ensure_transport(domain)
         previous = self._targets.get(device.id)
         addr_name = previous.addr_name if previous is not None and previous.slot is slot else slot.name("a")

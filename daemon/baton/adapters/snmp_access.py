@@ -390,12 +390,7 @@ class PysnmpAccess:
             level = "authPriv" if priv_key else "authNoPriv" if auth_key else "noAuthNoPriv"
             mp_model = 3
 
-        params_key = (security_name, level, mp_model)
-        params_name = slot.params.get(params_key)
-        if params_name is None:
-            params_name = slot.name("p")
-            config.add_target_parameters(slot.engine, params_name, security_name, level, mp_model)
-            slot.params[params_key] = params_name
+        params_name = slot.target_params(security_name, level, mp_model)
         slot.ensure_transport(domain)
         if known is not None and known.slot is slot:
             addr_name = known.addr_name
