@@ -9,14 +9,27 @@ from __future__ import annotations
 
 
 class AdapterError(Exception):
-    """A network operation on a device failed."""
+    """A network operation on a device failed.
+
+    Two structured facts tell the runner what the failure means for the device, so nothing
+    downstream ever matches error text:
+
+    * `unreachable`: the device did not answer at all (TCP refused, reset or timed out, no
+      route, closed before the SSH banner). Set by connect errors at the place they are raised;
+      never for a host key or authentication failure (something answered).
+    * `outcome_unknown`: the request may have reached the device and been applied (no reply in
+      time, session dropped while waiting, a reply that could not be read). A write that fails
+      this way must be treated as possibly applied.
+    """
 
     protocol = "unknown"
+    outcome_unknown = False
 
-    def __init__(self, device: str, operation: str, cause: str) -> None:
+    def __init__(self, device: str, operation: str, cause: str, *, unreachable: bool = False) -> None:
         self.device = device
         self.operation = operation
         self.cause = cause
+        self.unreachable = unreachable
         super().__init__(f"{self.protocol} {operation} on {device} failed: {cause}")
 
     def __repr__(self) -> str:
@@ -28,6 +41,8 @@ class AdapterError(Exception):
 
 class AdapterTimeoutError(AdapterError):
     """The operation did not finish within its timeout (the peer may still act on it)."""
+
+    outcome_unknown = True
 
     def __init__(self, device: str, operation: str, timeout_s: float) -> None:
         self.timeout_s = timeout_s
@@ -55,8 +70,8 @@ class NetconfError(AdapterError):
 class NetconfConnectError(NetconfError):
     """The session could not be established: transport, SSH, authentication or hello."""
 
-    def __init__(self, device: str, cause: str) -> None:
-        super().__init__(device, "connect", cause)
+    def __init__(self, device: str, cause: str, *, unreachable: bool = False) -> None:
+        super().__init__(device, "connect", cause, unreachable=unreachable)
 
 
 class NetconfHostKeyError(NetconfConnectError, HostKeyError):
@@ -75,6 +90,14 @@ class NetconfTimeoutError(NetconfError, AdapterTimeoutError):
 
 class NetconfSessionError(NetconfError):
     """The session broke (closed by the server, transport error) while an operation ran."""
+
+    outcome_unknown = True
+
+
+class NetconfReplyError(NetconfError):
+    """The reply could not be read: malformed XML, broken framing, or larger than allowed."""
+
+    outcome_unknown = True
 
 
 class NetconfRpcError(NetconfError):
@@ -120,8 +143,8 @@ class SshError(AdapterError):
 class SshConnectError(SshError):
     """The connection could not be established: transport, host key or authentication."""
 
-    def __init__(self, device: str, cause: str) -> None:
-        super().__init__(device, "connect", cause)
+    def __init__(self, device: str, cause: str, *, unreachable: bool = False) -> None:
+        super().__init__(device, "connect", cause, unreachable=unreachable)
 
 
 class SshHostKeyError(SshConnectError, HostKeyError):
