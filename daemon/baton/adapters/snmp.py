@@ -16,13 +16,16 @@ That is ~0.3–0.4 ms of CPU per poll instead of ~1.7–2 ms through pysnmp's ge
 so 10,000 devices every 10 s fit in one process on one core. `SnmpPoller(fast_v2c=False)` sends
 v2c through pysnmp instead (used by the differential tests and `bench/poll.py --impl pysnmp`).
 
-v3 (USM authentication and privacy) stays on pysnmp. pysnmp's high-level API re-runs its LCD
-configurator and MIB resolution on every call; at 10,000 devices every 10 s that is most of the
-CPU. So this module talks to pysnmp's command generator directly: per device, the target
-(address, parameters, community/USM user) is written into the engine's LCD ONCE (~11 ms CPU) and
-reused until the device's settings change. Varbinds are
-built from numeric OIDs, and no MibViewController is ever created: no MIB is loaded or compiled
-at run time.
+v3 authNoPriv/authPriv polls with MD5, SHA-1 or SHA-2 authentication and AES-128/192/256
+privacy take the v3 fast path (`snmp_v3`): RFC 3414 USM on `hashlib` and `cryptography` with
+the same BER codec, engine discovery and time synchronisation, every answer authenticated before
+it is believed (~0.2 ms of CPU per poll instead of ~2.2 ms through pysnmp). DES privacy and
+noAuthNoPriv users, and `SnmpPoller(fast_v3=False)`, go through pysnmp. pysnmp's high-level API
+re-runs its LCD configurator and MIB resolution on every call; at 10,000 devices every 10 s that
+is most of the CPU. So this module talks to pysnmp's command generator directly: per device, the
+target (address, parameters, community/USM user) is written into the engine's LCD ONCE (~11 ms
+CPU) and reused until the device's settings change. Varbinds are built from numeric OIDs, and no
+MibViewController is ever created: no MIB is loaded or compiled at run time.
 
 USM users are keyed by user name in an engine, so two devices that use the same v3 user name with
 different keys cannot share an engine: such a device gets the next engine slot (one more UDP
@@ -64,8 +67,12 @@ from baton.adapters.snmp_fast import (
     V2cClient,
     V2cTimeout,
     decode_oid,
+    encode_pdu,
     encode_request,
 )
+from baton.adapters.snmp_v3 import AUTH_PROTOCOLS as FAST_V3_AUTH
+from baton.adapters.snmp_v3 import PRIV_KEY_SIZES as FAST_V3_PRIV
+from baton.adapters.snmp_v3 import Engine, PduTemplate, UsmUser, V3Client, V3Failure, V3Target
 from baton.adapters.snmp_values import SnmpValue
 from baton.core.health import Observation
 from baton.core.model import Device, Protocol, SecretRef, SnmpSettings
@@ -412,6 +419,7 @@ class _Target:
     get_varbinds: tuple[tuple[rfc1902.ObjectName, Any], ...]
     walk: bool
     fast: _FastV2c | None = None
+    fast3: V3Target | None = None  # v3 on the fast path (snmp_v3)
 
     def timed_out(self) -> SnmpSetupError:
         tries = "try" if self.tries == 1 else "tries"
@@ -486,7 +494,10 @@ class SnmpPoller:
     `resolve` turns a `SecretRef` into its value (e.g. `functools.partial(baton.secrets.resolve,
     base_dir=...)`); `max_concurrency` bounds the polls in flight; `clock` stamps readings.
     `fast_v2c` (default) polls v2c devices through `snmp_fast` (pre-encoded GET, strict BER
-    reader, ~10× less CPU than pysnmp); False sends them through pysnmp like v3.
+    reader, ~10× less CPU than pysnmp); False sends them through pysnmp. `fast_v3` (default)
+    polls v3 authNoPriv/authPriv devices with MD5/SHA/SHA-2 auth and AES-128/192/256 privacy
+    through `snmp_v3` (USM without pysnmp); DES and noAuthNoPriv users, or `fast_v3=False`,
+    go through pysnmp.
     """
 
     def __init__(
@@ -497,6 +508,7 @@ class SnmpPoller:
         metrics: Metrics | None = None,
         clock: Clock = time.time,
         fast_v2c: bool = True,
+        fast_v3: bool = True,
     ) -> None:
         self._resolve = resolve
         self._limiter = _Limiter(max_concurrency)
@@ -510,6 +522,8 @@ class SnmpPoller:
         self._bulk = cmdgen.BulkCommandGeneratorSingleRun()
         self._fast_v2c = fast_v2c
         self._v2c = V2cClient()
+        self._fast_v3 = fast_v3
+        self._v3 = V3Client(on_engine=_log_engine_event)
         self._closed = False
 
     # -- lifecycle
@@ -524,6 +538,7 @@ class SnmpPoller:
         """Close every engine's sockets and timers. Polls in flight then end as errors."""
         self._closed = True
         self._v2c.close()
+        self._v3.close()
         for slot in self._slots:
             slot.close()
         self._slots.clear()
@@ -545,8 +560,14 @@ class SnmpPoller:
 
     @property
     def unmatched_datagrams(self) -> int:
-        """Datagrams on the v2c fast path that answered no request (junk, late, spoofed)."""
-        return self._v2c.unmatched
+        """Datagrams on the fast paths that answered no request (junk, late, spoofed)."""
+        return self._v2c.unmatched + self._v3.unmatched
+
+    @property
+    def discarded_v3_answers(self) -> int:
+        """v3 datagrams that carried one of our msgIDs but were not believed (digest, time
+        window, engine id, security level, request-id)."""
+        return self._v3.discarded
 
     # -- polling
 
@@ -609,7 +630,12 @@ class SnmpPoller:
             return failed(exc.failure, exc.reason)
 
         fast = target.fast
-        got = await (self._fast_get(target, fast) if fast is not None else self._slow_get(target))
+        if fast is not None:
+            got = await self._fast_get(target, fast)
+        elif target.fast3 is not None:
+            got = await self._fast3_get(target, target.fast3)
+        else:
+            got = await self._slow_get(target)
         if isinstance(got, SnmpSetupError):
             return failed(got.failure, got.reason)
 
@@ -695,6 +721,32 @@ class SnmpPoller:
             return SnmpSetupError("garbage", "response varbinds do not match the request")
         return {oid: value for oid, (_, value) in zip(target.get_oids, varbinds, strict=True)}
 
+    async def _fast3_exchange(
+        self, target: _Target, v3: V3Target, pdu_for: Callable[[int], bytes], asked: Sequence[str]
+    ) -> Response | SnmpSetupError:
+        """One v3 exchange on the fast path (discovery, resync and retries included)."""
+        answer = await self._v3.request(v3, pdu_for, target.timeout_s, target.tries)
+        if isinstance(answer, V3Failure):
+            return SnmpSetupError(answer.failure, answer.reason)
+        status, index = answer.error_status, answer.error_index
+        if status:
+            failure: FailureClass = "auth" if status == 16 else "error"
+            where = f" at {asked[index - 1]}" if 0 < index <= len(asked) else ""
+            return SnmpSetupError(failure, f"{describe_error_status(status)}{where}")
+        return answer
+
+    async def _fast3_get(self, target: _Target, v3: V3Target) -> dict[str, SnmpValue] | SnmpSetupError:
+        response = await self._fast3_exchange(target, v3, v3.get.encode, target.get_oids)
+        if isinstance(response, SnmpSetupError):
+            return response
+        varbinds = response.varbinds
+        asked = v3.get.oid_bytes
+        if len(varbinds) != len(asked) or any(
+            name != oid for (name, _), oid in zip(varbinds, asked, strict=True)
+        ):
+            return SnmpSetupError("garbage", "response varbinds do not match the request")
+        return {oid: value for oid, (_, value) in zip(target.get_oids, varbinds, strict=True)}
+
     async def _walk_if_oper_status(self, target: _Target) -> dict[int, SnmpValue] | SnmpSetupError:
         column = _oid_tuple(IF_OPER_STATUS_OID)
         cursor = column
@@ -722,21 +774,31 @@ class SnmpPoller:
     ) -> list[tuple[tuple[int, ...], SnmpValue]] | SnmpSetupError:
         """One GETBULK page from `cursor`: (OID, value) pairs, in the agent's order."""
         fast = target.fast
-        if fast is None:
+        asked = (".".join(map(str, cursor)),)
+        response: Response | SnmpSetupError
+        if target.fast3 is not None:
+
+            def bulk_pdu(request_id: int) -> bytes:
+                return encode_pdu(
+                    request_id, (cursor,), pdu_tag=PDU_GET_BULK, max_repetitions=_WALK_MAX_REPETITIONS
+                )
+
+            response = await self._fast3_exchange(target, target.fast3, bulk_pdu, asked)
+        elif fast is None:
             answer = await self._request(target, "bulk", ((rfc1902.ObjectName(cursor), _NULL),))
             if isinstance(answer, SnmpSetupError):
                 return answer
             return [(tuple(name), convert(value)) for name, value in answer]
-        request_id = self._v2c.next_request_id()
-        datagram = encode_request(
-            fast.community,
-            request_id,
-            (cursor,),
-            pdu_tag=PDU_GET_BULK,
-            max_repetitions=_WALK_MAX_REPETITIONS,
-        )
-        asked = (".".join(map(str, cursor)),)
-        response = await self._fast_exchange(target, fast, datagram, request_id, asked)
+        else:
+            request_id = self._v2c.next_request_id()
+            datagram = encode_request(
+                fast.community,
+                request_id,
+                (cursor,),
+                pdu_tag=PDU_GET_BULK,
+                max_repetitions=_WALK_MAX_REPETITIONS,
+            )
+            response = await self._fast_exchange(target, fast, datagram, request_id, asked)
         if isinstance(response, SnmpSetupError):
             return response
         try:
@@ -925,6 +987,13 @@ class SnmpPoller:
                 if k is not None and len(k) < 8:
                     # RFC 3414 pass phrases are at least 8 characters; pysnmp rejects shorter ones.
                     raise SnmpSetupError("credential", f"snmp v3 {what} is shorter than 8 characters")
+            if (
+                self._fast_v3
+                and auth_key is not None
+                and snmp.auth_protocol in FAST_V3_AUTH
+                and (snmp.priv_protocol is None or snmp.priv_protocol in FAST_V3_PRIV)
+            ):
+                return self._fast3_target(device, snmp, key, domain, host, get_oids, auth_key, priv_key)
             digest = _digest("usm", auth, auth_key, priv, priv_key)
             slot = self._slot_for_user(user, digest)
             if user not in slot.users:
@@ -961,6 +1030,46 @@ class SnmpPoller:
             walk=not snmp.critical_interfaces,
         )
 
+    def _fast3_target(
+        self,
+        device: Device,
+        snmp: SnmpSettings,
+        key: tuple[Any, ...],
+        domain: tuple[int, ...],
+        host: str,
+        get_oids: Sequence[str],
+        auth_key: str,
+        priv_key: str | None,
+    ) -> _Target:
+        user_name = snmp.user or ""
+        if not 0 < len(user_name.encode()) <= 32:
+            raise SnmpSetupError("config", "snmp v3 user must be 1 to 32 octets")
+        user = UsmUser.from_passwords(
+            user_name,
+            snmp.auth_protocol or "",
+            auth_key,
+            snmp.priv_protocol,
+            priv_key,
+            self._v3.keys,
+        )
+        try:
+            template = PduTemplate([_oid_tuple(oid) for oid in get_oids])
+        except ValueError as exc:
+            raise SnmpSetupError("config", "snmp oids must be valid numeric OIDs") from exc
+        family = socket.AF_INET6 if domain == udp6.DOMAIN_NAME else socket.AF_INET
+        log.debug("snmp.target_built", device=device.id, engine="fast3", version=snmp.version)
+        return _Target(
+            key=key,
+            slot=None,
+            addr_name="",
+            timeout_s=snmp.timeout_s,
+            tries=snmp.retries + 1,
+            get_oids=tuple(get_oids),
+            get_varbinds=(),
+            walk=not snmp.critical_interfaces,
+            fast3=V3Target((host, snmp.port), family, user, template, label=device.id),
+        )
+
     def _new_slot(self) -> EngineSlot:
         slot = EngineSlot(len(self._slots))
         self._slots.append(slot)
@@ -971,6 +1080,18 @@ class SnmpPoller:
             if slot.users.get(user, digest) == digest:
                 return slot
         return self._new_slot()
+
+
+def _log_engine_event(target: V3Target, what: str, engine: Engine | None) -> None:
+    """Engine discovery and time synchronisation as log lines (engine ids are not secrets)."""
+    engine_id = engine.engine_id.hex() if engine is not None else None
+    boots = engine.boots if engine is not None else None
+    if what == "discovered":
+        log.debug("snmp.v3_engine_discovered", device=target.label, engine_id=engine_id, boots=boots)
+    else:
+        # changed: unknownEngineID to an authenticated request; resynced: authenticated
+        # notInTimeWindow (agent rebooted); forgotten: an answer outside the time window
+        log.info(f"snmp.v3_engine_{what}", device=target.label, engine_id=engine_id, boots=boots)
 
 
 # --- scheduling ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@ Values: INTEGER, OCTET STRING, NULL, OBJECT IDENTIFIER, IpAddress, Counter32, Ga
 Opaque, Counter64, noSuchObject, noSuchInstance, endOfMibView. Anything else — another tag, an
 indefinite or over-long length, a length running past its container, trailing bytes, a value out
 of its type's range — raises `BerError` and nothing else (fuzzed in tests/unit/test_snmp_fast.py).
-v3 stays on pysnmp: USM authentication and privacy are not something to hand-roll.
+v3 (USM authentication and privacy) is `snmp_v3`, built on this codec.
 
 `V2cClient` owns one UDP socket per address family and matches answers to requests by request-id
 AND source address; an answer it cannot attribute is dropped (counted in `unmatched`), exactly as
@@ -35,8 +35,8 @@ from baton.adapters.snmp_values import SnmpValue
 
 MAX_DATAGRAM: Final = 65_507
 _RECV_BUFFER: Final = 4 * 1024 * 1024
-_RID_MIN: Final = 1 << 24  # request-ids in [2^24, 2^31) always encode in exactly 4 bytes
-_RID_MAX: Final = (1 << 31) - 1
+RID_MIN: Final = 1 << 24  # request-ids in [2^24, 2^31) always encode in exactly 4 bytes
+RID_MAX: Final = (1 << 31) - 1
 
 TAG_INTEGER: Final = 0x02
 TAG_OCTET_STRING: Final = 0x04
@@ -105,6 +105,26 @@ def encode_oid(oid: Sequence[int]) -> bytes:
     return bytes(out)
 
 
+def encode_pdu(
+    request_id: int,
+    oids: Sequence[Sequence[int]],
+    *,
+    pdu_tag: int = PDU_GET,
+    non_repeaters: int = 0,
+    max_repetitions: int = 0,
+) -> bytes:
+    """A request PDU (GET, GETNEXT or GETBULK) with NULL values, as v2c and v3 carry it."""
+    null = tlv(TAG_NULL, b"")
+    varbinds = b"".join(tlv(TAG_SEQUENCE, tlv(TAG_OID, encode_oid(oid)) + null) for oid in oids)
+    body = (
+        tlv(TAG_INTEGER, encode_integer(request_id))
+        + tlv(TAG_INTEGER, encode_integer(non_repeaters))
+        + tlv(TAG_INTEGER, encode_integer(max_repetitions))
+        + tlv(TAG_SEQUENCE, varbinds)
+    )
+    return tlv(pdu_tag, body)
+
+
 def encode_request(
     community: bytes,
     request_id: int,
@@ -115,18 +135,10 @@ def encode_request(
     max_repetitions: int = 0,
 ) -> bytes:
     """A complete v2c request message (GET, GETNEXT or GETBULK) with NULL values."""
-    null = tlv(TAG_NULL, b"")
-    varbinds = b"".join(tlv(TAG_SEQUENCE, tlv(TAG_OID, encode_oid(oid)) + null) for oid in oids)
-    pdu = (
-        tlv(TAG_INTEGER, encode_integer(request_id))
-        + tlv(TAG_INTEGER, encode_integer(non_repeaters))
-        + tlv(TAG_INTEGER, encode_integer(max_repetitions))
-        + tlv(TAG_SEQUENCE, varbinds)
+    pdu = encode_pdu(
+        request_id, oids, pdu_tag=pdu_tag, non_repeaters=non_repeaters, max_repetitions=max_repetitions
     )
-    return tlv(
-        TAG_SEQUENCE,
-        tlv(TAG_INTEGER, b"\x01") + tlv(TAG_OCTET_STRING, community) + tlv(pdu_tag, pdu),
-    )
+    return tlv(TAG_SEQUENCE, tlv(TAG_INTEGER, b"\x01") + tlv(TAG_OCTET_STRING, community) + pdu)
 
 
 class GetTemplate:
@@ -138,14 +150,14 @@ class GetTemplate:
         self.community = community
         self.oids = tuple(tuple(oid) for oid in oids)
         self.oid_bytes = tuple(encode_oid(oid) for oid in self.oids)
-        probe = encode_request(community, _RID_MIN, self.oids)
-        marker = b"\x02\x04" + _RID_MIN.to_bytes(4, "big")
+        probe = encode_request(community, RID_MIN, self.oids)
+        marker = b"\x02\x04" + RID_MIN.to_bytes(4, "big")
         at = probe.index(marker, 2 + 3 + 2 + len(community)) + 2
         self._head = probe[:at]
         self._tail = probe[at + 4 :]
 
     def encode(self, request_id: int) -> bytes:
-        if not _RID_MIN <= request_id <= _RID_MAX:
+        if not RID_MIN <= request_id <= RID_MAX:
             raise ValueError("request-id out of the fixed-width range")
         return self._head + request_id.to_bytes(4, "big") + self._tail
 
@@ -153,7 +165,7 @@ class GetTemplate:
 # --- decoding -------------------------------------------------------------------------------
 
 
-def _header(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
+def tlv_header(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     """(tag, content start, content end) of the TLV at `pos`, bounded by `end`."""
     if end - pos < 2:
         raise BerError("truncated")
@@ -178,14 +190,14 @@ def _header(buf: bytes, pos: int, end: int) -> tuple[int, int, int]:
     return tag, pos, stop
 
 
-def _integer(buf: bytes, start: int, stop: int, *, max_octets: int = 5) -> int:
+def read_integer(buf: bytes, start: int, stop: int, *, max_octets: int = 5) -> int:
     if not 0 < stop - start <= max_octets:
         raise BerError("bad INTEGER length")
     return int.from_bytes(buf[start:stop], "big", signed=True)
 
 
-def _expect(buf: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
-    got, start, stop = _header(buf, pos, end)
+def expect_tlv(buf: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
+    got, start, stop = tlv_header(buf, pos, end)
     if got != tag:
         raise BerError(f"{what}: tag 0x{got:02x}, expected 0x{tag:02x}")
     return start, stop
@@ -264,43 +276,43 @@ def read_header(buf: bytes) -> ResponseHeader:
     """Version, community and request-id of a v2c GetResponse; BerError otherwise."""
     if len(buf) > MAX_DATAGRAM:
         raise BerError("datagram too long")
-    start, end = _expect(buf, 0, len(buf), TAG_SEQUENCE, "message")
+    start, end = expect_tlv(buf, 0, len(buf), TAG_SEQUENCE, "message")
     if end != len(buf):
         raise BerError("trailing bytes after the message")
-    start, stop = _expect(buf, start, end, TAG_INTEGER, "version")
-    if _integer(buf, start, stop) != 1:
+    start, stop = expect_tlv(buf, start, end, TAG_INTEGER, "version")
+    if read_integer(buf, start, stop) != 1:
         raise BerError("not SNMP v2c")
-    start, stop = _expect(buf, stop, end, TAG_OCTET_STRING, "community")
+    start, stop = expect_tlv(buf, stop, end, TAG_OCTET_STRING, "community")
     community = buf[start:stop]
-    start, pdu_end = _expect(buf, stop, end, PDU_RESPONSE, "PDU")
+    start, pdu_end = expect_tlv(buf, stop, end, PDU_RESPONSE, "PDU")
     if pdu_end != end:
         raise BerError("trailing bytes after the PDU")
-    start, stop = _expect(buf, start, pdu_end, TAG_INTEGER, "request-id")
-    return ResponseHeader(community, _integer(buf, start, stop), stop, pdu_end)
+    start, stop = expect_tlv(buf, start, pdu_end, TAG_INTEGER, "request-id")
+    return ResponseHeader(community, read_integer(buf, start, stop), stop, pdu_end)
 
 
 def read_body(buf: bytes, header: ResponseHeader, *, max_varbinds: int = 1000) -> Response:
     """error-status, error-index and the varbinds after `read_header`; BerError if malformed."""
     end = header.end
-    start, stop = _expect(buf, header.body, end, TAG_INTEGER, "error-status")
-    error_status = _integer(buf, start, stop)
-    start, stop = _expect(buf, stop, end, TAG_INTEGER, "error-index")
-    error_index = _integer(buf, start, stop)
+    start, stop = expect_tlv(buf, header.body, end, TAG_INTEGER, "error-status")
+    error_status = read_integer(buf, start, stop)
+    start, stop = expect_tlv(buf, stop, end, TAG_INTEGER, "error-index")
+    error_index = read_integer(buf, start, stop)
     if not (0 <= error_status <= 255 and 0 <= error_index <= max_varbinds):
         raise BerError("error-status or error-index out of range")
-    pos, list_end = _expect(buf, stop, end, TAG_SEQUENCE, "varbind list")
+    pos, list_end = expect_tlv(buf, stop, end, TAG_SEQUENCE, "varbind list")
     if list_end != end:
         raise BerError("trailing bytes after the varbind list")
     varbinds: list[tuple[bytes, SnmpValue]] = []
     while pos < list_end:
         if len(varbinds) >= max_varbinds:
             raise BerError("too many varbinds")
-        vb_start, vb_end = _expect(buf, pos, list_end, TAG_SEQUENCE, "varbind")
-        start, stop = _expect(buf, vb_start, vb_end, TAG_OID, "varbind name")
+        vb_start, vb_end = expect_tlv(buf, pos, list_end, TAG_SEQUENCE, "varbind")
+        start, stop = expect_tlv(buf, vb_start, vb_end, TAG_OID, "varbind name")
         if start == stop or buf[stop - 1] & 0x80:
             raise BerError("bad OBJECT IDENTIFIER")
         name = buf[start:stop]  # compared byte for byte with the OIDs asked (decode_oid for a walk)
-        tag, start, stop = _header(buf, stop, vb_end)
+        tag, start, stop = tlv_header(buf, stop, vb_end)
         if stop != vb_end:
             raise BerError("trailing bytes in a varbind")
         varbinds.append((name, _value(tag, buf[start:stop])))
@@ -331,32 +343,14 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
 
 
-class V2cClient(asyncio.DatagramProtocol):
-    """Sends v2c requests over one UDP socket per family; answers are routed by request-id.
-
-    `request` returns the decoded `Response`, or raises `V2cTimeout`; a datagram that matches a
-    request (request-id, source address and community) but is malformed completes it with
-    `BerError` ("garbage"). Retries resend the same request-id, so a late answer to an earlier
-    try still counts.
-    """
+class UdpClient(asyncio.DatagramProtocol):
+    """One unconnected UDP socket per address family, opened on first use (shared by the v2c and
+    v3 clients); subclasses route the datagrams that arrive."""
 
     def __init__(self) -> None:
-        self._pending: dict[int, _Pending] = {}
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Future[asyncio.DatagramTransport]] = {}
-        self._ids = itertools.count(random.randint(_RID_MIN, _RID_MAX))
         self._closed = False
-        self.unmatched = 0  # datagrams that matched no request (junk, late, spoofed)
-        self.sent = 0
-
-    def next_request_id(self) -> int:
-        while True:
-            rid = next(self._ids)
-            if rid > _RID_MAX:
-                self._ids = itertools.count(_RID_MIN)
-                continue
-            if rid not in self._pending:
-                return rid
 
     async def _transport(self, family: int) -> asyncio.DatagramTransport:
         transport = self._transports.get(family)
@@ -382,6 +376,44 @@ class V2cClient(asyncio.DatagramProtocol):
             raise
         self._transports[family] = transport
         return transport
+
+    def error_received(self, exc: Exception) -> None:
+        pass  # ICMP errors on an unconnected socket cannot be attributed: the request times out
+
+    def _close_transports(self) -> None:
+        self._closed = True
+        for transport in self._transports.values():
+            transport.close()
+        self._transports.clear()
+        for opening in self._opening.values():
+            opening.cancel()
+        self._opening.clear()
+
+
+class V2cClient(UdpClient):
+    """Sends v2c requests over one UDP socket per family; answers are routed by request-id.
+
+    `request` returns the decoded `Response`, or raises `V2cTimeout`; a datagram that matches a
+    request (request-id, source address and community) but is malformed completes it with
+    `BerError` ("garbage"). Retries resend the same request-id, so a late answer to an earlier
+    try still counts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count(random.randint(RID_MIN, RID_MAX))
+        self.unmatched = 0  # datagrams that matched no request (junk, late, spoofed)
+        self.sent = 0
+
+    def next_request_id(self) -> int:
+        while True:
+            rid = next(self._ids)
+            if rid > RID_MAX:
+                self._ids = itertools.count(RID_MIN)
+                continue
+            if rid not in self._pending:
+                return rid
 
     async def request(
         self,
@@ -450,17 +482,8 @@ class V2cClient(asyncio.DatagramProtocol):
         except BerError as exc:
             pending.future.set_result(exc)
 
-    def error_received(self, exc: Exception) -> None:
-        pass  # ICMP errors on an unconnected socket cannot be attributed: the request times out
-
     def close(self) -> None:
-        self._closed = True
-        for transport in self._transports.values():
-            transport.close()
-        self._transports.clear()
-        for opening in self._opening.values():
-            opening.cancel()
-        self._opening.clear()
+        self._close_transports()
         for pending in self._pending.values():
             if pending.timer is not None:
                 pending.timer.cancel()
