@@ -65,6 +65,8 @@ V3_USERS = (
     V3User("baton-sha", "SHA", "AES"),
     V3User("baton-sha256", "SHA256", "AES"),
     V3User("baton-sha512", "SHA512", "AES256"),
+    V3User("baton-sha-aes256", "SHA", "AES256"),  # AES-256 key extended from a 20-octet SHA-1 key
+    V3User("baton-sha256-aes256", "SHA256", "AES256"),
 )
 
 _NETSNMP_NAMES = {

@@ -563,6 +563,12 @@ class SnmpPoller:
         """Datagrams on the fast paths that answered no request (junk, late, spoofed)."""
         return self._v2c.unmatched + self._v3.unmatched
 
+    def v3_engine(self, device_id: str) -> tuple[str, int] | None:
+        """(engine id in hex, engineBoots) of a v3 fast-path device's agent, once discovered."""
+        target = self._targets.get(device_id)
+        engine = target.fast3.engine if target is not None and target.fast3 is not None else None
+        return (engine.engine_id.hex(), engine.boots) if engine is not None else None
+
     @property
     def discarded_v3_answers(self) -> int:
         """v3 datagrams that carried one of our msgIDs but were not believed (digest, time
