@@ -40,13 +40,14 @@ import contextlib
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Protocol, cast
 
 import structlog
 
-from baton.adapters.netconf import NetconfProbe
+from baton.adapters.netconf import NetconfProbe, thread_pool
 from baton.adapters.snmp import PollScheduler, SecretResolver, SnmpPoller, SnmpReading, phase_offset
 from baton.adapters.traps import (
     TrapEvent,
@@ -78,6 +79,10 @@ Sleep = Callable[[float], Awaitable[None]]
 Observed = Callable[[OfficeObserved], None]
 
 _NAMED_DEVICES = 4  # devices named in an office's detail before "and N more"
+# Worker threads of the monitor's own NETCONF probe pool (a bulkhead: probes of dark devices,
+# each holding a thread until its connect times out, never take the threads of handover RPCs,
+# which run in another pool). A probe that waits for a thread longer than its timeout fails.
+PROBE_THREADS = 64
 
 
 class HealthProbe(Protocol):
@@ -281,7 +286,9 @@ class Monitor:
     block). Adapters may be injected (tests, a shared poller); otherwise the monitor builds them:
     an `SnmpPoller` (closed on stop), a `NetconfProbe` per NETCONF-enabled device, and a
     `TrapReceiver` when `traps` is given. An injected receiver must deliver to its `events`
-    queue (the default), which the monitor drains.
+    queue (the default), which the monitor drains. The NETCONF probes it builds run their
+    blocking calls in `probe_executor`, or in a pool of `PROBE_THREADS` threads the monitor
+    owns (started with it, shut down when it stops).
     """
 
     def __init__(
@@ -296,6 +303,7 @@ class Monitor:
         trap_receiver: TrapReceiver | None = None,
         poller: SnmpPoller | None = None,
         netconf_probe: ProbeFactory | None = None,
+        probe_executor: Executor | None = None,
         trap_repoll_spacing_s: float = 1.0,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
@@ -310,6 +318,8 @@ class Monitor:
         self._own_poller = poller is None
         self._poller = poller if poller is not None else SnmpPoller(resolve, metrics=metrics)
         self._netconf_factory: ProbeFactory = netconf_probe or self._default_netconf_probe
+        self._probe_executor = probe_executor
+        self._own_probe_pool: ThreadPoolExecutor | None = None
         self._receiver = trap_receiver
         if self._receiver is None and traps is not None:
             self._receiver = TrapReceiver(traps, resolve, trap_sources(inventory), metrics=metrics)
@@ -406,6 +416,8 @@ class Monitor:
             await self._receiver.start()
         self._started = True
         loop = asyncio.get_running_loop()
+        if self._probe_executor is None:
+            self._own_probe_pool = thread_pool("baton-probe", PROBE_THREADS)
         self._start_scheduler()
         for device in self._inventory.devices.values():
             if device.netconf.enabled:
@@ -451,6 +463,10 @@ class Monitor:
         probes = list(self._netconf.values())
         self._netconf.clear()
         await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
+        if self._own_probe_pool is not None:
+            # after the probes closed their sessions in it; a worker still stuck ends on its own
+            self._own_probe_pool.shutdown(wait=False, cancel_futures=True)
+            self._own_probe_pool = None
         if self._receiver is not None:
             await self._receiver.stop()
         if self._own_poller:
@@ -640,7 +656,9 @@ class Monitor:
     # --- NETCONF ---------------------------------------------------------------------------
 
     def _default_netconf_probe(self, device: Device) -> HealthProbe:
-        return NetconfProbe(device, resolve=self._resolve)
+        return NetconfProbe(
+            device, resolve=self._resolve, executor=self._probe_executor or self._own_probe_pool
+        )
 
     def _start_netconf(self, device: Device) -> None:
         self._netconf[device.id] = self._netconf_factory(device)

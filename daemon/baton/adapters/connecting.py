@@ -1,8 +1,11 @@
 """What an adapter's `connect()` returns: await it for a client, or use it as an async context
-manager that closes the client on the way out."""
+manager that closes the client on the way out; and what counts as "nothing answered" when a
+connect fails at the socket level (the adapters' `unreachable` fact)."""
 
 from __future__ import annotations
 
+import errno
+import socket
 from collections.abc import Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, Protocol, TypeVar
@@ -32,3 +35,27 @@ class Connecting(Generic[C]):
     ) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+# What a TCP connect (or the first read) gives when nothing answers for the device. Not in the
+# set: a source address that cannot be bound, a name that does not resolve (our side's problem).
+NO_ANSWER_ERRNOS = frozenset(
+    {
+        errno.ECONNREFUSED,
+        errno.ECONNRESET,
+        errno.ECONNABORTED,
+        errno.ETIMEDOUT,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+        errno.EHOSTDOWN,
+        errno.ENETDOWN,
+        errno.EPIPE,
+    }
+)
+
+
+def is_no_answer(exc: BaseException) -> bool:
+    """Is this socket error what a device that does not answer at all gives?"""
+    if isinstance(exc, TimeoutError):
+        return True
+    return isinstance(exc, OSError) and not isinstance(exc, socket.gaierror) and exc.errno in NO_ANSWER_ERRNOS

@@ -3,14 +3,32 @@
 Theory of operation
 -------------------
 ncclient is blocking and runs one reader thread per session (here `_Session`, without ncclient's
-TICK polling). Every call here runs the blocking ncclient call in a worker thread
-(`asyncio.to_thread`) under `asyncio.wait_for`; ncclient's own RPC timeout is set to the same
-value, so the worker normally gives up on its own and the asyncio timeout is only a backstop.
-Calls on one `NetconfClient` are serialised (one RPC in flight per session), which is what a
-playbook step wants and what keeps the replies' order obvious.
+TICK polling). Every call here runs the blocking ncclient call in a worker thread under
+`asyncio.wait_for`; ncclient's own RPC timeout is set to the same value, so the worker normally
+gives up on its own and the asyncio timeout is only a backstop. When the backstop fires anyway
+(a worker stuck in a write to a peer that stopped reading), the session's socket is shut down,
+which frees the worker at once; the session is then gone. Calls on one `NetconfClient` are
+serialised (one RPC in flight per session), which is what a playbook step wants and what keeps
+the replies' order obvious.
 
-Worker threads come from the loop's default executor (min(32, cores + 4) threads). A daemon that
-probes many devices at once should give the loop a larger default executor, or connects queue.
+Bulkheads. Worker threads come from the session's `executor` (every blocking call of a session:
+connect, RPCs, close), or the loop's default executor when none is given. `thread_pool` builds
+named bounded pools, so probes of hundreds of dark devices (each holding a worker until its
+connect times out) cannot starve the RPCs of a handover that runs in another pool. A call that
+times out while still queued for a worker is cancelled before it ever runs.
+
+Bounds. Every write is bounded by the call's timeout (a peer that stops reading fails the call
+with `NetconfTimeoutError`, and the session is closed: a half-written request cannot be taken
+back). Replies are deframed here (`Deframer`, RFC 6242 end-of-message and chunked framing) and
+refused above `max_reply_bytes` (default `MAX_REPLY_BYTES`): a reply that never ends fails with
+`NetconfReplyError` once it is that large, or with a timeout before that, and never grows memory
+without bound. A reply that is not XML fails its call with `NetconfReplyError` (the session stays
+usable when the framing held; broken framing closes it).
+
+Unreachable. A connect error carries `unreachable=True` exactly when the device never answered
+at the SSH level: TCP refused, reset, timed out or unroutable, or the connection ended (or the
+whole establishment timed out) before the server sent its SSH banner. Once a banner came, every
+failure (host key, authentication, no NETCONF hello behind a running sshd) is unreachable=False.
 
 Security: the server's SSH host key must equal the device's pinned `host_key` (no pinned key: no
 session). Credentials are resolved from `SecretRef`s at connect time, handed to ncclient and not
@@ -29,18 +47,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import os
+import re
 import selectors
 import socket
 import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Generator
+from concurrent.futures import Executor, ThreadPoolExecutor
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import ncclient.transport.session
 import structlog
+from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 from ncclient import manager as nc_manager
 from ncclient import transport as nc_transport
 from ncclient.operations import RaiseMode
@@ -54,15 +77,15 @@ from ncclient.transport.errors import (
     SSHUnknownHostError,
     TransportError,
 )
-from ncclient.transport.parser import DefaultXMLParser, SAXFilterXMLNotFoundError
 from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
 from ncclient.xml_ import XMLError
 
-from baton.adapters.connecting import Connecting
+from baton.adapters.connecting import Connecting, is_no_answer
 from baton.adapters.errors import (
     NetconfConnectError,
     NetconfError,
     NetconfHostKeyError,
+    NetconfReplyError,
     NetconfRpcError,
     NetconfSessionError,
     NetconfTimeoutError,
@@ -105,6 +128,125 @@ EMPTY_FILTER = '<filter xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" type="su
 # its worker thread ends) rather than abandoned by asyncio.
 _BACKSTOP_S = 1.0
 _CLOSE_TIMEOUT_S = 2.0
+# Replies above this many bytes are refused (NetconfReplyError) and their session closed. The
+# largest reply Baton reads (a device's running config) is far below it; it bounds what a broken
+# or hostile server can make Baton hold per session. `NetconfClient.connect(max_reply_bytes=)`
+# and `NetconfProbe(max_reply_bytes=)` override it.
+MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
+def thread_pool(name: str, threads: int) -> ThreadPoolExecutor:
+    """A bounded pool of worker threads for NETCONF sessions (a bulkhead): give it as `executor`
+    to `NetconfClient.connect` / `NetconfProbe`. Threads are named `name_0`, `name_1`...; whoever
+    builds the pool shuts it down (after closing the sessions that use it)."""
+    if threads < 1:
+        raise ValueError(f"thread pool {name} needs at least 1 thread, got {threads}")
+    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
+
+
+async def _in_thread(executor: Executor | None, fn: Callable[[], T]) -> T:
+    """fn in a worker of `executor` (None: the loop's default executor), with the caller's
+    contextvars (structlog's bound context), as asyncio.to_thread does. Cancelling the wait
+    cancels a call still queued for a worker: it never runs."""
+    loop = asyncio.get_running_loop()
+    ctx = contextvars.copy_context()
+    return await loop.run_in_executor(executor, functools.partial(ctx.run, fn))
+
+
+# --- framing ---------------------------------------------------------------------------------
+
+
+class UnreadableReply(Exception):
+    """A reply that cannot be read (framing, size, encoding, XML). Raised by `Deframer` and the
+    session's reader; it never leaves this module: callers get `NetconfReplyError`."""
+
+
+EOM = b"]]>]]>"
+_CHUNK_HEADER = re.compile(rb"\n#([1-9][0-9]{0,9})\n")
+_END_OF_CHUNKS = b"\n##\n"
+_MAX_CHUNK = 4294967295  # RFC 6242: chunk-size is 1..4294967295
+
+
+def _is_header_prefix(head: bytes) -> bool:
+    """Could `head` be the start of a chunk header ("\\n#<size>\\n") or of end-of-chunks?"""
+    if _END_OF_CHUNKS.startswith(head):
+        return True
+    digits = head[2:]
+    return head.startswith(b"\n#") and 0 < len(digits) <= 10 and digits.isdigit() and digits[:1] != b"0"
+
+
+class Deframer:
+    """Sans-I/O RFC 6242 deframing of what a server sends, bounded in memory.
+
+    `feed(data, chunked=...)` returns the complete messages the bytes finished (end-of-message
+    framing of base:1.0, or chunked framing of base:1.1 once both hellos said so). Raises
+    `UnreadableReply` when a message (complete or still arriving) exceeds `max_message_bytes`, or when
+    chunked framing is broken; the stream cannot be resynchronised after either.
+    """
+
+    def __init__(self, max_message_bytes: int = MAX_REPLY_BYTES) -> None:
+        if max_message_bytes < 1:
+            raise ValueError(f"max_message_bytes must be >= 1, got {max_message_bytes}")
+        self.max_message_bytes = max_message_bytes
+        self._buf = bytearray()
+        self._scanned = 0  # end-of-message: no EOM starts before this offset of _buf
+        self._message = bytearray()  # chunked: the chunks of the message so far
+        self._need = 0  # chunked: bytes of the current chunk still to come
+
+    def feed(self, data: bytes, *, chunked: bool) -> list[bytes]:
+        self._buf += data
+        return self._chunked() if chunked else self._end_of_message()
+
+    def _too_large(self) -> UnreadableReply:
+        return UnreadableReply(f"reply larger than {self.max_message_bytes} bytes")
+
+    def _end_of_message(self) -> list[bytes]:
+        out: list[bytes] = []
+        while True:
+            end = self._buf.find(EOM, self._scanned)
+            if end < 0:
+                break
+            if end > self.max_message_bytes:
+                raise self._too_large()
+            out.append(bytes(self._buf[:end]))
+            del self._buf[: end + len(EOM)]
+            self._scanned = 0
+        # an EOM split across reads starts at most len(EOM) - 1 bytes before the end
+        self._scanned = max(0, len(self._buf) - len(EOM) + 1)
+        if len(self._buf) > self.max_message_bytes + len(EOM) - 1:
+            raise self._too_large()
+        return out
+
+    def _chunked(self) -> list[bytes]:
+        out: list[bytes] = []
+        buf = self._buf
+        while buf:
+            if self._need:
+                take = min(self._need, len(buf))
+                self._message += buf[:take]
+                del buf[:take]
+                self._need -= take
+                continue
+            if buf.startswith(_END_OF_CHUNKS):
+                if not self._message:
+                    raise UnreadableReply("broken chunked framing: end of chunks without a chunk")
+                out.append(bytes(self._message))
+                self._message.clear()
+                del buf[: len(_END_OF_CHUNKS)]
+                continue
+            match = _CHUNK_HEADER.match(buf)
+            if match is None:
+                if not _is_header_prefix(bytes(buf)):
+                    raise UnreadableReply(f"broken chunked framing: bad chunk header {bytes(buf[:16])!r}")
+                break  # the rest of the header is still to come
+            size = int(match.group(1))
+            if size > _MAX_CHUNK:
+                raise UnreadableReply(f"broken chunked framing: chunk size {size} out of range")
+            if len(self._message) + size > self.max_message_bytes:
+                raise self._too_large()
+            self._need = size
+            del buf[: match.end()]
+        return out
 
 
 def _endpoint(device: Device) -> str:
@@ -115,7 +257,7 @@ def _endpoint(device: Device) -> str:
 class _ConnectParams:
     """What the blocking connect needs. Holds secrets: no repr, never logged, dropped after use."""
 
-    __slots__ = ("key_text", "password", "source_address", "timeout_s", "username")
+    __slots__ = ("key_text", "max_reply_bytes", "password", "source_address", "timeout_s", "username")
 
     def __init__(
         self,
@@ -124,12 +266,14 @@ class _ConnectParams:
         key_text: str | None,
         timeout_s: float,
         source_address: str | None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.username = username
         self.password = password
         self.key_text = key_text
         self.timeout_s = timeout_s
         self.source_address = source_address
+        self.max_reply_bytes = max_reply_bytes
 
     def __repr__(self) -> str:
         return f"_ConnectParams(username={self.username!r}, <secrets hidden>)"
@@ -170,30 +314,47 @@ def _open_socket(device: Device, params: _ConnectParams) -> socket.socket:
         )
     except TimeoutError:
         raise NetconfConnectError(
-            device.id, f"TCP connect to {_endpoint(device)} timed out after {params.timeout_s:g} s"
+            device.id,
+            f"TCP connect to {_endpoint(device)} timed out after {params.timeout_s:g} s",
+            unreachable=True,
         ) from None
     except OSError as exc:
         where = _endpoint(device) + (f" from {params.source_address}" if params.source_address else "")
         reason = exc.strerror or str(exc)
-        raise NetconfConnectError(device.id, f"TCP connect to {where}: {reason.lower()}") from None
+        raise NetconfConnectError(
+            device.id, f"TCP connect to {where}: {reason.lower()}", unreachable=is_no_answer(exc)
+        ) from None
+
+
+class _WriteTimeout(Exception):
+    """A request could not be written within its timeout (the peer stopped reading)."""
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        super().__init__(f"request not written within {timeout_s:g} s")
 
 
 class _Session(nc_transport.SSHSession):  # type: ignore[misc]  # ncclient is untyped
-    """ncclient's SSH session without its TICK polling (ncclient 0.7's `Session.run` loop).
+    """ncclient's SSH session without its TICK polling (ncclient 0.7's `Session.run` loop), with
+    bounded writes and bounded, checked replies.
 
     Upstream, `send` queues the request and the session thread sends it after its next
     `select(timeout=TICK)`: up to TICK of latency per RPC, and an idle session wakes up 1/TICK
     times a second (100/s at 0.01), each time taking the GIL. Here `send` frames and writes the
     request itself, in the calling thread (paramiko's `Channel.send` is thread-safe; a lock keeps
-    two requests from interleaving), and the reader thread only wakes up for data, for the close,
-    or every `_IDLE_WAKE_S`. Replies are parsed and dispatched exactly as upstream does.
+    two requests from interleaving), within `send_timeout_s` (set by the caller to its RPC
+    timeout), and the reader thread only wakes up for data, for the close, or every
+    `_IDLE_WAKE_S`. Replies are deframed by a bounded `Deframer` (not ncclient's parsers, which
+    buffer without limit) and dispatched to ncclient's listeners as upstream does; a reply that
+    is not XML, or not an <rpc-reply> of ours, fails the waiting RPC with `UnreadableReply` instead of
+    leaving it to time out.
     """
 
-    parser: Any  # ncclient's SAX or DOM reply parser
-
-    def __init__(self, device_handler: Any) -> None:
+    def __init__(self, device_handler: Any, *, max_reply_bytes: int, send_timeout_s: float) -> None:
         super().__init__(device_handler)
         self._send_lock = threading.Lock()
+        self._deframer = Deframer(max_reply_bytes)
+        self.send_timeout_s = send_timeout_s
 
     def send(self, message: str) -> None:
         if not self.connected:
@@ -207,13 +368,21 @@ class _Session(nc_transport.SSHSession):  # type: ignore[misc]  # ncclient is un
             channel = self._channel
             if channel is None:
                 raise TransportError("Not connected to NETCONF server")
+            # Bounds waiting for the peer's SSH window (a peer that stopped reading); a full
+            # TCP buffer is bounded by the caller's backstop, which shuts the socket down.
+            timeout = self.send_timeout_s
+            channel.settimeout(timeout)
             while data:
                 try:
                     sent = channel.send(data)
+                except TimeoutError:
+                    # Part of the request may be on the wire: the framing cannot be resumed.
+                    self.close()
+                    raise _WriteTimeout(timeout) from None
                 except OSError as exc:  # the channel closed under us: the session is gone
                     raise TransportError(f"session closed: {exc}") from None
                 if sent <= 0:
-                    raise SessionCloseError(self._buffer.getvalue(), data)
+                    raise SessionCloseError("", data)
                 data = data[sent:]
 
     def run(self) -> None:
@@ -227,32 +396,168 @@ class _Session(nc_transport.SSHSession):  # type: ignore[misc]  # ncclient is un
                     continue
                 data = self._transport_read()
                 if data:
-                    try:
-                        self.parser.parse(data)
-                    except SAXFilterXMLNotFoundError:
-                        self.parser = DefaultXMLParser(self)
-                        self.parser.parse(data)
+                    chunked = self._base == NetconfBase.BASE_11
+                    for message in self._deframer.feed(data, chunked=chunked):
+                        self._dispatch_bytes(message)
                 elif self._closing.is_set():
                     break  # end of session, expected
                 else:
-                    raise SessionCloseError(self._buffer.getvalue())
+                    raise SessionCloseError("")
         except Exception as exc:
+            if isinstance(exc, UnreadableReply):
+                exc = UnreadableReply(f"{exc}; session closed")
             self.logger.debug("Broke out of main loop, error=%r", exc)
+            self.close()  # first: whoever hears of the error sees the session closed already
             self._dispatch_error(exc)
-            self.close()
         finally:
             selector.close()
 
+    def _dispatch_bytes(self, message: bytes) -> None:
+        """Check one whole message, then hand it to ncclient's listeners as upstream does.
 
-def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams) -> Any:
+        Upstream logs a message it cannot parse and drops it, so its RPC times out; and it only
+        parses the root start tag, leaving garbage after it to fail later. Here the message is
+        parsed whole first (by a parser no more lenient than ncclient's), so an unreadable reply
+        fails the waiting RPC at once with `UnreadableReply` and ncclient never meets bad XML. The
+        framing held, so the session stays usable.
+        """
+        message = message.strip()  # whitespace around a message (after a base:1.0 EOM) is noise
+        try:
+            root = etree.fromstring(message, parser=_reply_parser())
+        except etree.XMLSyntaxError as exc:
+            detail = str(exc).splitlines()[0] if str(exc) else "unparsable"
+            self._dispatch_error(UnreadableReply(f"reply is not well-formed XML: {detail}"))
+            return
+        if root.tag not in _MESSAGES:
+            self._dispatch_error(UnreadableReply(f"unexpected message <{etree.QName(root).localname}>"))
+            return
+        try:
+            raw = message.decode("utf-8")
+        except UnicodeDecodeError:
+            self._dispatch_error(UnreadableReply("reply is not UTF-8 text"))
+            return
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener.callback((root.tag, root.attrib), raw)
+            except OperationError as exc:  # no message-id, or one no request of ours carries
+                self._dispatch_error(UnreadableReply(f"unusable reply: {exc}"))
+
+
+_NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+_MESSAGES = frozenset(
+    {
+        f"{{{_NC}}}rpc-reply",
+        f"{{{_NC}}}hello",
+        "hello",  # some servers' hello is unqualified; ncclient accepts it
+        "{urn:ietf:params:xml:ns:netconf:notification:1.0}notification",
+    }
+)
+_parsers = threading.local()
+
+
+def _reply_parser() -> Any:
+    """This thread's reply parser (lxml parsers must not be shared between threads): strict, no
+    entity expansion, no network, no huge trees (ncclient's own limits, so it accepts all we do)."""
+    parser = getattr(_parsers, "parser", None)
+    if parser is None:
+        parser = _parsers.parser = etree.XMLParser(recover=False, resolve_entities=False, no_network=True)
+    return parser
+
+
+class _Attempt:
+    """One connect, shared by the coroutine that waits for it and the worker thread making it.
+
+    The worker registers its socket and session as it goes. The waiting side may `abandon()`
+    the attempt (timeout, cancellation): a session that still comes up is closed at once, and
+    the socket is shut down, so a worker blocked in the SSH handshake or the hello returns now
+    rather than at paramiko's own timeouts (15 s for the banner, 30 s for authentication) while
+    holding a thread of its pool. `ssh_answered()`: did the server ever send its SSH banner?
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._abandoned = False
+        self.started = False  # a worker took it up (False: it was still queued for one)
+        self._result: Any = None
+        self._sock: socket.socket | None = None
+        self.session: Any = None
+
+    def begin(self) -> bool:
+        """Called first by the worker: False when the caller gave up while it was queued."""
+        with self._lock:
+            self.started = not self._abandoned
+            return self.started
+
+    def opened(self, sock: socket.socket, session: Any) -> None:
+        with self._lock:
+            self._sock, self.session = sock, session
+            abandoned = self._abandoned
+        if abandoned:
+            _shutdown(sock)
+
+    def ssh_answered(self) -> bool:
+        transport = getattr(self.session, "_transport", None)
+        return bool(getattr(transport, "remote_version", ""))
+
+    def deliver(self, mgr: Any) -> Any:
+        with self._lock:
+            if not self._abandoned:
+                self._result = mgr
+                return mgr
+        _close_manager(mgr)
+        return None
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            late, self._result = self._result, None
+            sock = self._sock
+        if late is not None:
+            _close_manager(late)
+        elif sock is not None:
+            _shutdown(sock)
+
+
+class _Gate:
+    """Whether a call queued for a worker ran, or was given up before it could (then never)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._state = "queued"  # -> "running" (worker took it) or "closed" (caller gave up first)
+
+    def enter(self) -> bool:
+        with self._lock:
+            if self._state == "queued":
+                self._state = "running"
+            return self._state == "running"
+
+    def close(self) -> bool:
+        """The caller gives up; True if a worker had taken the call up already."""
+        with self._lock:
+            if self._state == "queued":
+                self._state = "closed"
+            return self._state == "running"
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Wake every thread blocked on this socket (a close alone does not); they then fail."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams, attempt: _Attempt) -> Any:
     """Open the SSH transport, verify the pinned host key, authenticate, exchange hellos.
 
     Returns an ncclient Manager. Built like `ncclient.manager.connect_ssh` does, but keeping the
-    session at hand so a host key mismatch can report the key the server offered.
+    session at hand so a host key mismatch can report the key the server offered, and so the
+    waiting side can tell whether the server ever answered (`attempt`).
     """
     sock = _open_socket(device, params)
     handler = nc_manager.make_device_handler({"name": "default"})
-    session = _Session(handler)
+    session = _Session(handler, max_reply_bytes=params.max_reply_bytes, send_timeout_s=params.timeout_s)
+    attempt.opened(sock, session)
     try:
         with _key_file(params.key_text) as key_path:
             session.connect(
@@ -284,7 +589,7 @@ def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams)
     except BaseException as exc:
         _close_session_quietly(session, sock)
         if isinstance(exc, Exception):
-            raise _connect_error(device, pinned, params, exc) from None
+            raise _connect_error(device, pinned, params, exc, answered=attempt.ssh_answered()) from None
         raise
     with contextlib.suppress(Exception):  # an optimisation only; the handshake is over
         session._transport.sock.settimeout(_TRANSPORT_IDLE_S)
@@ -307,8 +612,12 @@ def _close_session_quietly(session: Any, sock: socket.socket) -> None:
 
 
 def _connect_error(
-    device: Device, pinned: PinnedKey, params: _ConnectParams, exc: Exception
+    device: Device, pinned: PinnedKey, params: _ConnectParams, exc: Exception, *, answered: bool
 ) -> NetconfConnectError:
+    """The Baton error for a failed establishment. `answered`: the server sent its SSH banner.
+    Without one the device never answered (it closed or reset the connection before the banner,
+    or accepted it and stayed silent): unreachable. Host key and authentication failures need
+    an answer, so they never are."""
     where = _endpoint(device)
     text = str(exc)
     if isinstance(exc, NetconfConnectError):
@@ -323,15 +632,23 @@ def _connect_error(
             pinned=pinned.fingerprint,
             offered=None,
         )
-    if isinstance(exc, SSHError):
-        return NetconfConnectError(device.id, f"SSH to {where} failed: {text}")
-    if isinstance(exc, SessionError | SessionCloseError | TransportError):
+    if isinstance(exc, _WriteTimeout):
+        cause = f"NETCONF hello to {where} not accepted: {exc}"
+    elif isinstance(exc, UnreadableReply):
+        cause = f"unreadable NETCONF hello from {where}: {exc}"
+    elif isinstance(exc, SSHError):  # paramiko's "Error reading SSH protocol banner..." among others
+        cause = f"SSH to {where} failed: {text}"
+    elif isinstance(exc, SessionError | SessionCloseError | TransportError):
         # sshd answered but the netconf subsystem did not say hello (server down behind sshd,
         # subsystem refused, access denied): the SSH part worked, NETCONF did not.
-        return NetconfConnectError(device.id, f"no NETCONF hello from {where}: {text or type(exc).__name__}")
-    if isinstance(exc, OSError):
-        return NetconfConnectError(device.id, f"SSH to {where} failed: {exc.strerror or text}")
-    return NetconfConnectError(device.id, f"{type(exc).__name__} while connecting to {where}: {text}")
+        cause = f"no NETCONF hello from {where}: {text or type(exc).__name__}"
+    elif isinstance(exc, OSError):
+        cause = f"SSH to {where} failed: {exc.strerror or text}"
+    else:
+        cause = f"{type(exc).__name__} while connecting to {where}: {text}"
+    # a socket error of our own making (say, a source address we cannot bind) is no silence
+    unreachable = not answered and (is_no_answer(exc) if isinstance(exc, OSError) else True)
+    return NetconfConnectError(device.id, cause, unreachable=unreachable)
 
 
 def _rpc_error(device: str, operation: str, exc: RPCError) -> NetconfRpcError:
@@ -359,7 +676,13 @@ def _operation_error(device: str, operation: str, timeout_s: float, exc: Excepti
         return NetconfTimeoutError(device, operation, timeout_s)
     if isinstance(exc, MissingCapabilityError):
         return NetconfError(device, operation, f"server lacks capability {exc}")
-    if isinstance(exc, XMLError):
+    if isinstance(exc, UnreadableReply):
+        return NetconfReplyError(device, operation, str(exc))
+    if isinstance(exc, _WriteTimeout):
+        return NetconfTimeoutError(device, operation, exc.timeout_s)
+    if isinstance(exc, XMLError | etree.XMLSyntaxError):
+        # Replies are checked before ncclient sees them (`_Session._dispatch_bytes`): this is
+        # the request's XML, refused before anything was sent.
         return NetconfError(device, operation, f"invalid XML: {exc}")
     if isinstance(exc, TransportError | SessionError):
         return NetconfSessionError(device, operation, f"session broken: {exc or type(exc).__name__}")
@@ -377,36 +700,13 @@ def _as_filter(filter_xml: str | None) -> Any:
     return ("subtree", filter_xml)
 
 
-class _Abandonable:
-    """Closes a session whose connect finished after the caller stopped waiting for it."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self._result: Any = None
-
-    def deliver(self, mgr: Any) -> Any:
-        with self._lock:
-            if not self._abandoned:
-                self._result = mgr
-                return mgr
-        _close_manager(mgr)
-        return None
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            late, self._result = self._result, None
-        if late is not None:
-            _close_manager(late)
-
-
 def _close_manager(mgr: Any, *, polite: bool = True) -> None:
     """<close-session> first when polite, so the server frees the session (and its locks) now;
     then drop the transport. Impolite is for sessions known broken: no RPC to wait on."""
     if polite:
         try:
             mgr.timeout = _CLOSE_TIMEOUT_S
+            mgr._session.send_timeout_s = _CLOSE_TIMEOUT_S
             mgr.close_session()
         except Exception:  # the session is going away either way
             log.debug("netconf.close_session_failed", exc_info=True)
@@ -414,6 +714,13 @@ def _close_manager(mgr: Any, *, polite: bool = True) -> None:
         session = mgr._session  # ncclient's Manager has no public accessor for its session
         if session.transport is not None and session.transport.is_active():
             session.close()
+
+
+def _shutdown_manager(mgr: Any) -> None:
+    """Shut the session's socket down from any thread (the event loop's included: it does not
+    block): a worker stuck writing to it, or its reader, fails at once and the session ends."""
+    with contextlib.suppress(Exception):
+        _shutdown(mgr._session._transport.sock)
 
 
 class NetconfClient:
@@ -425,14 +732,21 @@ class NetconfClient:
                 await nc.commit(confirmed=True, timeout_s=300)
 
     Every method raises a `NetconfError` subclass on failure: `NetconfRpcError` for <rpc-error>
-    replies, `NetconfTimeoutError`, `NetconfSessionError` when the session broke.
+    replies (outcome known: not applied), `NetconfTimeoutError` (no reply in time, or the request
+    could not be written), `NetconfSessionError` when the session broke, `NetconfReplyError` for
+    a reply that cannot be read (not XML, broken framing, larger than `max_reply_bytes`). The
+    last three carry `outcome_unknown`: a write may have been applied.
     """
 
-    def __init__(self, device: Device, mgr: Any, *, timeout_s: float) -> None:
+    def __init__(
+        self, device: Device, mgr: Any, *, timeout_s: float, executor: Executor | None = None
+    ) -> None:
         """Use `NetconfClient.connect`; this wraps an already open ncclient Manager."""
         self.device = device
         self.timeout_s = timeout_s
         self._mgr = mgr
+        self._executor = executor
+        self._broken = False  # the socket was shut down after a stuck call: the session is gone
         self._lock = asyncio.Lock()
         self._capabilities = frozenset(str(c) for c in mgr.server_capabilities)
         self.session_id: str | None = str(mgr.session_id) if mgr.session_id is not None else None
@@ -452,21 +766,34 @@ class NetconfClient:
         resolve: Resolve,
         timeout_s: float | None = None,
         source_address: str | None = None,
+        executor: Executor | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> Connecting[NetconfClient]:
         """Open a session: `nc = await NetconfClient.connect(...)` or `async with ... as nc`.
 
         timeout_s bounds the whole establishment (TCP, SSH, auth, hello) and is the default RPC
-        timeout of the session; None means the device's `netconf.timeout_s`.
+        timeout of the session; None means the device's `netconf.timeout_s`. executor runs every
+        blocking call of the session (connect, RPCs, close); None means the loop's default
+        executor (see `thread_pool` for bulkheads). Replies above max_reply_bytes are refused
+        with `NetconfReplyError` and the session is closed.
         """
+        if max_reply_bytes < 1:
+            raise ValueError(f"max_reply_bytes must be >= 1, got {max_reply_bytes}")
 
         async def opened() -> NetconfClient:
-            return await cls._open(device, resolve, timeout_s, source_address)
+            return await cls._open(device, resolve, timeout_s, source_address, executor, max_reply_bytes)
 
         return Connecting(opened)
 
     @classmethod
     async def _open(
-        cls, device: Device, resolve: Resolve, timeout_s: float | None, source_address: str | None
+        cls,
+        device: Device,
+        resolve: Resolve,
+        timeout_s: float | None,
+        source_address: str | None,
+        executor: Executor | None,
+        max_reply_bytes: int,
     ) -> NetconfClient:
         settings = device.netconf
         timeout = settings.timeout_s if timeout_s is None else timeout_s
@@ -495,27 +822,38 @@ class NetconfClient:
                 key_text=resolve(settings.private_key) if settings.private_key else None,
                 timeout_s=timeout,
                 source_address=source_address,
+                max_reply_bytes=max_reply_bytes,
             )
         except Exception as exc:
             # The resolver's message names the reference (env/file), never the value.
             raise NetconfConnectError(device.id, f"cannot resolve credentials: {exc}") from None
 
-        holder = _Abandonable()
+        attempt = _Attempt()
         started = time.monotonic()
+
+        def work() -> Any:
+            if not attempt.begin():
+                return None  # given up while queued for a worker: never tried
+            return attempt.deliver(_blocking_connect(device, pinned, params, attempt))
+
         try:
-            mgr = await asyncio.wait_for(
-                asyncio.to_thread(lambda: holder.deliver(_blocking_connect(device, pinned, params))),
-                timeout + _BACKSTOP_S,
-            )
+            mgr = await asyncio.wait_for(_in_thread(executor, work), timeout + _BACKSTOP_S)
         except TimeoutError:
-            holder.abandon()
+            attempt.abandon()
+            if not attempt.started:
+                # Baton's own congestion (a saturated pool), not the device: nothing was tried.
+                raise NetconfConnectError(
+                    device.id, f"no worker thread free to connect to {_endpoint(device)} in {timeout:g} s"
+                ) from None
             raise NetconfConnectError(
-                device.id, f"no NETCONF session with {_endpoint(device)} within {timeout:g} s"
+                device.id,
+                f"no NETCONF session with {_endpoint(device)} within {timeout:g} s",
+                unreachable=not attempt.ssh_answered(),
             ) from None
         except asyncio.CancelledError:
-            holder.abandon()
+            attempt.abandon()
             raise
-        client = cls(device, mgr, timeout_s=timeout)
+        client = cls(device, mgr, timeout_s=timeout, executor=executor)
         log.debug(
             "netconf.connected",
             device=device.id,
@@ -539,16 +877,20 @@ class NetconfClient:
         if self._closed:
             return
         self._closed = True
+        polite = polite and not self._broken
         async with self._lock:
-            with contextlib.suppress(Exception):
+            try:
                 await asyncio.wait_for(
-                    asyncio.to_thread(_close_manager, self._mgr, polite=polite), _CLOSE_TIMEOUT_S * 3
+                    _in_thread(self._executor, lambda: _close_manager(self._mgr, polite=polite)),
+                    _CLOSE_TIMEOUT_S * 3,
                 )
+            except Exception:  # stuck or refused (a pool shut down): drop the transport under it
+                _shutdown_manager(self._mgr)
         log.debug("netconf.closed", device=self.device.id, session_id=self.session_id)
 
     @property
     def is_connected(self) -> bool:
-        return not self._closed and bool(self._mgr.connected)
+        return not self._closed and not self._broken and bool(self._mgr.connected)
 
     # --- capabilities ----------------------------------------------------------------------
 
@@ -584,14 +926,39 @@ class NetconfClient:
         timeout = self.timeout_s if rpc_timeout_s is None else rpc_timeout_s
         mgr = self._mgr
 
-        def blocking() -> T:
-            mgr.timeout = timeout  # ncclient's per-RPC wait; calls are serialised by self._lock
+        gate = _Gate()
+
+        def blocking() -> T | None:
+            if not gate.enter():
+                return None  # given up while queued for a worker: never sent
+            # ncclient's per-RPC wait, and the bound on writing the request; calls are
+            # serialised by self._lock
+            mgr.timeout = timeout
+            mgr._session.send_timeout_s = timeout
             return fn(mgr)
 
         async with self._lock:
+            if self._broken:
+                raise NetconfSessionError(
+                    self.device.id, operation, "session was shut down after a stuck call"
+                )
+            call = _in_thread(self._executor, blocking)
             try:
-                return await asyncio.wait_for(asyncio.to_thread(blocking), timeout + _BACKSTOP_S)
+                return cast(T, await asyncio.wait_for(call, timeout + _BACKSTOP_S))
             except TimeoutError:
+                if not gate.close():
+                    # Baton's own congestion (a saturated pool): the request was never sent.
+                    raise NetconfError(
+                        self.device.id, operation, f"no worker thread free within {timeout:g} s (not sent)"
+                    ) from None
+                # ncclient's own timeout did not fire: the worker is stuck (writing to a peer
+                # that stopped reading). Shut the socket down so it returns now; the session
+                # cannot be trusted after this anyway.
+                self._broken = True
+                _shutdown_manager(mgr)
+                log.warning(
+                    "netconf.call_stuck", device=self.device.id, operation=operation, timeout_s=timeout
+                )
                 raise NetconfTimeoutError(self.device.id, operation, timeout) from None
             except Exception as exc:
                 raise _operation_error(self.device.id, operation, timeout, exc) from None
@@ -708,6 +1075,7 @@ class NetconfProbe:
     for one interval; a timeout is not retried.
 
     The latency is the time the probe took, including the connect when there was one.
+    `executor` runs the session's blocking calls (a probe pool: see `thread_pool`).
     """
 
     def __init__(
@@ -719,11 +1087,15 @@ class NetconfProbe:
         source_address: str | None = None,
         reuse_session: bool = True,
         clock: Callable[[], float] = time.time,
+        executor: Executor | None = None,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self.device = device
         self.timeout_s = device.netconf.timeout_s if timeout_s is None else timeout_s
         self._resolve = resolve
         self._source_address = source_address
+        self._executor = executor
+        self._max_reply_bytes = max_reply_bytes
         self._reuse = reuse_session
         self._clock = clock
         self._client: NetconfClient | None = None
@@ -756,7 +1128,12 @@ class NetconfProbe:
                 log.info("netconf.probe_session_stale", device=self.device.id)
                 await self._drop_session(polite=False)
         self._client = await NetconfClient.connect(
-            self.device, resolve=self._resolve, timeout_s=self.timeout_s, source_address=self._source_address
+            self.device,
+            resolve=self._resolve,
+            timeout_s=self.timeout_s,
+            source_address=self._source_address,
+            executor=self._executor,
+            max_reply_bytes=self._max_reply_bytes,
         )
         await self._client.get(self._filter, rpc_timeout_s=self.timeout_s)
 

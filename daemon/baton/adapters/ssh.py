@@ -9,9 +9,15 @@ in-memory known_hosts for `[address]:port`; no pinned key means no connection. N
 no ~/.ssh keys, no ~/.ssh/config: credentials come only from the inventory's `SecretRef`s.
 
 Timeouts: `connect` bounds TCP + key exchange + authentication (asyncssh's connect_timeout and
-login_timeout); `run` bounds the command (asyncssh's run() would wait forever). A command that
-overruns is sent SIGKILL (OpenSSH 7.9+ honours channel "signal" requests) and its channel is
-closed, so it does not keep running on the device after Baton gave up on it.
+login_timeout); `run` bounds the command (asyncssh's run() would wait forever); `close` is
+bounded too. A command that overruns, or prints more than `max_output_bytes`, is sent SIGKILL
+(OpenSSH 7.9+ honours channel "signal" requests) and its channel is closed, so it does not keep
+running on the device after Baton gave up on it. Nothing is ever written to a command (stdin is
+empty), so no write can block.
+
+Unreachable: a connect error carries `unreachable=True` exactly when the server never sent its
+SSH banner (TCP refused, reset or timed out, closed before the banner, a silent listener); never
+for host key or authentication failures.
 
 Commands may carry secrets once a playbook renders them, so errors and logs name only the
 command's first word. asyncssh errors never leave this module: they become `Ssh*Error`s.
@@ -31,7 +37,7 @@ from typing import Any, Self
 import asyncssh
 import structlog
 
-from baton.adapters.connecting import Connecting
+from baton.adapters.connecting import Connecting, is_no_answer
 from baton.adapters.errors import SshConnectError, SshError, SshHostKeyError, SshTimeoutError
 from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, known_hosts_entry, parse_pinned_key
 from baton.core.model import Device, SecretRef
@@ -41,6 +47,10 @@ log = structlog.get_logger(__name__)
 Resolve = Callable[[SecretRef], str]
 
 _CLOSE_TIMEOUT_S = 2.0
+# A command's output (stdout and stderr together) above this is refused and the command killed:
+# playbook commands print a few lines; this bounds what a runaway one makes Baton hold.
+# `SshClient.connect(max_output_bytes=)` overrides it.
+MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,10 +77,19 @@ def _program(command: str) -> str:
 
 
 class _PinnedKeyClient(asyncssh.SSHClient):
-    """Notes the key a server offered when it is not the pinned one (then refuses it)."""
+    """Notes the key a server offered when it is not the pinned one (then refuses it), and
+    whether the server ever answered (sent its SSH banner)."""
 
     def __init__(self) -> None:
         self.offered: str | None = None
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHClientConnection) -> None:
+        self._conn = conn
+
+    @property
+    def answered(self) -> bool:
+        return self._conn is not None and bool(self._conn.get_extra_info("server_version"))
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.offered = str(key.get_fingerprint("sha256"))
@@ -80,10 +99,13 @@ class _PinnedKeyClient(asyncssh.SSHClient):
 class SshClient:
     """One SSH connection to one device; several commands may run on it, one channel each."""
 
-    def __init__(self, device: Device, conn: Any, *, timeout_s: float) -> None:
+    def __init__(
+        self, device: Device, conn: Any, *, timeout_s: float, max_output_bytes: int = MAX_OUTPUT_BYTES
+    ) -> None:
         """Use `SshClient.connect`; this wraps an open asyncssh connection."""
         self.device = device
         self.timeout_s = timeout_s
+        self.max_output_bytes = max_output_bytes
         self._conn = conn
         self._closed = False
 
@@ -98,21 +120,29 @@ class SshClient:
         resolve: Resolve,
         timeout_s: float | None = None,
         source_address: str | None = None,
+        max_output_bytes: int = MAX_OUTPUT_BYTES,
     ) -> Connecting[SshClient]:
         """Connect and authenticate: `c = await SshClient.connect(...)` or `async with ... as c`.
 
         timeout_s bounds connect + authentication and is the default command timeout; None
         means the device's `ssh.timeout_s`. source_address binds the local end (management ACLs
-        on devices check it)."""
+        on devices check it). max_output_bytes bounds each command's output (see `run`)."""
+        if max_output_bytes < 1:
+            raise ValueError(f"max_output_bytes must be >= 1, got {max_output_bytes}")
 
         async def opened() -> SshClient:
-            return await cls._open(device, resolve, timeout_s, source_address)
+            return await cls._open(device, resolve, timeout_s, source_address, max_output_bytes)
 
         return Connecting(opened)
 
     @classmethod
     async def _open(
-        cls, device: Device, resolve: Resolve, timeout_s: float | None, source_address: str | None
+        cls,
+        device: Device,
+        resolve: Resolve,
+        timeout_s: float | None,
+        source_address: str | None,
+        max_output_bytes: int,
     ) -> SshClient:
         settings = device.ssh
         timeout = settings.timeout_s if timeout_s is None else timeout_s
@@ -156,14 +186,16 @@ class SshClient:
                 timeout + 1.0,
             )
         except Exception as exc:
-            raise _connect_error(device, pinned, settings.username, timeout, client.offered, exc) from None
+            raise _connect_error(
+                device, pinned, settings.username, timeout, client.offered, exc, answered=client.answered
+            ) from None
         log.debug(
             "ssh.connected",
             device=device.id,
             source_address=source_address,
             connect_s=round(time.monotonic() - started, 4),
         )
-        return cls(device, conn, timeout_s=timeout)
+        return cls(device, conn, timeout_s=timeout, max_output_bytes=max_output_bytes)
 
     async def __aenter__(self) -> Self:
         return self
@@ -186,35 +218,57 @@ class SshClient:
     ) -> CommandResult:
         """Run command (stdin empty) and collect its output; check=True raises on exit status != 0.
 
-        On timeout the command is killed and its channel closed, then `SshTimeoutError`."""
+        timeout_s bounds the whole command (opening its channel, output, exit). On timeout the
+        command is killed and its channel closed, then `SshTimeoutError`. Output (stdout and
+        stderr together) above the connection's `max_output_bytes` kills the command too, then
+        `SshError` with `outcome_unknown` (it ran, and was stopped part way)."""
         operation = f"run {_program(command)}"
         if self._closed:
             raise SshError(self.device.id, operation, "connection is closed")
         timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = asyncio.get_running_loop().time() + timeout
         try:
-            process = await asyncio.wait_for(
-                self._conn.create_process(command, stdin=asyncssh.DEVNULL, errors="replace"), timeout
-            )
+            async with asyncio.timeout_at(deadline):
+                process = await self._conn.create_process(command, stdin=asyncssh.DEVNULL, encoding=None)
         except TimeoutError:
             raise SshTimeoutError(self.device.id, operation, timeout) from None
         except (asyncssh.Error, OSError) as exc:
             raise SshError(self.device.id, operation, _describe(exc)) from None
+        budget = _Budget(self.max_output_bytes)
         try:
-            completed = await process.wait(timeout=timeout)
-        except asyncssh.TimeoutError:
+            async with asyncio.timeout_at(deadline):
+                stdout, stderr = await asyncio.gather(
+                    _read_all(process.stdout, budget), _read_all(process.stderr, budget)
+                )
+                await process.wait_closed()
+        except TimeoutError:
             await _stop(process)
             log.warning(
                 "ssh.command_timeout", device=self.device.id, program=_program(command), timeout_s=timeout
             )
             raise SshTimeoutError(self.device.id, operation, timeout) from None
+        except _OutputTooLarge:
+            await _stop(process)
+            log.warning(
+                "ssh.output_too_large",
+                device=self.device.id,
+                program=_program(command),
+                max_output_bytes=self.max_output_bytes,
+            )
+            error = SshError(
+                self.device.id, operation, f"output larger than {self.max_output_bytes} bytes; command killed"
+            )
+            error.outcome_unknown = True  # it ran and was stopped part way: it may have acted
+            raise error from None
         except (asyncssh.Error, OSError) as exc:
             process.close()
             raise SshError(self.device.id, operation, _describe(exc)) from None
+        exit_signal = process.exit_signal
         result = CommandResult(
-            exit_status=completed.exit_status if completed.exit_signal is None else None,
-            stdout=str(completed.stdout or ""),
-            stderr=str(completed.stderr or ""),
-            exit_signal=completed.exit_signal[0] if completed.exit_signal else None,
+            exit_status=process.exit_status if exit_signal is None else None,
+            stdout=stdout.decode("utf-8", errors="replace"),
+            stderr=stderr.decode("utf-8", errors="replace"),
+            exit_signal=exit_signal[0] if exit_signal else None,
         )
         if check and not result.ok:
             status = (
@@ -222,6 +276,30 @@ class SshClient:
             )
             raise SshError(self.device.id, operation, f"{status}: {result.stderr.strip()[-500:]}")
         return result
+
+
+class _OutputTooLarge(Exception):
+    pass
+
+
+class _Budget:
+    """What is left of a command's output allowance, shared by its stdout and stderr."""
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def take(self, n: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise _OutputTooLarge
+
+
+async def _read_all(stream: Any, budget: _Budget) -> bytes:
+    parts: list[bytes] = []
+    while data := await stream.read(65536):
+        budget.take(len(data))
+        parts.append(data)
+    return b"".join(parts)
 
 
 async def run_command(
@@ -281,7 +359,12 @@ def _connect_error(
     timeout_s: float,
     offered: str | None,
     exc: Exception,
+    *,
+    answered: bool,
 ) -> SshConnectError:
+    """The Baton error for a failed connect. `answered`: the server sent its SSH banner. Without
+    one the device never answered (refused, reset, timed out, closed before the banner, or a
+    silent listener): unreachable. Host key and authentication failures need an answer."""
     where = _endpoint(device)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
         return SshHostKeyError(
@@ -301,8 +384,12 @@ def _connect_error(
         )
     if isinstance(exc, asyncssh.PermissionDenied):
         return SshConnectError(device.id, f"authentication failed for user {username} at {where}")
+    # a socket error of our own making (say, a source address we cannot bind) is no silence
+    unreachable = not answered and (is_no_answer(exc) if isinstance(exc, OSError) else True)
     if isinstance(exc, TimeoutError):
-        return SshConnectError(device.id, f"no SSH session with {where} within {timeout_s:g} s")
-    if isinstance(exc, OSError):
-        return SshConnectError(device.id, f"TCP connect to {where}: {_describe(exc)}")
-    return SshConnectError(device.id, f"SSH to {where} failed: {_describe(exc)}")
+        cause = f"no SSH session with {where} within {timeout_s:g} s"
+    elif isinstance(exc, OSError):
+        cause = f"TCP connect to {where}: {_describe(exc)}"
+    else:
+        cause = f"SSH to {where} failed: {_describe(exc)}"
+    return SshConnectError(device.id, cause, unreachable=unreachable)
