@@ -279,7 +279,9 @@ class SnmpdProcess:
             self.snmpd,
             "-C",
             "-c",
-            str(self.conf_path),
+            # -C skips the persistent snmpd.conf too: name it, so that a restart keeps the engine
+            # id and counts engineBoots up (as a real agent does) instead of being a new engine
+            ",".join(str(p) for p in (self.conf_path, self.persist_dir / "snmpd.conf") if p.exists()),
             "-f",
             "-Lo",
             "-m",

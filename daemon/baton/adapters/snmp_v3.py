@@ -38,7 +38,10 @@ One poll is one `V3Client.request`:
     reports) → a failure whose reason names the report;
   * an authenticated answer outside the time window (the agent's boots went back: it lost its
     state, or something replays) → a failure, and the engine is forgotten so the next poll
-    discovers it afresh.
+    discovers it afresh;
+  * no answer → a timeout, and the engine is forgotten too: the next poll's discovery tells a
+    dead agent (no answer to discovery either) from one that answers discovery but cannot
+    decrypt our request (net-snmp drops those silently: a wrong privacy key or protocol).
 Every Response is believed only if it comes from the device's address, carries our msgID, is
 authenticated by the device's localized key (engine id and user ours, digest checked in
 constant time), is inside the time window, decrypts to a well-formed scoped PDU for that engine
@@ -822,6 +825,17 @@ class V3Client(UdpClient):
                 self._tell(target, "discovered", engine)
                 discovered = True
             outcome = await self._exchange(target, pdu_for, timeout_s, tries)
+            if isinstance(outcome, V3Failure) and outcome.failure == "timeout":
+                if discovered and target.user.level == "authPriv":
+                    # The agent answered discovery a moment ago but not the encrypted request:
+                    # it could not decrypt it (net-snmp drops such requests without a report).
+                    return V3Failure(
+                        "auth",
+                        "no answer to the encrypted request though the agent answered engine "
+                        f"discovery (v3 privacy key or protocol mismatch?; {outcome.reason})",
+                    )
+                # Discover again next time: tells a dead agent from one that cannot decrypt.
+                target.engine = None
             if isinstance(outcome, Response | V3Failure):
                 return outcome
             if isinstance(outcome, Failed):
