@@ -95,6 +95,44 @@ def register(sub: Any) -> None:
         "refuse-commits", "make NETCONF <commit> fail", "refuse_commits", device, ("on", _on_off, "on|off")
     )
     simple("drop-session", "drop the session on the device's next NETCONF RPC", "drop_mid_rpc", device)
+
+    def one_shot(name: str, help_text: str, cmd: str, *, rpc: bool = True) -> None:
+        p = cmds.add_parser(name, parents=[common], help=help_text)
+        p.add_argument("device", help="device id")
+        p.add_argument(
+            "on", nargs="?", type=_on_off, default=True, help="on (default: arm it for once) or off (disarm)"
+        )
+        names = ["device", "on"]
+        if rpc:
+            p.add_argument(
+                "--rpc",
+                metavar="OPERATION",
+                help="only an RPC of this operation sets it off (commit, edit-config, get...; default any)",
+            )
+            names.append("rpc")
+        p.set_defaults(func=lambda a: _control(a, cmd, names))
+
+    one_shot(
+        "drop-after-commit",
+        "apply the device's next NETCONF <commit>, then close the session without a reply",
+        "drop_after_commit",
+        rpc=False,
+    )
+    one_shot(
+        "no-reply",
+        "carry out the device's next NETCONF RPC (a commit is applied) and never answer it",
+        "no_reply",
+    )
+    one_shot(
+        "endless-reply",
+        "carry out the device's next NETCONF RPC (a commit is applied), answer without end-of-message",
+        "endless_reply",
+    )
+    one_shot(
+        "garbage-reply",
+        "carry out the device's next NETCONF RPC (a commit is applied), answer with malformed XML",
+        "garbage_reply",
+    )
     simple(
         "link-down",
         "set an interface down (linkDown trap)",

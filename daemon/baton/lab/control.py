@@ -46,6 +46,16 @@ def _arg(req: dict[str, Any], name: str, kind: type) -> Any:
     return value
 
 
+def _on(req: dict[str, Any]) -> bool:
+    """A one-shot fault's optional "on" (default true: arm it; false disarms it)."""
+    return True if "on" not in req else bool(_arg(req, "on", bool))
+
+
+def _rpc(req: dict[str, Any]) -> str | None:
+    """A reply fault's optional "rpc": the operation it waits for (absent or null: any RPC)."""
+    return None if req.get("rpc") is None else str(_arg(req, "rpc", str))
+
+
 def _roles(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ControlError("argument 'ups' must be a list of roles")
@@ -74,7 +84,11 @@ def _commands(lab: Lab) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
         "link_up": lambda r: lab.link_up(_arg(r, "device", str), _arg(r, "if_index", int)),
         "slow": lambda r: lab.slow(_arg(r, "device", str), _arg(r, "seconds", float)),
         "refuse_commits": lambda r: lab.refuse_commits(_arg(r, "device", str), _arg(r, "on", bool)),
-        "drop_mid_rpc": lambda r: lab.drop_mid_rpc(_arg(r, "device", str)),
+        "drop_mid_rpc": lambda r: lab.drop_mid_rpc(_arg(r, "device", str), _on(r)),
+        "drop_after_commit": lambda r: lab.drop_after_commit(_arg(r, "device", str), _on(r)),
+        "no_reply": lambda r: lab.no_reply(_arg(r, "device", str), _on(r), _rpc(r)),
+        "endless_reply": lambda r: lab.endless_reply(_arg(r, "device", str), _on(r), _rpc(r)),
+        "garbage_reply": lambda r: lab.garbage_reply(_arg(r, "device", str), _on(r), _rpc(r)),
     }
 
 

@@ -53,13 +53,44 @@ class Interface:
 
 @dataclass(slots=True)
 class Faults:
-    """Faults injected on command. Mutated in place by the lab's control API."""
+    """Faults injected on command. Mutated in place by the lab's control API.
+
+    The first four hold until changed. The NETCONF reply faults below are one-shot: each fires
+    on the next RPC it applies to (on any session of the device: a running Baton's probes too),
+    then clears itself. no_reply, endless_reply and garbage_reply hold the operation they wait
+    for: "*" for any RPC, or one name ("commit", "edit-config", "get"...), so a probe's <get>
+    does not set off a fault meant for a handover's commit; None is off. Several armed at once
+    fire in this order: drop_mid_rpc, drop_after_commit, no_reply, endless_reply, garbage_reply
+    (the first that applies wins; the others stay armed).
+    """
 
     powered: bool = True  # False: the device answers nothing at all
     cut: bool = False  # path to the device cut: unreachable, though it still runs
     slow_s: float = 0.0  # delay added to every answer
     refuse_commits: bool = False  # <commit> fails with an rpc-error
-    drop_mid_rpc: bool = False  # the next RPC closes the session instead of replying
+    # The next RPC closes the session instead of replying; the RPC is NOT carried out.
+    drop_mid_rpc: bool = False
+    # The next <commit> is carried out (applied to running if it succeeds), then the session is
+    # closed without a reply. As on a real device, closing the session rolls back a confirmed
+    # commit made without <persist>; a plain or persisted commit stays.
+    drop_after_commit: bool = False
+    # The next RPC is carried out (a commit IS applied), then the reply is withheld; the session
+    # stays open and answers the RPCs after it as usual.
+    no_reply: str | None = None
+    # The next RPC is carried out (a commit IS applied), then its reply starts and never ends:
+    # bytes stream without an end-of-message (or end-of-chunks) until the client goes away.
+    endless_reply: str | None = None
+    # The next RPC is carried out (a commit IS applied), then its reply is well framed but not
+    # well-formed XML; the session stays open.
+    garbage_reply: str | None = None
+
+    def take(self, fault: str, operation: str) -> bool:
+        """Is the one-shot reply fault `fault` armed for `operation`? If so it fires: disarmed."""
+        armed = getattr(self, fault)
+        if armed is None or armed not in ("*", operation):
+            return False
+        setattr(self, fault, None)
+        return True
 
     @property
     def reachable(self) -> bool:

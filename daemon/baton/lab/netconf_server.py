@@ -124,6 +124,12 @@ class FrameReader:
             del self._buf[: start + size]
 
 
+def garble(reply: bytes) -> bytes:
+    """What the garbage-reply fault sends instead of `reply`: its first half (the start tag, with
+    the message-id, survives when it fits), then bytes no XML parser accepts."""
+    return reply[: max(len(reply) // 2, 1)] + b"<\x00<<&garbage;</"
+
+
 def frame(message: bytes, *, chunked: bool) -> bytes:
     if chunked:
         return b"\n#%d\n%s\n##\n" % (len(message), message)
@@ -429,13 +435,30 @@ class _NetconfSession:
                             self._reader.chunked = True
                             messages = self._reader.feed(b"")
                         continue
-                    if not device.faults.reachable or device.faults.drop_mid_rpc:
+                    faults = device.faults
+                    if not faults.reachable or faults.drop_mid_rpc:
+                        faults.drop_mid_rpc = False
                         log.info("lab.netconf.dropped", device=device.id, session=self._info.id)
                         self._kill()
                         return
-                    reply = await self._handle(message)
-                    if device.faults.slow_s > 0:
-                        await asyncio.sleep(device.faults.slow_s)
+                    operation, reply = await self._handle(message)
+                    if faults.drop_after_commit and operation == "commit":
+                        faults.drop_after_commit = False
+                        self._fired("drop-after-commit", operation)
+                        self._kill()
+                        return
+                    if faults.slow_s > 0:
+                        await asyncio.sleep(faults.slow_s)
+                    if faults.take("no_reply", operation):
+                        self._fired("no-reply", operation)
+                        continue
+                    if faults.take("endless_reply", operation):
+                        self._fired("endless-reply", operation)
+                        await self._stream_forever(reply)
+                        return
+                    if faults.take("garbage_reply", operation):
+                        self._fired("garbage-reply", operation)
+                        reply = garble(reply)
                     self._process.stdout.write(frame(reply, chunked=self._reader.chunked))
             if self._closing:
                 await self._process.stdout.drain()
@@ -445,6 +468,37 @@ class _NetconfSession:
             self._process.exit(1)
         finally:
             self._server.end_session(self._info.id)
+
+    def _fired(self, fault: str, operation: str) -> None:
+        log.info(
+            "lab.netconf.fault_fired",
+            device=self._server.device.id,
+            session=self._info.id,
+            fault=fault,
+            operation=operation or "unparsable",
+        )
+
+    async def _stream_forever(self, reply: bytes) -> None:
+        """The endless-reply fault: the reply's start tag, then filler for ever, framed but never
+        ended, until the client (or the lab) closes the session or the device goes dark."""
+        head = reply[: reply.index(b">") + 1] if b">" in reply else b"<rpc-reply>"
+        filler = b"<filler/>" * 7000  # ~63 KB a write; drain() waits for the client to read
+        chunked = self._reader.chunked
+        data = head + filler
+        try:
+            while (
+                self._server.device.faults.reachable
+                and self._info.id in self._server.sessions
+                and not self._process.is_closing()
+            ):
+                self._process.stdout.write(b"\n#%d\n%s" % (len(data), data) if chunked else data)
+                await self._process.stdout.drain()
+                # drain() does not yield while the window is open: let the loop see a close
+                await asyncio.sleep(0)
+                data = filler
+        except (BrokenPipeError, ConnectionError, asyncssh.Error):
+            pass  # the client went away: what it was waiting for
+        self._kill()
 
     def _read_hello(self, message: bytes) -> bool:
         """Check the client's hello; True if both sides speak base:1.1 (chunked framing from now)."""
@@ -459,8 +513,10 @@ class _NetconfSession:
             raise FramingError("client hello without a base capability")
         return BASE_11 in caps
 
-    async def _handle(self, message: bytes) -> bytes:
+    async def _handle(self, message: bytes) -> tuple[str, bytes]:
+        """Carry out one RPC: (its operation's name, "" when unreadable; the reply to send)."""
         reply = etree.Element(_q("rpc-reply"), nsmap={None: NC_NS})
+        operation = ""
         try:
             rpc = parse_xml(message)
             reply.attrib.update(rpc.attrib)
@@ -478,12 +534,14 @@ class _NetconfSession:
                 raise RpcError(
                     "malformed-message", "an <rpc> carries exactly one operation", error_type="rpc"
                 )
+            if etree.QName(ops[0]).namespace == NC_NS:
+                operation = etree.QName(ops[0]).localname
             self._dispatch(ops[0], reply)
         except RpcError as err:
             for child in list(reply):
                 reply.remove(child)
             reply.append(_error_element(err))
-        return bytes(etree.tostring(reply))
+        return operation, bytes(etree.tostring(reply))
 
     def _dispatch(self, op: Element, reply: Element) -> None:
         ds = self._server.device.datastore

@@ -26,6 +26,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import re
 import resource
 import secrets
 import threading
@@ -574,10 +575,51 @@ class Lab:
         log.info("lab.refuse_commits", device=device_id, on=on)
         return f"device {device_id} {'refuses' if on else 'accepts'} commits"
 
-    async def drop_mid_rpc(self, device_id: str) -> str:
-        self.device(device_id).faults.drop_mid_rpc = True
-        log.info("lab.drop_mid_rpc", device=device_id)
-        return f"device {device_id} will drop the session on its next RPC"
+    async def drop_mid_rpc(self, device_id: str, on: bool = True) -> str:
+        """One-shot: the next NETCONF RPC closes the session instead of being carried out."""
+        return self._arm(
+            device_id, "drop_mid_rpc", on, "will drop the session on its next RPC (not carried out)"
+        )
+
+    async def drop_after_commit(self, device_id: str, on: bool = True) -> str:
+        """One-shot: the next <commit> is applied, then the session closes without a reply (a
+        confirmed commit without persist is then rolled back, as the session ended)."""
+        return self._arm(
+            device_id, "drop_after_commit", on, "will apply its next commit, then drop the session unanswered"
+        )
+
+    async def no_reply(self, device_id: str, on: bool = True, rpc: str | None = None) -> str:
+        """One-shot: the next NETCONF RPC (of operation `rpc`, None: any) is carried out (a
+        commit applied) and its reply withheld; the session stays open."""
+        return self._arm_reply(device_id, "no_reply", on, rpc, "never answer it")
+
+    async def endless_reply(self, device_id: str, on: bool = True, rpc: str | None = None) -> str:
+        """One-shot: the next NETCONF RPC (of operation `rpc`, None: any) is carried out (a
+        commit applied), then its reply streams without end-of-message until the client goes."""
+        return self._arm_reply(device_id, "endless_reply", on, rpc, "answer it without end")
+
+    async def garbage_reply(self, device_id: str, on: bool = True, rpc: str | None = None) -> str:
+        """One-shot: the next NETCONF RPC (of operation `rpc`, None: any) is carried out (a
+        commit applied), then answered with a reply that is not well-formed XML (framing intact;
+        the session stays open)."""
+        return self._arm_reply(device_id, "garbage_reply", on, rpc, "answer it with garbage")
+
+    def _arm_reply(self, device_id: str, fault: str, on: bool, rpc: str | None, what: str) -> str:
+        if rpc is not None and not re.fullmatch(r"[a-z][a-z0-9-]{0,63}", rpc):
+            raise LabError(f"rpc must be a NETCONF operation name such as commit or get, got {rpc!r}")
+        target = rpc or "*"
+        which = "RPC" if target == "*" else f"<{target}>"
+        return self._arm(
+            device_id, fault, target if on else None, f"will carry out its next {which} and {what}"
+        )
+
+    def _arm(self, device_id: str, fault: str, value: bool | str | None, armed: str) -> str:
+        faults = self.device(device_id).faults
+        setattr(faults, fault, value)
+        log.info("lab.fault_set", device=device_id, fault=fault, armed=value)
+        if value:
+            return f"device {device_id} {armed}"
+        return f"device {device_id}: {fault.replace('_', '-')} disarmed"
 
     # --- views
 
@@ -617,6 +659,10 @@ class Lab:
                 (f"slow {f.slow_s:g}s", f.slow_s > 0),
                 ("refuse-commits", f.refuse_commits),
                 ("drop-mid-rpc", f.drop_mid_rpc),
+                ("drop-after-commit", f.drop_after_commit),
+                (_armed("no-reply", f.no_reply), f.no_reply is not None),
+                (_armed("endless-reply", f.endless_reply), f.endless_reply is not None),
+                (_armed("garbage-reply", f.garbage_reply), f.garbage_reply is not None),
             )
             if on
         ]
@@ -652,6 +698,11 @@ class Lab:
                 "contact": mgmt.contact,
             },
         }
+
+
+def _armed(name: str, rpc: str | None) -> str:
+    """How status shows a reply fault: "no-reply" (any RPC) or "no-reply <commit>"."""
+    return name if rpc in (None, "*") else f"{name} <{rpc}>"
 
 
 def noc_source(plan: LabPlan, office_id: str, host: int = 100) -> str:
