@@ -15,8 +15,12 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from baton.core.actions import Alert
-from baton.core.model import DeviceVerdict, OfficeVerdict, Phase, State
+from baton.core.model import DeviceVerdict, OfficeVerdict, Phase, RunKind, State
 
+# The protocols the monitor probes (ssh is used by playbooks, not probed).
+PROBED_PROTOCOLS: Final = ("snmp", "netconf")
+# Results of a finished run, as the service reports them.
+RUN_RESULTS: Final = ("ok", "failed")
 # Failure classes a probe may report; anything else is counted as "error".
 PROBE_FAILURE_REASONS: Final = ("timeout", "auth", "error", "garbage", "credential", "config")
 TRAP_DROP_REASONS: Final = (
@@ -85,9 +89,15 @@ class Metrics:
         self._add_decision_metrics(r)
         self._device_verdicts: dict[tuple[str, str], DeviceVerdict] = {}
         self._office_verdicts: dict[str, OfficeVerdict] = {}
-        # Pre-create the bounded series so rate() sees a 0 before the first failure.
+        # Pre-create the bounded series so rate() sees a 0 before the first failure (a series born
+        # at 1 hides its first event from rate() and increase(): dashboards would miss it).
         for reason in TRAP_DROP_REASONS:
             self.traps_dropped_total.labels(reason=reason)
+        for protocol in PROBED_PROTOCOLS:
+            for result in ("ok", "fail"):
+                self.probe_duration_seconds.labels(protocol=protocol, result=result)
+            for reason in PROBE_FAILURE_REASONS:
+                self.probe_failures_total.labels(protocol=protocol, reason=reason)
 
     def observe_probe(self, protocol: str, duration_s: float, failure: str | None) -> None:
         """One probe finished; `failure` is None on success, else a reason class."""
@@ -193,6 +203,11 @@ class Metrics:
         self.journal_errors_total = Counter(
             "baton_journal_errors_total", "Journal writes that failed (nothing was acted on).", registry=r
         )
+        # A handover happens rarely: its first run must count in rate() and increase() too.
+        for kind in RunKind:
+            for result in RUN_RESULTS:
+                self.runs_total.labels(kind=kind.value, result=result)
+                self.run_duration_seconds.labels(kind=kind.value, result=result)
 
     def update_state(self, state: State, last_loop_at: float | None) -> None:
         """Refresh the gauges that mirror the core's state (called on every scrape)."""

@@ -519,6 +519,7 @@ def test_install_creates_accounts_directories_and_conffiles(installed: Built) ->
     assert doc is not None
     assert Path(doc.group(1)).is_file()
     assert Path("/usr/share/baton/prometheus/baton-rules.yml").is_file()
+    assert Path("/usr/share/baton/grafana/baton.json").is_file()
     assert Path(shutil.which("baton") or "") == Path("/usr/bin/baton")
     assert Path(shlex.split(parse_unit(UNIT)["Service"]["ExecStart"][0])[0]).is_file()
     # Only these files get credentials placeholders; the daemon never started.
