@@ -652,7 +652,7 @@ def test_reinstall_keeps_local_edits(installed: Built) -> None:
 
 def test_remove_keeps_config_and_purge_keeps_the_journal_unless_asked(installed: Built) -> None:
     """remove keeps /etc/baton; purge removes it all but the journal (and its owner), and takes the
-    journal too with BATON_PURGE_JOURNAL=yes."""
+    journal too with /etc/baton/purge-journal or BATON_PURGE_JOURNAL=yes."""
     journal = STATE_DIR / "journal.sqlite3"
     if not journal.exists():  # when run alone, without the daemon test
         journal.write_text("")
@@ -684,7 +684,15 @@ def test_remove_keeps_config_and_purge_keeps_the_journal_unless_asked(installed:
 
     apt("install", str(installed.deb))
     assert journal.exists()  # a new install finds the old journal
-    apt("purge", "baton", env={"BATON_PURGE_JOURNAL": "yes"})
+    Path("/etc/baton/purge-journal").touch()  # the switch as a file
+    apt("purge", "baton")
     assert not STATE_DIR.exists()
+    assert not user_exists("baton")
+
+    apt("install", str(installed.deb))
+    journal.write_text("")
+    apt("purge", "baton", env={"BATON_PURGE_JOURNAL": "yes"})  # the switch as an environment variable
+    assert not STATE_DIR.exists()
+    assert [] == [p for p in gone if os.path.lexists(p)]
     assert not user_exists("baton")
     assert not group_exists("baton")
