@@ -50,6 +50,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.peer("dpkg")]
 REPO = Path(__file__).resolve().parents[2]
 UNIT = Path("/lib/systemd/system/baton.service")
 WANTS = Path("/etc/systemd/system/multi-user.target.wants/baton.service")
+BATON = Path("/usr/bin/baton")  # not whatever `baton` is first on this test's PATH
 LOCK = Path("/run/lock/baton-package-test.lock")
 # Present while a run of this module may have the package installed: a run that was killed
 # leaves it behind, and the next run may then purge what it finds.
@@ -520,7 +521,7 @@ def test_install_creates_accounts_directories_and_conffiles(installed: Built) ->
     assert Path(doc.group(1)).is_file()
     assert Path("/usr/share/baton/prometheus/baton-rules.yml").is_file()
     assert Path("/usr/share/baton/grafana/baton.json").is_file()
-    assert Path(shutil.which("baton") or "") == Path("/usr/bin/baton")
+    assert "/opt/baton/venv/bin/baton" == os.readlink(BATON)
     assert Path(shlex.split(parse_unit(UNIT)["Service"]["ExecStart"][0])[0]).is_file()
     # Only these files get credentials placeholders; the daemon never started.
     for entry in parse_unit(UNIT)["Service"]["LoadCredential"]:
@@ -545,7 +546,7 @@ def test_installed_unit_exposure_is_at_most_2(installed: Built) -> None:
 def test_validate_passes_on_the_installed_configuration_as_baton(installed: Built) -> None:
     """`baton validate` run as the baton user accepts the shipped /etc/baton as installed."""
     done = run(
-        ["runuser", "-u", "baton", "--", "baton", "validate", "--config", "/etc/baton/baton.yaml"],
+        ["runuser", "-u", "baton", "--", str(BATON), "validate", "--config", "/etc/baton/baton.yaml"],
         check=False,
     )
     assert 0 == done.returncode, done.stdout + done.stderr
@@ -610,17 +611,17 @@ def test_installed_daemon_runs_as_its_unit_says(installed: Built) -> None:
         ready = unit.wait_ready(READY_TIMEOUT_S)
         assert unit.popen.pid == ready.pid  # NotifyAccess=main
 
-        status = run(["baton", "status", "--json"], check=False)
+        status = run([str(BATON), "status", "--json"], check=False)
         assert 0 == status.returncode, status.stdout + status.stderr + unit.log_tail()
-        offices = json.loads(run(["baton", "offices", "--json"]).stdout)["offices"]
+        offices = json.loads(run([str(BATON), "offices", "--json"]).stdout)["offices"]
         assert sorted(LAB_OFFICES.split(",")) == sorted(o["id"] for o in offices)
         # An operator is whoever is in baton-operators: nobody else needs to be root or baton.
         as_operator = run(
-            ["runuser", "-u", "nobody", "-g", "nogroup", "-G", "baton-operators", "--", "baton", "status"],
+            ["runuser", "-u", "nobody", "-g", "nogroup", "-G", "baton-operators", "--", str(BATON), "status"],
             check=False,
         )
         assert 0 == as_operator.returncode, as_operator.stdout + as_operator.stderr
-        outsider = run(["runuser", "-u", "nobody", "-g", "nogroup", "--", "baton", "status"], check=False)
+        outsider = run(["runuser", "-u", "nobody", "-g", "nogroup", "--", str(BATON), "status"], check=False)
         assert 77 == outsider.returncode, outsider.stdout + outsider.stderr
 
         assert ("baton", "baton-operators", 0o660) == mode_of(Path("/run/baton/api.sock"))
