@@ -281,6 +281,7 @@ def _numbers(result: list[dict[str, Any]]) -> list[float]:
     return [float(v) for series in result for _t, v in series.get("values", [])]
 
 
+@pytest.mark.timeout(600)  # the drill runs in this test's setup
 def test_every_dashboard_query_returns_data(scraped: Scraped) -> None:
     """Each panel target and annotation parses and returns series with numbers over the drill."""
     dashboard = load_dashboard()

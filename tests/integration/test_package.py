@@ -484,6 +484,7 @@ def test_license_metadata_is_an_spdx_expression() -> None:
     assert any(re.fullmatch(r"setuptools>=(7[7-9]|[89]\d|\d{3,})(\.\d+)*", r) for r in requires), requires
 
 
+@pytest.mark.timeout(BUILD_TIMEOUT_S + 60)  # the build runs in this test's setup
 def test_build_names_the_file_and_prints_no_setuptools_warnings(built: Built) -> None:
     """The build writes baton_<version>_<arch>.deb, and Baton's metadata draws no deprecation warning."""
     version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
