@@ -37,7 +37,8 @@ from baton.core.model import DeviceVerdict, Phase, RunKind, State
 from baton.journal import Journal
 from baton.logs import get_logger
 from baton.playbook.plan import RunPlan
-from baton.playbook.runner import RunOutcome, unreachable_devices
+from baton.playbook.progress import skipped_unreachable as unreachable_devices
+from baton.playbook.runner import RunOutcome
 
 log = get_logger(component="catchup")
 

@@ -26,20 +26,23 @@ Every failure (corrupt file, unwritable directory, disk full, a newer schema) is
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, RunKind, SecretRef
 from baton.secrets import Secret
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class JournalError(Exception):
@@ -54,7 +57,8 @@ class JournalError(Exception):
 class StepStatus(StrEnum):
     INTENT = "intent"  # journaled before the step runs; may or may not have reached the device
     DONE = "done"
-    FAILED = "failed"
+    FAILED = "failed"  # the device answered: it did not happen (or a check did not hold)
+    UNKNOWN = "unknown"  # no answer that tells: it may have happened (timeout, session lost)
     ROLLED_BACK = "rolled_back"
     SKIPPED = "skipped"
 
@@ -84,6 +88,10 @@ class StepRecord:
     finished: float | None
     detail: str
     attempt: int
+    # What the step's result says, as data (never read back from `detail`): e.g. {"cc": true}
+    # for a commit with :confirmed-commit, {"pending": false} for a confirm that found nothing
+    # pending, {"unreachable": true} for a device skipped for not answering.
+    facts: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,12 @@ class RunRecord:
     confirm_deadline: float | None  # when the devices roll back on their own unless confirmed
     persist_id: str | None  # confirmed-commit <persist> token, to confirm/cancel after a restart
     steps: tuple[StepRecord, ...] = ()
+    # "forward" once every device passed verify (a restart finishes the handover), "back" once
+    # the run turned to rolling back; None before either (a restart rolls back)
+    decision: str | None = None
+    decision_reason: str = ""
+    plan: str | None = None  # the rendered plan (JSON), so recovery undoes what was meant
+    window_s: float | None = None
 
     @property
     def is_finished(self) -> bool:
@@ -297,28 +311,63 @@ def _migrate_0_to_1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+_SCHEMA_V2 = """
+ALTER TABLE steps ADD COLUMN facts TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE runs ADD COLUMN decision TEXT;
+ALTER TABLE runs ADD COLUMN decision_reason TEXT NOT NULL DEFAULT '';
+ALTER TABLE runs ADD COLUMN plan TEXT;
+ALTER TABLE runs ADD COLUMN window_s REAL
+"""
+
+
+def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V2.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 # _MIGRATIONS[n] takes a journal from user_version n to n+1. Append; never edit a shipped one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1,)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
 # --- the journal -----------------------------------------------------------------------------
 
 
-class Journal:
-    """The SQLite journal. Thread-safe (one lock), so the service may call it via `to_thread`."""
+P = ParamSpec("P")
+T = TypeVar("T")
+# Called around every write transaction with ("before" | "after", the write's number from 1):
+# crash tests kill the process there. Production passes none.
+WriteHook = Callable[[str, int], None]
 
-    def __init__(self, conn: sqlite3.Connection, path: str) -> None:
+
+class Journal:
+    """The SQLite journal. Thread-safe (one lock). Asyncio callers use `call`, which runs the
+    (fsyncing) write on the journal's own thread: a journal write never queues behind network
+    calls in a shared pool, and never blocks the event loop."""
+
+    def __init__(self, conn: sqlite3.Connection, path: str, write_hook: WriteHook | None = None) -> None:
         self._conn = conn
         self._path = path
         self._lock = threading.Lock()
+        self._write_hook = write_hook
+        self._writes = 0
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """`fn(*args, **kwargs)` (a method of this journal) on the journal's own thread."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-journal")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, functools.partial(fn, *args, **kwargs)
+        )
 
     @property
     def path(self) -> str:
         return self._path
 
     @classmethod
-    def open(cls, path: str | Path) -> Journal:
+    def open(cls, path: str | Path, write_hook: WriteHook | None = None) -> Journal:
         """Open (creating if needed) and migrate the journal at `path`; JournalError if unusable."""
         name = str(path)
         try:
@@ -343,9 +392,12 @@ class Journal:
         except sqlite3.Error as exc:
             conn.close()
             raise JournalError(name, _cause(exc)) from exc
-        return cls(conn, name)
+        return cls(conn, name, write_hook)
 
     def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
         with self._lock:
             self._conn.close()
 
@@ -359,6 +411,9 @@ class Journal:
     def _write(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
+            self._writes += 1
+            if self._write_hook is not None:
+                self._write_hook("before", self._writes)
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 try:
@@ -371,6 +426,8 @@ class Journal:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise JournalError(self._path, _cause(exc)) from exc
+            if self._write_hook is not None:
+                self._write_hook("after", self._writes)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -448,22 +505,59 @@ class Journal:
         at: float,
         confirm_deadline: float | None = None,
         persist_id: str | None = None,
+        plan: str | None = None,
+        window_s: float | None = None,
     ) -> None:
         with self._write() as conn:
+            self._insert_run(
+                conn, run_id, office, kind, alternate, reason, who, at, confirm_deadline, persist_id
+            )
+            if plan is not None or window_s is not None:
+                conn.execute("UPDATE runs SET plan = ?, window_s = ? WHERE id = ?", (plan, window_s, run_id))
+
+    @staticmethod
+    def _insert_run(
+        conn: sqlite3.Connection,
+        run_id: str,
+        office: str,
+        kind: RunKind,
+        alternate: str,
+        reason: str,
+        who: str,
+        at: float,
+        confirm_deadline: float | None = None,
+        persist_id: str | None = None,
+    ) -> None:
+        conn.execute(
+            "INSERT INTO runs (id, office, kind, alternate, reason, who, started,"
+            " confirm_deadline, persist_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, office, RunKind(kind).value, alternate, reason, who, at, confirm_deadline, persist_id),
+        )
+
+    def set_plan(self, run_id: str, plan: str, window_s: float) -> None:
+        """Journal the rendered plan and the window the run uses, before it touches a device."""
+        with self._write() as conn:
+            cursor = conn.execute(
+                "UPDATE runs SET plan = ?, window_s = ? WHERE id = ? AND finished IS NULL",
+                (plan, window_s, run_id),
+            )
+            if cursor.rowcount != 1:
+                raise JournalError(self._path, f"no unfinished run '{run_id}'")
+
+    def decide(self, run_id: str, decision: str, reason: str, at: float) -> None:
+        """Journal the run's direction: "forward" (every device passed verify: finish it, even
+        after a restart) or "back" (roll every device back). Forward may turn back, never the
+        other way round."""
+        if decision not in ("forward", "back"):
+            raise ValueError(f"a run's decision is forward or back, not {decision!r}")
+        with self._write() as conn:
+            row = conn.execute("SELECT decision, finished FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None or row[1] is not None:
+                raise JournalError(self._path, f"no unfinished run '{run_id}'")
+            if row[0] == "back" and decision == "forward":
+                raise JournalError(self._path, f"run '{run_id}' already turned back")
             conn.execute(
-                "INSERT INTO runs (id, office, kind, alternate, reason, who, started,"
-                " confirm_deadline, persist_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    run_id,
-                    office,
-                    RunKind(kind).value,
-                    alternate,
-                    reason,
-                    who,
-                    at,
-                    confirm_deadline,
-                    persist_id,
-                ),
+                "UPDATE runs SET decision = ?, decision_reason = ? WHERE id = ?", (decision, reason, run_id)
             )
 
     def set_confirm(self, run_id: str, confirm_deadline: float | None, persist_id: str | None) -> None:
@@ -485,6 +579,7 @@ class Journal:
         at: float,
         phase: str = "apply",
         attempt: int = 1,
+        facts: Mapping[str, Any] | None = None,
     ) -> int:
         """Journal that a step is about to run; returns the step id for `step_result`."""
         with self._write() as conn:
@@ -494,21 +589,41 @@ class Journal:
             if row[0] is not None:
                 raise JournalError(self._path, f"step for run '{run_id}', which is finished")
             cursor = conn.execute(
-                "INSERT INTO steps (run_id, device, step_index, step_name, phase, status, started, attempt)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, device, index, name, phase, StepStatus.INTENT.value, at, attempt),
+                "INSERT INTO steps (run_id, device, step_index, step_name, phase, status, started,"
+                " attempt, facts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    run_id,
+                    device,
+                    index,
+                    name,
+                    phase,
+                    StepStatus.INTENT.value,
+                    at,
+                    attempt,
+                    _facts_json(facts),
+                ),
             )
             return _rowid(cursor)
 
-    def step_result(self, step_id: int, status: StepStatus, detail: str, at: float) -> None:
-        """Journal how a step ended. A step gets exactly one result."""
+    def step_result(
+        self,
+        step_id: int,
+        status: StepStatus,
+        detail: str,
+        at: float,
+        facts: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Journal how a step ended (`facts` are merged into the intent's). Exactly one result."""
         status = StepStatus(status)
         if status is StepStatus.INTENT:
             raise ValueError("a step result cannot be 'intent'")
         with self._write() as conn:
+            row = conn.execute("SELECT facts FROM steps WHERE id = ?", (step_id,)).fetchone()
+            merged = {**(json.loads(row[0]) if row is not None else {}), **(facts or {})}
             cursor = conn.execute(
-                "UPDATE steps SET status = ?, detail = ?, finished = ? WHERE id = ? AND status = ?",
-                (status.value, detail, at, step_id, StepStatus.INTENT.value),
+                "UPDATE steps SET status = ?, detail = ?, finished = ?, facts = ?"
+                " WHERE id = ? AND status = ?",
+                (status.value, detail, at, _facts_json(merged), step_id, StepStatus.INTENT.value),
             )
             if cursor.rowcount != 1:
                 raise JournalError(self._path, f"step {step_id} is unknown or already has a result")
@@ -642,6 +757,10 @@ def _cause(exc: sqlite3.Error) -> str:
     return text
 
 
+def _facts_json(facts: Mapping[str, Any] | None) -> str:
+    return json.dumps(dict(facts or {}), sort_keys=True, default=_json_default, allow_nan=False)
+
+
 def _step_record(row: sqlite3.Row) -> StepRecord:
     return StepRecord(
         id=row["id"],
@@ -655,6 +774,7 @@ def _step_record(row: sqlite3.Row) -> StepRecord:
         finished=row["finished"],
         detail=row["detail"],
         attempt=row["attempt"],
+        facts=json.loads(row["facts"]) if row["facts"] else {},
     )
 
 
@@ -673,4 +793,8 @@ def _run_record(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
         confirm_deadline=row["confirm_deadline"],
         persist_id=row["persist_id"],
         steps=steps,
+        decision=row["decision"],
+        decision_reason=row["decision_reason"],
+        plan=row["plan"],
+        window_s=row["window_s"],
     )

@@ -505,7 +505,8 @@ class Service:
                 plan,
                 journal=self.journal,
                 connectors=self.connectors,
-                confirm_window_s=self.config.policy.confirm_window_s,
+                confirm_window_s=plan.playbook.window_for(self.config.policy.confirm_window_s),
+                run_timeout_s=self.config.policy.run_timeout_s,
                 progress=on_step,
                 abort=abort,
                 clock=self.clock,
@@ -540,7 +541,8 @@ class Service:
             plan,
             journal=self.journal,
             connectors=self.connectors,
-            confirm_window_s=self.config.policy.confirm_window_s,
+            confirm_window_s=plan.playbook.window_for(self.config.policy.confirm_window_s),
+            run_timeout_s=self.config.policy.run_timeout_s,
             abort=abort,
             clock=self.clock,
         )
@@ -588,12 +590,8 @@ class Service:
             plan_for=plan_for,
             clock=self.clock,
         ):
-            record = self.journal.run(outcome.run_id)
-            kind = record.kind if record is not None else RunKind.HANDOVER
             log.warning("recovery.done", run_id=outcome.run_id, office=outcome.office, result=outcome.result)
-            self._report_run(
-                RunFinished(outcome.office, outcome.run_id, kind, outcome.result == "ok", outcome.detail)
-            )
+            self._report_run(outcome.to_event())
 
     async def _serve_metrics(self) -> web.AppRunner:
         async def metrics_handler(_request: web.Request) -> web.Response:

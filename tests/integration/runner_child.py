@@ -34,7 +34,9 @@ def main(spec_path: str) -> None:
         )
         for d in spec["devices"]
     ]
-    plan = make_plan(inventory_of(devices), PLAYBOOKS / "netconfd-handover.yaml", spec["run_id"])
+    plan = make_plan(
+        inventory_of(devices), PLAYBOOKS / "netconfd-handover.yaml", spec["run_id"], step_timeout_s=2.0
+    )
     commits: set[str] = set()
 
     def progress(outcome: StepOutcome) -> None:

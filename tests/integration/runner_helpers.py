@@ -11,7 +11,7 @@ from baton.adapters.netconf import NetconfClient
 from baton.core.model import Device, Inventory, NetconfSettings, Office, RunKind, SecretRef
 from baton.journal import Journal, RunRecord, StepStatus
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.schema import load_playbook
+from baton.playbook.schema import Playbook, load_playbook
 from tests.peers.endpoints import SshEndpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,12 +68,30 @@ def inventory_of(devices: Sequence[Device]) -> Inventory:
     return Inventory(offices, {d.id: d for d in devices})
 
 
-def make_plan(inventory: Inventory, playbook: Path, run_id: str, kind: RunKind = RunKind.HANDOVER) -> RunPlan:
-    plan = plan_run(
-        load_playbook(playbook), inventory, CLOSED, ALTERNATE, RunInfo(run_id, kind, "test", "pytest")
-    )
+def make_plan(
+    inventory: Inventory,
+    playbook: Path,
+    run_id: str,
+    kind: RunKind = RunKind.HANDOVER,
+    *,
+    step_timeout_s: float | None = None,
+) -> RunPlan:
+    """Plan `playbook`; `step_timeout_s` shortens every timeout (and drops retries) so that a
+    run fits a short confirm window (crash tests wait for windows to run out)."""
+    loaded = load_playbook(playbook)
+    if step_timeout_s is not None:
+        loaded = quick(loaded, step_timeout_s)
+    plan = plan_run(loaded, inventory, CLOSED, ALTERNATE, RunInfo(run_id, kind, "test", "pytest"))
     assert plan.problems == ()
     return plan
+
+
+def quick(playbook: Playbook, timeout_s: float) -> Playbook:
+    """The playbook with every timeout at `timeout_s` and no retries."""
+    steps = [s.model_copy(update={"timeout_s": timeout_s, "retries": 0}) for s in playbook.steps]
+    return playbook.model_copy(
+        update={"steps": steps, "commit_timeout_s": timeout_s, "confirm_timeout_s": timeout_s}
+    )
 
 
 def get_running(device: Device, filter_xml: str | None = NACM_FILTER) -> str:

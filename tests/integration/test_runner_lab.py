@@ -82,6 +82,9 @@ async def test_handover_of_200_lab_devices(big_lab: RunningLab, tmp_path: Path) 
             journal=journal,
             connectors=CountingConnectors(resolve_ref, connect_timeout_s=20),
             concurrency=50,
+            # 4 waves of the playbook's worst case (edits, commit, verify with retries) need more
+            # than the default window: the runner refuses a run that cannot fit.
+            confirm_window_s=900,
         )
         record = journal.run("run-lab")
     elapsed = time.perf_counter() - started

@@ -135,7 +135,7 @@ async def test_verify_failing_on_one_device_rolls_every_device_back(
     assert "not found" in failed[0].detail
     assert "gc-nc-2" == outcome.device("gc-nc-2").device
     assert outcome.device("gc-nc-2").error is not None
-    assert not any(d.confirmed for d in outcome.devices)
+    assert DeviceStatus.CONFIRMED not in {d.status for d in outcome.devices}
 
 
 async def test_device_refusing_commits_fails_the_run_and_rolls_back_the_others(
@@ -163,5 +163,5 @@ async def test_device_refusing_commits_fails_the_run_and_rolls_back_the_others(
     assert before == [await get_running_async(d, None) for d in devices[1:]]
     assert lab_before == lab_netconf_device.call(lab_netconf_device.device.datastore.running_xml)
     assert StepStatus.ROLLED_BACK == statuses(record, "discard-candidate")["gc-lab-1"]
-    committed = [d.device for d in outcome.devices if d.committed]
+    committed = [d for d, status in statuses(record, COMMIT).items() if status is StepStatus.DONE]
     assert dict.fromkeys(committed, StepStatus.ROLLED_BACK) == statuses(record, "cancel-commit")

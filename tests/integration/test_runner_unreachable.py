@@ -20,7 +20,8 @@ from baton.journal import Journal, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.runner import UNREACHABLE, DeviceStatus, RunOutcome, execute, unreachable_devices
+from baton.playbook.progress import skipped_unreachable as unreachable_devices
+from baton.playbook.runner import UNREACHABLE, DeviceStatus, RunOutcome, execute
 from baton.playbook.schema import Playbook, load_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve

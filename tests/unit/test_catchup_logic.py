@@ -7,45 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from baton.adapters.errors import (
-    NetconfConnectError,
-    NetconfHostKeyError,
-    NetconfRpcError,
-    NetconfSessionError,
-    SshConnectError,
-)
 from baton.catchup import backoff_s, catchup_run_id, is_catchup_of, pending_devices
 from baton.core.model import RunKind
 from baton.journal import Journal, StepStatus
-from baton.playbook.runner import UNREACHABLE, DeviceOutcome, DeviceStatus, is_unreachable, summarize
+from baton.playbook.runner import UNREACHABLE, DeviceOutcome, DeviceStatus, summarize
 
 OFFICE = "gc"
 
 
-@pytest.mark.parametrize(
-    ("error", "expected"),
-    [
-        (NetconfConnectError("r1", "TCP connect to 10.0.0.1:830: connection refused"), True),
-        (NetconfConnectError("r1", "TCP connect to 10.0.0.1:830 timed out after 5 s"), True),
-        (NetconfConnectError("r1", "SSH to 10.0.0.1:830 failed: Error reading SSH protocol banner"), True),
-        (NetconfConnectError("r1", "no NETCONF session with 10.0.0.1:830 within 10 s"), True),
-        (SshConnectError("r1", "TCP connect to 10.0.0.1:22: no route to host"), True),
-        (SshConnectError("r1", "no SSH session with 10.0.0.1:22 within 10 s"), True),
-        (NetconfConnectError("r1", "authentication failed for user baton at 10.0.0.1:830"), False),
-        (NetconfConnectError("r1", "cannot resolve credentials: file x: timed out"), False),
-        (NetconfHostKeyError("r1", "host key mismatch", pinned="SHA256:a", offered="SHA256:b"), False),
-        (NetconfRpcError("r1", "commit", "operation-failed", "refused"), False),
-        (NetconfSessionError("r1", "get-config", "session broken: connection reset"), False),
-        (TimeoutError(), False),
-    ],
-)
-def test_is_unreachable(error: BaseException, expected: bool) -> None:
-    """Only connection-level connect failures count as a device not answering."""
-    assert expected == is_unreachable(error)
-
-
 def _device(device: str, status: DeviceStatus) -> DeviceOutcome:
-    return DeviceOutcome(device, status, False, False, False, None, ())
+    return DeviceOutcome(device, status, None)
 
 
 def test_summarize_counts_handed_over_and_pending() -> None:
@@ -80,7 +51,8 @@ def _run(
     journal.start_run(run_id, OFFICE, RunKind.HANDOVER, "bb", "test", "pytest", at)
     for device, status, detail in rows:
         step = journal.step_intent(run_id, device, 0, "grant", at, "apply", 1)
-        journal.step_result(step, status, detail, at)
+        facts = {"unreachable": True} if detail.startswith(UNREACHABLE) else {}
+        journal.step_result(step, status, detail, at, facts)
     journal.finish_run(run_id, result, "", at + 1)
 
 

@@ -135,8 +135,9 @@ def test_phases_and_worst_case_with_barriers() -> None:
     plan = plan_run(pb, inventory(), "gc", "bb", RUN)
     assert (0, 1) == plan.phases
     assert [(0, 1)] * 3 == [tuple(s.phase for s in d.steps) for d in plan.devices]
-    # 3 devices at concurrency 2: two waves; phase 0 = 2 × 10 s, phase 1 = 2 × (5 s × 2 tries)
-    assert 40.0 == plan.worst_case_s
+    # 3 devices at concurrency 2: two waves; phase 0 = 2 × 10 s, phase 1 = 2 × (5 s × 2 tries
+    # + 0.5 s backoff), commits 2 × 30 s, confirms 2 × 15 s
+    assert 20 + 21 + 60 + 30 == plan.worst_case_s
 
 
 def test_render_errors_collected_for_every_device() -> None:

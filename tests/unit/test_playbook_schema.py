@@ -51,7 +51,8 @@ def test_minimal_playbook_gets_defaults(tmp_path: Path) -> None:
     """A minimal playbook loads with documented defaults (rollback, concurrency 4, 300 s window)."""
     path = write(tmp_path, HEAD + "  - {name: a, kind: netconf.edit, config: '<x/>'}\n")
     pb = load_playbook(path)
-    assert ("rollback", 4, 300.0, False) == (pb.on_failure, pb.concurrency, pb.confirm_window_s, pb.barriers)
+    # no window of its own: the policy's applies (`Playbook.window_for`)
+    assert ("rollback", 4, None, False) == (pb.on_failure, pb.concurrency, pb.confirm_window_s, pb.barriers)
     assert isinstance(pb.steps[0], NetconfEdit)
     assert "merge" == pb.steps[0].operation
 

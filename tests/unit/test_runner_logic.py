@@ -1,4 +1,5 @@
-"""The runner's pure decisions: ordering, barriers, retries, on_failure, refusals, checks, recovery."""
+"""The runner's small pure rules: retries, the confirm margin, the window budget, session
+budget, reply checks. The run's progress and recovery rules are in test_progress.py."""
 
 from __future__ import annotations
 
@@ -7,29 +8,16 @@ from typing import Any
 import pytest
 
 from baton.core.model import Device, Inventory, Office, RunKind
-from baton.journal import StepRecord, StepStatus
-from baton.playbook.plan import PlannedStep, RunInfo, RunPlan, plan_run
-from baton.playbook.recovery import device_states, is_fully_confirmed
-from baton.playbook.runner import (
-    FDS_PER_SESSION,
-    commit_position,
-    confirm_margin,
-    held_sessions,
-    is_too_late,
-    refusal,
-    retry_delays,
-    rollback_scope,
-    segments,
-    stops_others,
-)
-from baton.playbook.schema import NetconfGet, Playbook, SshCommand, XmlCheck
+from baton.playbook.plan import RunInfo, RunPlan, plan_run
+from baton.playbook.runner import FDS_PER_SESSION, confirm_margin, held_sessions, retry_delays
+from baton.playbook.schema import Playbook, XmlCheck
 from baton.playbook.steps import check_xml, wrap_config
 
-EDIT = {"kind": "netconf.edit", "config": "<a xmlns='urn:x'/>"}
-GET = {"kind": "netconf.get", "filter": "<a xmlns='urn:x'/>", "retries": 2}
+EDIT = {"kind": "netconf.edit", "config": "<a xmlns='urn:x'/>", "timeout_s": 10}
+GET = {"kind": "netconf.get", "filter": "<a xmlns='urn:x'/>", "timeout_s": 5, "retries": 2}
 
 
-def playbook(*steps: dict[str, Any], barriers: bool = False) -> Playbook:
+def playbook(*steps: dict[str, Any], barriers: bool = False, **extra: Any) -> Playbook:
     return Playbook.model_validate(
         {
             "name": "t",
@@ -37,99 +25,69 @@ def playbook(*steps: dict[str, Any], barriers: bool = False) -> Playbook:
             "targets": {"office": "closed"},
             "barriers": barriers,
             "steps": [{"name": f"s{i}", **s} for i, s in enumerate(steps)],
+            **extra,
         }
     )
 
 
-def plan_of(pb: Playbook) -> RunPlan:
+def plan_of(pb: Playbook, devices: int = 2) -> RunPlan:
     inventory = Inventory(
         {"a": Office("a", "A", "r", ("b",)), "b": Office("b", "B", "r", ("a",))},
-        {"d1": Device("d1", "a", "core", "127.0.0.1"), "d2": Device("d2", "a", "core", "127.0.0.2")},
+        {f"d{i}": Device(f"d{i}", "a", "core", f"127.0.0.{i}") for i in range(1, devices + 1)},
     )
     return plan_run(pb, inventory, "a", "b", RunInfo("r1", RunKind.HANDOVER, "t", "me"))
 
 
-def planned(pb: Playbook) -> tuple[PlannedStep, ...]:
-    return plan_of(pb).devices[0].steps
-
-
-def test_commit_follows_the_last_edit() -> None:
-    """The commit point is the last netconf.edit, whatever comes between."""
-    pb = playbook(EDIT, {"kind": "ssh.command", "command": "x"}, EDIT, GET)
-    assert 2 == commit_position(planned(pb))
-
-
-def test_no_edit_means_no_commit() -> None:
-    """A playbook without netconf.edit never commits."""
-    assert commit_position(planned(playbook(GET))) is None
-
-
-@pytest.mark.parametrize(
-    ("phases", "barriers", "expected"),
-    [
-        ((0, 1, 2), True, (frozenset({0}), frozenset({1}), frozenset({2}))),
-        ((0, 1, 2), False, (frozenset({0, 1, 2}),)),
-        ((), True, ()),
-    ],
-)
-def test_segments_split_at_barriers(
-    phases: tuple[int, ...], barriers: bool, expected: tuple[frozenset[int], ...]
-) -> None:
-    """With barriers every phase is its own segment; without, one segment."""
-    assert expected == segments(phases, barriers)
-
-
 def test_idempotent_steps_retry_with_growing_capped_backoff() -> None:
-    """A read retries with exponential backoff capped at cap_s."""
-    step = NetconfGet.model_validate({**GET, "retries": 5})
-    assert (0.5, 1.0, 2.0, 4.0, 5.0) == retry_delays(step)
+    assert (0.5, 1.0, 2.0, 4.0, 5.0) == retry_delays(5, idempotent=True)
 
 
 def test_non_idempotent_steps_never_retry() -> None:
-    """An ssh command not marked idempotent is never run twice."""
-    step = SshCommand.model_validate({"kind": "ssh.command", "command": "x"})
-    assert () == retry_delays(step)
+    assert () == retry_delays(3, idempotent=False)
+
+
+def test_confirm_margin() -> None:
+    """A fifth of the window (at least 5 s, at most half) must be left to go on."""
+    assert (60.0, 5.0, 4.0) == (confirm_margin(300), confirm_margin(20), confirm_margin(8))
 
 
 @pytest.mark.parametrize(
-    ("on_failure", "aborted", "expected"),
+    ("devices", "concurrency", "barriers", "in_window_s"),
     [
-        ("rollback", False, {"d1", "d2", "d3"}),
-        ("rollback_device", False, {"d2"}),
-        ("stop", False, set()),
-        ("stop", True, {"d1", "d2", "d3"}),
-        ("rollback_device", True, {"d1", "d2", "d3"}),
+        # edit 10 s + commit 30 s + verify 3 x 5 s + 1.5 s of backoff, then 15 s per confirm wave
+        (1, 4, False, 10 + 30 + 16.5 + 15),
+        (8, 4, False, 2 * (10 + 30 + 16.5) + 2 * 15),
+        # with barriers the first commit follows the first device's edits
+        (8, 4, True, 2 * 10 + 2 * 16.5 + 2 * 30 - 10 + 2 * 15),
     ],
 )
-def test_rollback_scope_follows_on_failure(on_failure: Any, aborted: bool, expected: set[str]) -> None:
-    """rollback undoes every touched device, rollback_device the failed one, stop none; abort all."""
-    assert frozenset(expected) == rollback_scope(on_failure, ["d2"], ["d1", "d2", "d3"], aborted)
+def test_budget_from_office_size_concurrency_and_timeouts(
+    devices: int, concurrency: int, barriers: bool, in_window_s: float
+) -> None:
+    """The worst case from the first commit to the last confirm grows with the office's waves."""
+    plan = plan_of(playbook(EDIT, {**GET, "phase": 1}, barriers=barriers, concurrency=concurrency), devices)
+    assert in_window_s == plan.budget(300).in_window_s
 
 
-def test_only_rollback_device_lets_the_others_continue() -> None:
-    """A failure stops the other devices unless on_failure is rollback_device."""
-    assert [True, False, True] == [stops_others(m) for m in ("rollback", "rollback_device", "stop")]
+def test_a_run_that_cannot_fit_its_window_is_refused_with_the_numbers_and_the_fix() -> None:
+    """48 devices at concurrency 4 (12 waves) of 71.5 s each cannot fit a 300 s window."""
+    budget = plan_of(playbook(EDIT, GET, concurrency=4), 48).budget(300)
+    assert not budget.fits
+    assert (
+        "the confirmed-commit window of 300 s cannot cover this run: 48 device(s) at concurrency 4 "
+        "(12 wave(s)) may need up to 858 s from the first commit to the last confirm; raise the window "
+        "to at least 858 s, raise the concurrency to 12, lower step timeouts and retries, or split "
+        "the office"
+    ) == budget.refusal()
+    assert plan_of(playbook(EDIT, GET, concurrency=16), 48).budget(300).fits
 
 
-def test_refused_when_a_device_lacks_confirmed_commit_and_an_edit_has_no_compensate() -> None:
-    """No :confirmed-commit + uncompensated edit: refused, naming the device and step."""
-    plan = plan_of(playbook(EDIT))
-    reason = refusal(plan, {"d1": True, "d2": False})
-    assert reason is not None
-    assert "d2 (s0)" in reason
-    assert "d1" not in reason
-
-
-def test_not_refused_when_every_device_has_confirmed_commit() -> None:
-    """With :confirmed-commit everywhere an edit needs no compensate."""
-    assert refusal(plan_of(playbook(EDIT)), {"d1": True, "d2": True}) is None
-
-
-def test_confirm_margin_and_lateness() -> None:
-    """A fifth of the window (at least 5 s) must be left, else it is too late to confirm."""
-    assert (60.0, 5.0, 4.0) == (confirm_margin(300), confirm_margin(20), confirm_margin(8))
-    assert (False, True) == (is_too_late(100.0, 300, 60, 339.0), is_too_late(100.0, 300, 60, 341.0))
-    assert not is_too_late(None, 300, 60, 1e9)
+def test_the_playbook_window_wins_over_the_policy_window() -> None:
+    """One rule: the playbook's confirm_window_s when set, else the policy's."""
+    assert (300.0, 120.0) == (
+        playbook(EDIT).window_for(300.0),
+        playbook(EDIT, confirm_window_s=120).window_for(300.0),
+    )
 
 
 REPLY = (
@@ -164,38 +122,6 @@ def test_xml_checks(check: XmlCheck, expected: str | None) -> None:
 def test_edit_bodies_are_wrapped_in_config() -> None:
     """A playbook body becomes the <config> element edit-config wants."""
     assert '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0"><a/></config>' == wrap_config(" <a/>\n")
-
-
-def row(device: str, name: str, status: StepStatus, detail: str = "", index: int = 0) -> StepRecord:
-    return StepRecord(0, "r", device, index, name, "apply", status, 0.0, None, detail, 1)
-
-
-def test_recovery_reads_a_pending_commit_and_an_untouched_device() -> None:
-    """Commit done, no confirm: pending; a device with only intents on reads is not committed."""
-    states = device_states(
-        [
-            row("d1", "prepare-candidate", StepStatus.DONE),
-            row("d1", "s0", StepStatus.DONE),
-            row("d1", "commit", StepStatus.DONE),
-            row("d2", "prepare-candidate", StepStatus.DONE),
-            row("d2", "s0", StepStatus.INTENT),
-        ]
-    )
-    assert (True, False) == (states["d1"].may_be_pending, states["d1"].candidate_touched)
-    assert (False, True) == (states["d2"].may_be_pending, states["d2"].candidate_touched)
-    assert not is_fully_confirmed(states)
-
-
-def test_recovery_treats_a_commit_left_at_intent_as_maybe_committed() -> None:
-    """A commit at intent may have reached the device: it must be cancelled, not ignored."""
-    states = device_states([row("d1", "s0", StepStatus.DONE), row("d1", "commit", StepStatus.INTENT)])
-    assert (True, True) == (states["d1"].commit_unknown, states["d1"].may_be_pending)
-
-
-def test_recovery_sees_a_fully_confirmed_run() -> None:
-    """Every committed device confirmed: the run took effect."""
-    rows = [row(d, n, StepStatus.DONE) for d in ("d1", "d2") for n in ("s0", "commit", "confirm")]
-    assert is_fully_confirmed(device_states(rows))
 
 
 def test_sessions_are_held_across_barriers_only_within_half_the_fd_limit() -> None:

@@ -60,6 +60,8 @@ class RunFinished:
     kind: RunKind
     ok: bool
     detail: str = ""
+    pending: frozenset[str] = frozenset()  # devices skipped as unreachable (left for a catch-up)
+    done: frozenset[str] = frozenset()  # devices the run handed over (or back) for good
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,13 +21,7 @@ from baton.adapters.errors import AdapterError, NetconfError
 from baton.playbook.plan import DevicePlan, RunPlan
 from baton.playbook.schema import (
     NetconfEdit,
-    NetconfGet,
-    NetconfRpc,
-    SnmpGet,
-    SnmpSet,
-    SshCommand,
     Step,
-    Wait,
 )
 from baton.playbook.steps import Connectors, wrap_config
 
@@ -58,20 +52,7 @@ class DryRun:
 
 def describe_step(step: Step) -> str:
     """What a rendered step would do, in one line (XML bodies are summarised by the diff)."""
-    if isinstance(step, NetconfEdit):
-        return f"would edit candidate (default-operation {step.operation}); committed office-wide"
-    if isinstance(step, NetconfRpc):
-        return f"would send rpc: {' '.join(step.rpc.split())[:160]}"
-    if isinstance(step, NetconfGet):
-        return f"would check {step.source} ({len(step.expect)} check(s))"
-    if isinstance(step, SshCommand):
-        return f"would run: ssh command {step.command!r}"
-    if isinstance(step, SnmpSet):
-        return f"would run: snmp set {step.oid} {step.type} {step.value}"
-    if isinstance(step, SnmpGet):
-        return f"would check: snmp get {step.oid}"
-    assert isinstance(step, Wait)
-    return f"would wait up to {step.deadline_s:g} s until: {describe_step(step.until)}"
+    return step.describe()
 
 
 def normalize_xml(text: str) -> str:

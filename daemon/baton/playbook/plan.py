@@ -8,10 +8,13 @@ shows it.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from baton.core.model import Device, Inventory, RunKind
 from baton.playbook.render import (
@@ -24,7 +27,19 @@ from baton.playbook.render import (
 )
 from baton.playbook.schema import OID_PATTERN, Playbook, SnmpGet, SnmpSet, Step
 
-__all__ = ["DevicePlan", "PlanProblem", "PlannedStep", "RunInfo", "RunPlan", "plan_run", "select_targets"]
+__all__ = [
+    "Budget",
+    "DevicePlan",
+    "PlanProblem",
+    "PlannedStep",
+    "RunInfo",
+    "RunPlan",
+    "plan_from_json",
+    "plan_run",
+    "select_targets",
+]
+
+_STEP = TypeAdapter[Step](Step)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +111,134 @@ class RunPlan:
     @property
     def worst_case_s(self) -> float:
         """An upper bound of the run's duration given concurrency (and barriers), retries included."""
-        if not self.devices:
-            return 0.0
+        return self.budget(1.0).total_s
+
+    def budget(self, window_s: float, concurrency: int | None = None) -> Budget:
+        """Worst-case time from the first commit to the last confirm, against the window."""
         pb = self.playbook
-        waves = math.ceil(len(self.devices) / pb.concurrency)
-        if not pb.barriers:
-            return waves * max(sum(s.step.worst_case_s for s in d.steps) for d in self.devices)
-        return sum(
-            waves * max(sum(s.step.worst_case_s for s in d.in_phase(phase)) for d in self.devices)
-            for phase in self.phases
+        workers = concurrency or pb.concurrency
+        waves = math.ceil(len(self.devices) / workers) if self.devices else 0
+
+        def longest(phases: Iterable[int] | None) -> float:
+            wanted = None if phases is None else set(phases)
+            return max(
+                (
+                    sum(s.step.worst_case_s for s in d.steps if wanted is None or s.phase in wanted)
+                    for d in self.devices
+                ),
+                default=0.0,
+            )
+
+        edits = any(s.step.IN_CANDIDATE for d in self.devices for s in d.steps)
+        commit_s = pb.commit_timeout_s if edits else 0.0
+        confirm_s = waves * pb.confirm_timeout_s if edits else 0.0
+        if pb.barriers:
+            per_phase = [waves * longest([phase]) for phase in self.phases]
+            # The first commit goes out after the first device's edits; the rest of the first
+            # phase, every later phase (verify) and the commits all fall inside the window.
+            first = longest([self.phases[0]]) if self.phases else 0.0
+            total = sum(per_phase) + waves * commit_s
+            in_window = total - first + confirm_s
+        else:
+            per_device = longest(None) + commit_s
+            total = waves * per_device
+            in_window = total + confirm_s
+        return Budget(
+            devices=len(self.devices),
+            concurrency=workers,
+            waves=waves,
+            total_s=total + confirm_s,
+            in_window_s=in_window if edits else 0.0,
+            window_s=window_s,
         )
+
+    def to_json(self) -> str:
+        """The plan as journaled with its run: recovery undoes exactly what was rendered."""
+        return json.dumps(
+            {
+                "playbook": self.playbook.model_dump(mode="json"),
+                "office": self.office,
+                "alternate": self.alternate,
+                "run": {
+                    "id": self.run.id,
+                    "kind": self.run.kind.value,
+                    "reason": self.run.reason,
+                    "who": self.run.who,
+                },
+                "devices": [
+                    {
+                        "device": d.device.id,
+                        "skipped": list(d.skipped),
+                        "steps": [
+                            {
+                                "index": s.index,
+                                "name": s.name,
+                                "phase": s.phase,
+                                "step": s.step.model_dump(mode="json"),
+                            }
+                            for s in d.steps
+                        ],
+                    }
+                    for d in self.devices
+                ],
+            },
+            sort_keys=True,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """How long a run may take, worst case, and how much of it the confirm window must cover."""
+
+    devices: int
+    concurrency: int
+    waves: int  # devices / concurrency, rounded up
+    total_s: float  # the whole run
+    in_window_s: float  # from the first commit to the last confirm
+    window_s: float
+
+    @property
+    def fits(self) -> bool:
+        return self.in_window_s <= self.window_s
+
+    def refusal(self) -> str | None:
+        """Why the run cannot fit in its window (with the numbers and the fix), or None."""
+        if self.fits:
+            return None
+        need = math.ceil(self.in_window_s)
+        per_wave = self.in_window_s / max(1, self.waves)
+        fitting_waves = math.floor(self.window_s / per_wave) if per_wave > 0 else 0
+        if fitting_waves >= 1:
+            concurrency = math.ceil(self.devices / fitting_waves)
+            faster = f"raise the concurrency to {concurrency}, "
+        else:
+            faster = "(one device alone takes longer than the window) "
+        return (
+            f"the confirmed-commit window of {self.window_s:g} s cannot cover this run: "
+            f"{self.devices} device(s) at concurrency {self.concurrency} ({self.waves} wave(s)) may "
+            f"need up to {need} s from the first commit to the last confirm; raise the window to at "
+            f"least {need} s, {faster}lower step timeouts and retries, or split the office"
+        )
+
+
+def plan_from_json(text: str, inventory: Inventory) -> RunPlan:
+    """A journaled plan back, its devices looked up in `inventory` (a device the inventory no
+    longer has keeps its id, with no address: calls to it fail with a clear cause)."""
+    data = json.loads(text)
+    playbook = Playbook.model_validate(data["playbook"])
+    run = data["run"]
+    info = RunInfo(id=run["id"], kind=RunKind(run["kind"]), reason=run["reason"], who=run["who"])
+    devices = []
+    for d in data["devices"]:
+        device = inventory.devices.get(d["device"]) or Device(
+            id=d["device"], office=data["office"], role="unknown", address=""
+        )
+        steps = tuple(
+            PlannedStep(s["index"], s["name"], s["phase"], _STEP.validate_python(s["step"]))
+            for s in d["steps"]
+        )
+        devices.append(DevicePlan(device, steps, tuple(d["skipped"])))
+    return RunPlan(playbook, data["office"], data["alternate"], info, tuple(devices))
 
 
 def select_targets(

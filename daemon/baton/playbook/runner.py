@@ -1,55 +1,40 @@
-"""The playbook runner: executes a `RunPlan` over many devices with an office-wide confirmed commit.
+"""The playbook runner: drives every device of a run with `progress.next_action`.
 
 Theory of operation
 -------------------
-`execute(plan, ...)` runs one planned run. It creates the journal's run row unless the caller
-already did (same id), and always finishes it: the journal says how every run ended.
+A run is a loop around the pure model of `baton.playbook.progress`: for each device, ask
+`next_action(plan, progress, run facts)`, perform it, journal it (intent before, result after)
+and fold the record into the device's progress — the same fold recovery applies to the journal
+after a restart. `execute` starts a run; `resume` continues one found unfinished in the journal
+(a restart, or a takeover): it is the same loop, started from the journaled progress, after the
+run's direction is settled (no "forward" decision journaled: the run turns back).
 
-1. Refusals, before any device is touched: an invalid plan; SNMP steps with no SNMP access; a
-   device without `:confirmed-commit` when some `netconf.edit` for it has no `compensate` (only
-   then are capabilities read up front, one short session per device).
-2. Devices run with bounded concurrency (a semaphore of the playbook's `concurrency`), their
-   steps in order. With `barriers`, the run is cut into phases: every device finishes phase k
-   before any starts k+1. A device keeps one NETCONF session for the whole run (edits, commit,
-   verify across the barrier, confirm) while file descriptors allow (`held_sessions`); beyond
-   that budget its sessions are closed between phases unless one must stay open.
-3. Per device, the first `netconf.edit` locks the candidate and discards it (a clean start);
-   edits go to the candidate; right after the device's *last* edit the candidate is committed
-   (which validates it) with `<confirmed/>`, confirm-timeout = the confirm window and a `<persist>` id
-   unique to the run, then unlocked. The persist id and the deadline are journaled
-   (`set_confirm`) before the first commit goes out. Steps after the commit are the verify
-   steps; their timeouts are capped by what is left of the window.
-4. When every device passed, each is confirmed (`<commit><persist-id>`), unless the window is
-   nearly over (less than `confirm_margin_s` left since the first commit): then the run fails
-   and rolls back instead of confirming late.
-5. On a failure, per the playbook's `on_failure`: `rollback` stops the other devices at their
-   next step and undoes every touched device; `rollback_device` undoes only the failing device
-   and confirms the rest; `stop` undoes nothing (pending confirmed commits revert on their own
-   when the window ends) and reports. In every mode an uncommitted candidate is discarded.
-   Undo = `<cancel-commit>` (persist id) on a device whose confirmed commit is pending; the
-   `compensate` of each netconf.edit on a device committed without a pending confirmed commit
-   (no `:confirmed-commit`, or already confirmed); the `compensate` of every ssh/snmp/rpc step
-   that ran, newest first.
+The run, as the loop plays it out:
 
-6. Unreachable devices, with the playbook's `unreachable: skip`: before a device's first step, the
-   session that step needs is opened ("first contact"). When that fails at the connection level
-   (`is_unreachable`: refused, reset, timed out, no route, the peer closing before the SSH
-   banner; never a host key or authentication failure, never an rpc-error), every step of the
-   device is journaled `skipped` with a detail starting "unreachable (pending)", the device ends
-   UNREACHABLE, and the others go on: the run is `ok` when every device that answered
-   succeeded, even when none answered ("ok: 0 device(s) handed over, 3 unreachable (pending)").
-   That is deliberate: the office is closed and nobody can operate those devices now; a failed
-   run would leave the office FAILED for an operator who could do nothing either, whereas the
-   daemon catches the pending devices up when they answer again (`baton.catchup`). A device
-   that fails *after* first contact (its session drops mid-run) is a real failure. With the
-   default `unreachable: fail` nothing of this happens: the connect error fails the run.
+1. Refusals before any device is touched: an invalid plan; SNMP steps without SNMP access; a
+   run that cannot fit in its confirmed-commit window (`RunPlan.budget`: the worst case from
+   the first commit to the last confirm, from the office's size, the concurrency and the
+   timeouts, with the numbers and the fix).
+2. Devices run with bounded concurrency, their steps in order; with `barriers`, every device
+   finishes phase k before any starts k+1. Before a candidate edit the candidate is locked and
+   discarded (`Prepare`; a device without :confirmed-commit whose edits lack `compensate` fails
+   here, before any edit: nothing could undo them). Right after a device's last edit its
+   candidate is committed with `<confirmed/>`, the window, and the run's `<persist>` id (the id
+   and the deadline are journaled before the first commit). Then the verify steps.
+3. When every device passed (skipped-as-unreachable ones aside), and enough of the window is
+   left to confirm them all, the run decides "forward" (journaled), and confirms every device.
+   Otherwise — any failure (with `on_failure: rollback`), an abort, a lost lease, the run's
+   own timeout (`run_timeout_s`), the window running short — it decides "back" and undoes every
+   device. Every call's timeout is capped by what is left of the window.
+4. `unreachable: skip`: a device that does not answer at first contact (`AdapterError.
+   unreachable`) is skipped with one record and left pending for a catch-up; the run is ok
+   when every device that answered succeeded.
 
-Every step, including the runner's own (prepare-candidate, commit, confirm, cancel-commit,
-discard-candidate, compensate:NAME), is journaled at `intent` before it runs and gets exactly one
-result after: done, failed (with the cause), skipped (why) or rolled_back (undo steps that
-succeeded). A retry of an idempotent step is a new journal row with the next attempt number.
-Cancelling `execute` behaves like a crash: the journal holds the truth and `recovery` finishes
-the run; an operator's abort is the `abort` event, which rolls back like a failure.
+One NETCONF session per device for the whole run while file descriptors allow (`held_sessions`);
+beyond that budget sessions close between phases unless one must stay open (a held lock, or a
+confirmed commit without :confirmed-commit:1.1, which dies with its session). A session whose
+last call had an unknown outcome is closed: the next call starts on a fresh one. Cancelling
+`execute` behaves like a crash: the journal holds the truth and `resume` finishes the run.
 """
 
 from __future__ import annotations
@@ -61,70 +46,60 @@ import os
 import resource
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Literal
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 import structlog
 
-from baton.adapters.errors import (
-    AdapterError,
-    AdapterTimeoutError,
-    HostKeyError,
-    NetconfConnectError,
-    NetconfError,
-    NetconfRpcError,
-    NetconfSessionError,
-    SshConnectError,
-)
+from baton.adapters.errors import AdapterError, NetconfError, NetconfRpcError
 from baton.core.events import RunFinished
-from baton.core.model import RunKind
-from baton.journal import Journal, StepRecord, StepStatus
-from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan
-from baton.playbook.schema import (
-    NetconfEdit,
-    NetconfGet,
-    NetconfRpc,
-    SnmpGet,
-    SnmpSet,
-    SshCommand,
-    Step,
-    Wait,
+from baton.core.model import Inventory, RunKind
+from baton.journal import Journal, RunRecord, StepRecord, StepStatus
+from baton.playbook import progress as pg
+from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan, plan_from_json
+from baton.playbook.progress import (
+    CANCEL,
+    CHECK,
+    COMMIT,
+    COMPENSATE,
+    CONFIRM,
+    DISCARD,
+    PREPARE,
+    REAPPLY,
+    DeviceProgress,
+    DeviceStatus,
+    Direction,
+    RunFacts,
 )
+from baton.playbook.schema import NetconfEdit, retry_backoff_s
 from baton.playbook.steps import Connectors, DeviceSession, StepFailed, run_step, wrap_config
+
+__all__ = [
+    "UNREACHABLE",
+    "DeviceOutcome",
+    "DeviceStatus",
+    "PlanFor",
+    "RunOutcome",
+    "StepOutcome",
+    "confirm_margin",
+    "execute",
+    "held_sessions",
+    "resume",
+    "retry_delays",
+]
 
 log = structlog.get_logger("baton.runner")
 
-# Names of the runner's own journal steps (the playbook's steps keep their names).
-PREPARE = "prepare-candidate"
-COMMIT = "commit"
-CONFIRM = "confirm"
-CANCEL = "cancel-commit"
-DISCARD = "discard-candidate"
-COMPENSATE = "compensate:"
-# How the steps of a device skipped for not answering start their detail (the catch-up reads it).
-UNREACHABLE = "unreachable (pending)"
-
-OnFailure = Literal["rollback", "rollback_device", "stop"]
+UNREACHABLE = "unreachable (pending)"  # how a skipped device's record starts its detail
 Progress = Callable[["StepOutcome"], None]
+PlanFor = Callable[[RunRecord], RunPlan | None]
 
-_BACKSTOP_S = 2.0  # over a step's own timeout, in case an adapter does not honour it
+_BACKSTOP_S = 2.0  # over a call's own timeout, in case an adapter does not honour it
+_UNDO_TIMEOUT_S = 30.0  # undo calls (discard, cancel, compensate) when nothing else says
 # File descriptors one open NETCONF session takes (TCP socket, paramiko's channel pipe, the
 # reader thread's epoll): sessions are held across barriers only while they fit in half of what
 # is left under the process's RLIMIT_NOFILE (the rest stays for probes, journal, API, logs).
 FDS_PER_SESSION = 4
-
-
-class DeviceStatus(StrEnum):
-    PENDING = "pending"  # not reached (run stopped before it)
-    RUNNING = "running"
-    COMMITTED = "committed"  # confirmed commit pending, or committed without one
-    CONFIRMED = "confirmed"
-    FAILED = "failed"
-    ROLLED_BACK = "rolled_back"
-    LEFT = "left"  # on_failure stop: left as it is
-    UNREACHABLE = "unreachable"  # unreachable: skip, and it did not answer: skipped, pending
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +107,7 @@ class StepOutcome:
     device: str
     index: int
     name: str
-    phase: str  # apply | commit | verify | confirm | rollback
+    phase: str  # apply | commit | verify | confirm | check | rollback
     status: StepStatus
     detail: str
     attempt: int = 1
@@ -142,11 +117,8 @@ class StepOutcome:
 class DeviceOutcome:
     device: str
     status: DeviceStatus
-    committed: bool
-    confirmed: bool
-    rolled_back: bool
-    error: str | None
-    steps: tuple[StepOutcome, ...]
+    error: str | None  # why it failed, was skipped, or what was left on it
+    steps: tuple[StepOutcome, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,81 +145,29 @@ class RunOutcome:
         """Devices skipped because they did not answer (pending a catch-up)."""
         return tuple(d.device for d in self.devices if d.status is DeviceStatus.UNREACHABLE)
 
+    @property
+    def handed(self) -> tuple[str, ...]:
+        """Devices the run handed over (or back) for good."""
+        return tuple(d.device for d in self.devices if d.status is DeviceStatus.CONFIRMED)
+
     def to_event(self) -> RunFinished:
         return RunFinished(
-            office=self.office, run_id=self.run_id, kind=self.kind, ok=self.ok, detail=self.detail
+            office=self.office,
+            run_id=self.run_id,
+            kind=self.kind,
+            ok=self.ok,
+            detail=self.detail,
+            pending=frozenset(self.unreachable),
+            done=frozenset(self.handed),
         )
 
 
-# --- pure decisions (unit-tested without I/O) ---------------------------------------------------
+# --- small pure rules ----------------------------------------------------------------------------
 
 
-def commit_position(steps: Sequence[PlannedStep]) -> int | None:
-    """Position (in the device's steps) of the last netconf.edit: the commit follows it."""
-    last = None
-    for pos, ps in enumerate(steps):
-        if isinstance(ps.step, NetconfEdit):
-            last = pos
-    return last
-
-
-def segments(phases: Sequence[int], barriers: bool) -> tuple[frozenset[int], ...]:
-    """The groups of phases devices run through between barriers (one group without barriers)."""
-    if not phases:
-        return ()
-    if not barriers:
-        return (frozenset(phases),)
-    return tuple(frozenset({p}) for p in sorted(phases))
-
-
-def retry_delays(step: Step, base_s: float = 0.5, cap_s: float = 5.0) -> tuple[float, ...]:
+def retry_delays(retries: int, idempotent: bool) -> tuple[float, ...]:
     """Backoff before each retry; none for a step that is not idempotent (never run twice)."""
-    if not step.is_idempotent:
-        return ()
-    return tuple(min(cap_s, base_s * 2**k) for k in range(step.retries))
-
-
-def rollback_scope(
-    on_failure: OnFailure, failed: Iterable[str], touched: Iterable[str], aborted: bool = False
-) -> frozenset[str]:
-    """Which devices to undo after a failure (an operator's abort always rolls back all)."""
-    if aborted or on_failure == "rollback":
-        return frozenset(touched)
-    if on_failure == "rollback_device":
-        return frozenset(failed)
-    return frozenset()
-
-
-def stops_others(on_failure: OnFailure) -> bool:
-    """Does one device's failure stop the others at their next step?"""
-    return on_failure != "rollback_device"
-
-
-def uncompensated_edits(plan: RunPlan) -> dict[str, tuple[str, ...]]:
-    """Per device, the netconf.edit steps without `compensate` (safe only with confirmed commit)."""
-    found: dict[str, tuple[str, ...]] = {}
-    for dp in plan.devices:
-        names = tuple(
-            ps.name for ps in dp.steps if isinstance(ps.step, NetconfEdit) and ps.step.compensate is None
-        )
-        if names:
-            found[dp.device.id] = names
-    return found
-
-
-def refusal(plan: RunPlan, confirmed_commit: Mapping[str, bool]) -> str | None:
-    """Why the run must not start, given which devices have :confirmed-commit; None if it may."""
-    bad = [
-        f"{device} ({', '.join(names)})"
-        for device, names in sorted(uncompensated_edits(plan).items())
-        if not confirmed_commit.get(device, False)
-    ]
-    if not bad:
-        return None
-    return (
-        f"refused: {len(bad)} device(s) lack :confirmed-commit and their netconf.edit steps have no "
-        f"compensate, so a failure could not be undone: {'; '.join(bad)}"
-    )
+    return tuple(retry_backoff_s(k) for k in range(retries)) if idempotent else ()
 
 
 def held_sessions(fd_limit: int, fds_open: int = 0) -> int:
@@ -266,48 +186,8 @@ def _fds_open() -> int:
 
 
 def confirm_margin(window_s: float) -> float:
-    """How much of the window must be left to confirm: a fifth, at least 5 s (less for tiny windows)."""
+    """How much of the window must be left to go on: a fifth, at least 5 s (less for tiny windows)."""
     return min(max(5.0, window_s * 0.2), window_s / 2)
-
-
-def is_too_late(first_commit_at: float | None, window_s: float, margin_s: float, now: float) -> bool:
-    return first_commit_at is not None and now > first_commit_at + window_s - margin_s
-
-
-_UNREACHABLE_MARKS = (
-    "tcp connect to",  # refused, timed out, no route, network unreachable...
-    "error reading ssh protocol banner",  # accepted, then closed/reset before SSH spoke
-    "connection reset",
-    "connection refused",
-    "connection lost",
-    "timed out",
-    "no route to host",
-    "unreachable",
-    "no netconf session with",  # the whole establishment timed out
-    "no ssh session with",
-)
-
-
-def is_unreachable(exc: BaseException) -> bool:
-    """Did a connect fail at the connection level (the device does not answer at all)?
-
-    Host key and authentication failures, missing credentials and rpc-errors are not: the device
-    (or something claiming to be it) answered. The adapters' connect errors carry a cause text
-    only, so this reads it; tests against the lab pin what a dead device gives.
-    """
-    if not isinstance(exc, NetconfConnectError | SshConnectError) or isinstance(exc, HostKeyError):
-        return False
-    cause = exc.cause.lower()
-    if "authentication failed" in cause or "credentials" in cause:
-        return False
-    return any(mark in cause for mark in _UNREACHABLE_MARKS)
-
-
-def unreachable_devices(steps: Iterable[StepRecord]) -> frozenset[str]:
-    """The devices a run skipped as unreachable, read from its journaled steps."""
-    return frozenset(
-        s.device for s in steps if s.status is StepStatus.SKIPPED and s.detail.startswith(UNREACHABLE)
-    )
 
 
 def summarize(
@@ -327,598 +207,6 @@ def summarize(
     return f"{text}; {reason}" if reason else text
 
 
-# --- execution -----------------------------------------------------------------------------------
-
-
-class _DeviceFailed(Exception):
-    def __init__(self, detail: str) -> None:
-        self.detail = detail
-        super().__init__(detail)
-
-
-@dataclass(eq=False)
-class _Dev:
-    plan: DevicePlan
-    session: DeviceSession
-    commit_at: int | None
-    status: DeviceStatus = DeviceStatus.PENDING
-    next_pos: int = 0
-    locked: bool = False
-    hold: bool = False  # keep the session open across barriers (one session for the whole run)
-    confirmed_commit: bool = True  # known once connected
-    persist: bool = True  # :confirmed-commit:1.1 (the commit outlives the session)
-    committed: bool = False
-    commit_uncertain: bool = False  # the commit RPC timed out: it may or may not have happened
-    confirmed: bool = False
-    rolled_back: bool = False
-    failed: str | None = None
-    unreachable: str | None = None  # why it was skipped as not answering (unreachable: skip)
-    ran: list[PlannedStep] = field(default_factory=list)  # steps that may have changed something
-    outcomes: list[StepOutcome] = field(default_factory=list)
-
-    @property
-    def id(self) -> str:
-        return self.plan.device.id
-
-    @property
-    def touched(self) -> bool:
-        return bool(self.ran) or self.committed or self.locked
-
-    @property
-    def holds_session(self) -> bool:
-        # The lock, and a confirmed commit without <persist>, live only as long as the session.
-        return self.locked or (self.committed and not self.persist and not self.confirmed)
-
-    def outcome(self) -> DeviceOutcome:
-        return DeviceOutcome(
-            self.id,
-            self.status,
-            self.committed,
-            self.confirmed,
-            self.rolled_back,
-            self.failed if self.failed is not None else self.unreachable,
-            tuple(self.outcomes),
-        )
-
-
-class _Run:
-    def __init__(
-        self,
-        plan: RunPlan,
-        journal: Journal,
-        connectors: Connectors,
-        *,
-        concurrency: int,
-        window_s: int,
-        margin_s: float,
-        progress: Progress | None,
-        abort: asyncio.Event | None,
-        clock: Callable[[], float],
-        unreachable: Mapping[str, str] | None = None,
-    ) -> None:
-        self.plan = plan
-        self.skip_unreachable = plan.playbook.unreachable == "skip"
-        self.known_unreachable = dict(unreachable or {})  # found so by the capabilities read
-        self.journal = journal
-        self.connectors = connectors
-        self.run_id = plan.run.id
-        self.on_failure: OnFailure = plan.playbook.on_failure
-        self.sem = asyncio.Semaphore(concurrency)
-        self.window_s = window_s
-        self.margin_s = margin_s
-        self.progress = progress
-        self.abort = abort or asyncio.Event()
-        self.clock = clock
-        self.stop = asyncio.Event()  # a failure that stops the other devices
-        self.persist_id = f"baton-{self.run_id}-{secrets.token_hex(4)}"
-        self.first_commit_at: float | None = None  # monotonic, taken just before the first commit
-        self._confirm_journaled = asyncio.Lock()
-        self._journaled = False
-        self.devs = [
-            _Dev(dp, DeviceSession(dp.device, connectors), commit_position(dp.steps)) for dp in plan.devices
-        ]
-        # One session per device for the whole run (edit, commit, verify, confirm) where the file
-        # descriptors allow: a connect costs ~11 ms CPU (SSH handshake), an idle session almost
-        # nothing since its reader thread sleeps until data arrives (`adapters.netconf._Session`).
-        budget = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _fds_open())
-        for dev in self.devs[:budget]:
-            dev.hold = True
-        self.log = log.bind(office=plan.office, run_id=self.run_id)
-
-    # --- journal (SQLite with fsync: off the event loop) ---------------------------------------
-
-    async def _intent(self, dev: _Dev, index: int, name: str, phase: str, attempt: int = 1) -> int:
-        return await asyncio.to_thread(
-            self.journal.step_intent, self.run_id, dev.id, index, name, self.clock(), phase, attempt
-        )
-
-    async def _result(
-        self,
-        dev: _Dev,
-        step_id: int,
-        index: int,
-        name: str,
-        phase: str,
-        status: StepStatus,
-        detail: str,
-        attempt: int = 1,
-    ) -> None:
-        await asyncio.to_thread(self.journal.step_result, step_id, status, detail, self.clock())
-        outcome = StepOutcome(dev.id, index, name, phase, status, detail, attempt)
-        dev.outcomes.append(outcome)
-        event = "runner.step_" + status.value
-        if status is StepStatus.FAILED:
-            self.log.warning(event, device=dev.id, step=name, phase=phase, attempt=attempt, detail=detail)
-        else:
-            self.log.info(event, device=dev.id, step=name, phase=phase, attempt=attempt, detail=detail)
-        if self.progress is not None:
-            self.progress(outcome)
-
-    async def _journaled_call(
-        self,
-        dev: _Dev,
-        index: int,
-        name: str,
-        phase: str,
-        action: Callable[[], Awaitable[str]],
-        ok_status: StepStatus = StepStatus.DONE,
-    ) -> str:
-        """Journal intent, await `action()` (a coroutine returning a detail), journal the result."""
-        step_id = await self._intent(dev, index, name, phase)
-        try:
-            detail = await action()
-        except (AdapterError, StepFailed, TimeoutError) as exc:
-            await self._result(dev, step_id, index, name, phase, StepStatus.FAILED, _describe(exc))
-            raise
-        await self._result(dev, step_id, index, name, phase, ok_status, str(detail))
-        return str(detail)
-
-    # --- the run -----------------------------------------------------------------------------
-
-    async def go(self) -> RunOutcome:
-        started = time.monotonic()
-        reason = ""
-        try:
-            for group in segments(self.plan.phases, self.plan.playbook.barriers):
-                await asyncio.gather(*(self._segment(dev, group) for dev in self.devs))
-                if self.stop.is_set() or self.abort.is_set():
-                    break
-            for dev in self.devs:
-                if dev.next_pos < len(dev.plan.steps) and dev.failed is None:
-                    await self._skip_rest(dev, self._stop_reason())
-            failed = [d for d in self.devs if d.failed is not None]
-            aborted = self.abort.is_set()
-            if failed or aborted:
-                result, reason = await self._after_failure(failed, aborted)
-            else:
-                result, reason = await self._confirm_all()
-        finally:
-            await asyncio.gather(*(dev.session.close() for dev in self.devs), return_exceptions=True)
-        outcomes = tuple(d.outcome() for d in self.devs)
-        detail = summarize(result, outcomes, reason, self.plan.run.kind)
-        return RunOutcome(
-            self.run_id,
-            self.plan.office,
-            self.plan.alternate,
-            self.plan.run.kind,
-            result,
-            detail,
-            outcomes,
-            self.persist_id if self._journaled else None,
-            time.monotonic() - started,
-        )
-
-    def _stop_reason(self) -> str:
-        if self.abort.is_set():
-            return "run aborted by an operator"
-        failed = [d.id for d in self.devs if d.failed is not None]
-        return f"run stopped after a failure on {', '.join(failed[:5])}" if failed else "run stopped"
-
-    def _should_stop(self, dev: _Dev) -> bool:
-        if dev.failed is not None or self.abort.is_set():
-            return True
-        return self.stop.is_set() and stops_others(self.on_failure)
-
-    async def _skip_rest(self, dev: _Dev, reason: str) -> None:
-        for ps in dev.plan.steps[dev.next_pos :]:
-            step_id = await self._intent(dev, ps.index, ps.name, "apply")
-            await self._result(dev, step_id, ps.index, ps.name, "apply", StepStatus.SKIPPED, reason)
-        dev.next_pos = len(dev.plan.steps)
-
-    async def _segment(self, dev: _Dev, group: frozenset[int]) -> None:
-        async with self.sem:
-            try:
-                while dev.next_pos < len(dev.plan.steps):
-                    pos = dev.next_pos
-                    ps = dev.plan.steps[pos]
-                    if ps.phase not in group:
-                        break
-                    if self._should_stop(dev):
-                        if dev.failed is None:
-                            await self._skip_rest(dev, self._stop_reason())
-                        break
-                    if dev.status is DeviceStatus.PENDING:
-                        if self.skip_unreachable:
-                            cause = self.known_unreachable.get(dev.id) or await self._first_contact(dev, ps)
-                            if cause is not None:
-                                await self._mark_unreachable(dev, cause)
-                                break
-                        dev.status = DeviceStatus.RUNNING
-                    try:
-                        if isinstance(ps.step, NetconfEdit) and not dev.locked:
-                            await self._prepare(dev, ps)
-                        await self._run_planned(dev, ps)
-                        if pos == dev.commit_at:
-                            await self._commit(dev, ps)
-                    except _DeviceFailed as exc:
-                        await self._device_failed(dev, exc.detail)
-                        break
-                    dev.next_pos = pos + 1
-            finally:
-                # A device that goes on keeps its session (see `hold`) for the next segment and
-                # the confirm; a failed or skipped one has nothing left to do with it.
-                keep = dev.hold and dev.failed is None and dev.unreachable is None
-                if not (keep or dev.holds_session):
-                    await dev.session.close()
-
-    async def _first_contact(self, dev: _Dev, ps: PlannedStep) -> str | None:
-        """Open the session the device's first step needs; the cause when it does not answer.
-
-        Any other connect error is left for the step itself to meet again (and journal) as a
-        real failure; SNMP steps have no session to open, so they are never skipped.
-        """
-        step = ps.step.until if isinstance(ps.step, Wait) else ps.step
-        try:
-            if isinstance(step, NetconfEdit | NetconfRpc | NetconfGet):
-                await dev.session.netconf()
-            elif isinstance(step, SshCommand):
-                await dev.session.ssh()
-        except AdapterError as exc:
-            if is_unreachable(exc):
-                return _describe(exc)
-        return None
-
-    async def _mark_unreachable(self, dev: _Dev, cause: str) -> None:
-        dev.unreachable = f"{UNREACHABLE}: {cause}"
-        dev.status = DeviceStatus.UNREACHABLE
-        self.log.warning("runner.device_unreachable", device=dev.id, detail=cause)
-        await self._skip_rest(dev, f"{UNREACHABLE}: {cause}")
-
-    async def _device_failed(self, dev: _Dev, detail: str) -> None:
-        dev.failed = detail
-        dev.status = DeviceStatus.FAILED
-        self.log.warning("runner.device_failed", device=dev.id, detail=detail)
-        if stops_others(self.on_failure):
-            self.stop.set()
-        if dev.locked:
-            await self._discard(dev)
-        dev.next_pos = len(dev.plan.steps)
-
-    def _window_left(self) -> float | None:
-        if self.first_commit_at is None:
-            return None
-        return self.first_commit_at + self.window_s - self.margin_s - time.monotonic()
-
-    async def _run_planned(self, dev: _Dev, ps: PlannedStep) -> None:
-        step = ps.step
-        phase = "verify" if dev.committed else "apply"
-        delays = retry_delays(step)
-        attempt = 0
-        while True:
-            attempt += 1
-            timeout = step.deadline_s + step.until.timeout_s if isinstance(step, Wait) else step.timeout_s
-            left = self._window_left()
-            step_id = await self._intent(dev, ps.index, ps.name, phase, attempt)
-            if left is not None and left <= 0:
-                detail = "confirm window nearly over: not running further steps"
-                await self._result(dev, step_id, ps.index, ps.name, phase, StepStatus.FAILED, detail, attempt)
-                raise _DeviceFailed(f"{ps.name}: {detail}")
-            if left is not None:
-                timeout = min(timeout, left)
-            if not _is_read_only(step):
-                dev.ran.append(ps)  # from here on it may have changed the device: undo it on rollback
-            try:
-                detail = await asyncio.wait_for(run_step(step, dev.session, timeout), timeout + _BACKSTOP_S)
-            except (AdapterError, StepFailed, TimeoutError) as exc:
-                cause = _describe(exc, timeout)
-                retry = attempt <= len(delays) and not self._should_stop(dev)
-                shown = f"{cause} (retrying)" if retry else cause
-                await self._result(dev, step_id, ps.index, ps.name, phase, StepStatus.FAILED, shown, attempt)
-                if retry:
-                    await asyncio.sleep(delays[attempt - 1])
-                    continue
-                raise _DeviceFailed(f"{ps.name}: {cause}") from None
-            await self._result(dev, step_id, ps.index, ps.name, phase, StepStatus.DONE, detail, attempt)
-            return
-
-    async def _prepare(self, dev: _Dev, ps: PlannedStep) -> None:
-        async def prepare() -> str:
-            nc = await dev.session.netconf()
-            if not nc.supports_candidate:
-                raise StepFailed("device has no :candidate datastore; edits go to candidate only")
-            dev.confirmed_commit = nc.supports_confirmed_commit
-            dev.persist = nc.supports_persist
-            try:
-                await nc.lock("candidate")
-            except NetconfRpcError:
-                # A candidate left dirty (by a dead session) refuses the lock: clear it, try once more.
-                await nc.discard_changes()
-                await nc.lock("candidate")
-            dev.locked = True
-            await nc.discard_changes()
-            return "candidate locked and clean" + ("" if dev.confirmed_commit else " (no :confirmed-commit)")
-
-        try:
-            await self._journaled_call(dev, ps.index, PREPARE, "apply", prepare)
-        except (AdapterError, StepFailed, TimeoutError) as exc:
-            raise _DeviceFailed(f"{PREPARE}: {_describe(exc)}") from None
-
-    async def _ensure_confirm_journaled(self) -> None:
-        async with self._confirm_journaled:
-            if self._journaled:
-                return
-            # Journaled before any commit goes out, so a restart can always cancel or confirm.
-            deadline = self.clock() + self.window_s
-            await asyncio.to_thread(self.journal.set_confirm, self.run_id, deadline, self.persist_id)
-            self.first_commit_at = time.monotonic()
-            self._journaled = True
-
-    async def _commit(self, dev: _Dev, ps: PlannedStep) -> None:
-        if dev.confirmed_commit:
-            await self._ensure_confirm_journaled()
-        timeout = ps.step.timeout_s
-
-        async def commit() -> str:
-            nc = await dev.session.netconf()
-            # No separate <validate>: <commit> validates the candidate anyway (RFC 6241 8.3), and
-            # yuma123 netconfd 2.13 commits *nothing* after an explicit <validate> (measured).
-            try:
-                if dev.confirmed_commit:
-                    await nc.commit(
-                        confirmed=True,
-                        timeout_s=self.window_s,
-                        persist=self.persist_id if dev.persist else None,
-                        rpc_timeout_s=timeout,
-                    )
-                else:
-                    await nc.commit(rpc_timeout_s=timeout)
-            except AdapterTimeoutError:
-                dev.commit_uncertain = True  # no answer: it may have committed; undo treats it so
-                dev.committed = True
-                raise
-            dev.committed = True
-            dev.status = DeviceStatus.COMMITTED
-            with contextlib.suppress(NetconfError):
-                await nc.unlock("candidate")
-            dev.locked = False
-            if dev.confirmed_commit:
-                return f"confirmed commit, confirm-timeout {self.window_s} s" + (
-                    ", persist" if dev.persist else ", session held (no :confirmed-commit:1.1)"
-                )
-            return "committed (no :confirmed-commit: undo by compensating steps)"
-
-        try:
-            await self._journaled_call(dev, ps.index, COMMIT, "commit", commit)
-        except (AdapterError, StepFailed, TimeoutError) as exc:
-            raise _DeviceFailed(f"{COMMIT}: {_describe(exc)}") from None
-
-    async def _discard(self, dev: _Dev) -> None:
-        async def discard() -> str:
-            nc = await dev.session.netconf()
-            await nc.discard_changes()
-            with contextlib.suppress(NetconfError):
-                await nc.unlock("candidate")
-            return "candidate discarded, running untouched"
-
-        index = dev.plan.steps[min(dev.next_pos, len(dev.plan.steps) - 1)].index
-        with contextlib.suppress(AdapterError, StepFailed, TimeoutError):
-            await self._journaled_call(dev, index, DISCARD, "rollback", discard, StepStatus.ROLLED_BACK)
-        # Even when discard failed, the lock dies with the session; the next run discards first.
-        dev.locked = False
-        await dev.session.close()
-
-    # --- after the devices ran -----------------------------------------------------------------
-
-    async def _confirm_all(self) -> tuple[str, str]:
-        pending = [d for d in self.devs if d.committed and d.confirmed_commit and not d.confirmed]
-        if pending and is_too_late(self.first_commit_at, self.window_s, self.margin_s, time.monotonic()):
-            reason = (
-                f"confirm window nearly over (less than {self.margin_s:g} s of {self.window_s} s left): "
-                "not confirming late"
-            )
-            for dev in pending:
-                dev.failed = reason
-            return await self._after_failure(pending, False, reason)
-        failures = await self._bounded(self._confirm, pending)
-        for dev in self.devs:
-            if dev.committed and not dev.confirmed_commit:
-                dev.confirmed = True
-                dev.status = DeviceStatus.CONFIRMED
-        bad = [d for d, ok in zip(pending, failures, strict=True) if not ok]
-        if bad:
-            return await self._after_failure(bad, False, f"confirm failed on {', '.join(d.id for d in bad)}")
-        return "ok", ""
-
-    async def _confirm(self, dev: _Dev) -> bool:
-        index = dev.plan.steps[dev.commit_at].index if dev.commit_at is not None else 0
-
-        async def confirm() -> str:
-            held = dev.session.has_netconf
-            nc = await dev.session.netconf()
-            persist_id = self.persist_id if dev.persist else None
-            detail = "confirmed"
-            try:
-                await nc.commit(persist_id=persist_id)
-            except NetconfSessionError:
-                # A session held since the commit died while idle (the device dropped it): with
-                # <persist> the confirmed commit outlives it, so confirm once on a fresh session.
-                # (Had this confirm reached the device, the retry meets an rpc-error: no harm.)
-                if not (held and dev.persist):
-                    raise
-                await dev.session.close()
-                nc = await dev.session.netconf()
-                await nc.commit(persist_id=persist_id)
-                detail = "confirmed (on a fresh session: the held one had closed)"
-            dev.confirmed = True
-            dev.status = DeviceStatus.CONFIRMED
-            return detail
-
-        try:
-            await self._journaled_call(dev, index, CONFIRM, "confirm", confirm)
-        except (AdapterError, StepFailed, TimeoutError) as exc:
-            dev.failed = f"{CONFIRM}: {_describe(exc)}"
-            dev.status = DeviceStatus.FAILED
-            return False
-        finally:
-            await dev.session.close()
-        return True
-
-    async def _bounded(self, fn: Callable[[_Dev], Awaitable[bool]], devs: Sequence[_Dev]) -> list[bool]:
-        async def one(dev: _Dev) -> bool:
-            async with self.sem:
-                return await fn(dev)
-
-        return list(await asyncio.gather(*(one(d) for d in devs)))
-
-    async def _after_failure(
-        self, failed: Sequence[_Dev], aborted: bool, reason: str = ""
-    ) -> tuple[str, str]:
-        touched = [d.id for d in self.devs if d.touched]
-        scope = rollback_scope(self.on_failure, (d.id for d in failed), touched, aborted)
-        reason = reason or self._stop_reason()
-        undo = [d for d in self.devs if d.id in scope]
-        results = await self._bounded(self._rollback, undo)
-        clean = all(results)
-        for dev in self.devs:
-            if dev.id not in scope and dev.committed and not dev.confirmed:
-                dev.status = DeviceStatus.LEFT
-        if self.on_failure == "rollback_device" and not aborted:
-            survivors = [
-                d
-                for d in self.devs
-                if d.failed is None and d.committed and d.confirmed_commit and not d.confirmed
-            ]
-            if survivors and not is_too_late(
-                self.first_commit_at, self.window_s, self.margin_s, time.monotonic()
-            ):
-                await self._bounded(self._confirm, survivors)
-                for dev in survivors:
-                    if dev.status is DeviceStatus.LEFT and dev.confirmed:
-                        dev.status = DeviceStatus.CONFIRMED
-            for dev in self.devs:
-                if dev.committed and not dev.confirmed_commit and dev.failed is None:
-                    dev.confirmed = True
-                    dev.status = DeviceStatus.CONFIRMED
-            return "failed", f"{reason}; failed device(s) rolled back, the others confirmed"
-        if self.on_failure == "stop" and not aborted:
-            left = [d.id for d in self.devs if d.status is DeviceStatus.LEFT]
-            suffix = (
-                f"; {len(left)} device(s) left with a pending confirmed commit (they revert on their own)"
-                if left
-                else ""
-            )
-            return "failed", f"{reason}{suffix}"
-        if clean:
-            return "rolled_back", reason
-        return "failed", f"{reason}; rollback incomplete, an operator must check"
-
-    async def _rollback(self, dev: _Dev) -> bool:
-        """Undo what the run did to one device; True when everything was undone."""
-        ok = True
-        index = dev.plan.steps[dev.commit_at].index if dev.commit_at is not None else 0
-        try:
-            if dev.locked:
-                await self._discard(dev)
-            if dev.committed and dev.confirmed_commit and not dev.confirmed:
-
-                async def cancel() -> str:
-                    nc = await dev.session.netconf()
-                    try:
-                        await nc.cancel_commit(persist_id=self.persist_id if dev.persist else None)
-                    except NetconfRpcError as exc:
-                        if dev.commit_uncertain:
-                            return f"nothing to cancel (the commit had not happened): {exc.cause}"
-                        raise
-                    return "confirmed commit cancelled: running is back to before the run"
-
-                try:
-                    await self._journaled_call(dev, index, CANCEL, "rollback", cancel, StepStatus.ROLLED_BACK)
-                except (AdapterError, StepFailed, TimeoutError):
-                    ok = False
-            elif dev.committed:
-                # Committed for good (no :confirmed-commit, or already confirmed): compensate edits.
-                ok = await self._compensate_edits(dev) and ok
-            for ps in reversed(dev.ran):
-                if isinstance(ps.step, NetconfEdit):
-                    continue
-                ok = await self._compensate(dev, ps) and ok
-        finally:
-            await dev.session.close()
-        dev.rolled_back = ok
-        if ok:
-            dev.status = DeviceStatus.ROLLED_BACK
-        return ok
-
-    async def _compensate_edits(self, dev: _Dev) -> bool:
-        edits = [ps for ps in reversed(dev.ran) if isinstance(ps.step, NetconfEdit)]
-        missing = [ps.name for ps in edits if ps.compensate is None]
-        if missing:
-            dev.failed = (dev.failed or "") + f"; no compensate for {', '.join(missing)}: left as is"
-            return False
-        if not edits:
-            return True
-
-        async def apply() -> str:
-            nc = await dev.session.netconf()
-            async with nc.locked("candidate"):
-                await nc.discard_changes()
-                for ps in edits:
-                    comp = ps.compensate
-                    assert isinstance(comp, NetconfEdit)
-                    await nc.edit_config(
-                        "candidate", wrap_config(comp.config), comp.operation, rpc_timeout_s=comp.timeout_s
-                    )
-                await nc.commit()
-            return f"compensating edits committed ({', '.join(ps.name for ps in edits)})"
-
-        name = COMPENSATE + ",".join(ps.name for ps in edits)
-        try:
-            await self._journaled_call(dev, edits[0].index, name, "rollback", apply, StepStatus.ROLLED_BACK)
-        except (AdapterError, StepFailed, TimeoutError):
-            return False
-        return True
-
-    async def _compensate(self, dev: _Dev, ps: PlannedStep) -> bool:
-        comp = ps.compensate
-        if comp is None:
-            dev.failed = (dev.failed or "") + f"; step {ps.name} has no compensate: left as is"
-            return False
-
-        async def run() -> str:
-            if isinstance(comp, NetconfEdit):  # compensating a netconf.rpc with an edit
-                nc = await dev.session.netconf()
-                async with nc.locked("candidate"):
-                    await nc.discard_changes()
-                    await nc.edit_config("candidate", wrap_config(comp.config), comp.operation)
-                    await nc.commit()
-                return "compensating edit committed"
-            return await asyncio.wait_for(
-                run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
-            )
-
-        try:
-            await self._journaled_call(
-                dev, ps.index, COMPENSATE + ps.name, "rollback", run, StepStatus.ROLLED_BACK
-            )
-        except (AdapterError, StepFailed, TimeoutError):
-            return False
-        return True
-
-
-def _is_read_only(step: Step) -> bool:
-    return isinstance(step, NetconfGet | SnmpGet | Wait)
-
-
 def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
     if isinstance(exc, StepFailed):
         return exc.detail
@@ -929,29 +217,625 @@ def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-async def _capabilities(
-    plan: RunPlan, connectors: Connectors, concurrency: int, devices: Iterable[str]
-) -> tuple[dict[str, bool], dict[str, AdapterError]]:
-    """Which of `devices` support :confirmed-commit (one short session each) and which failed."""
-    wanted = set(devices)
-    sem = asyncio.Semaphore(concurrency)
-    result: dict[str, bool] = {}
-    errors: dict[str, AdapterError] = {}
+class _Answer(Exception):
+    """A call ended with a result other than the action's ok status (carried as data)."""
 
-    async def one(dp: DevicePlan) -> None:
-        async with sem:
+    def __init__(self, status: StepStatus, detail: str, facts: Mapping[str, object] | None = None) -> None:
+        self.status = status
+        self.detail = detail
+        self.facts = dict(facts or {})
+        super().__init__(detail)
+
+
+# --- execution -----------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class _Dev:
+    plan: DevicePlan
+    session: DeviceSession
+    progress: DeviceProgress
+    hold: bool = False  # keep the session open across barriers (one session for the whole run)
+    contacted: bool = False
+    commit_session: bool = False  # the session that made its confirmed commit is open
+    commit_at: float | None = None  # monotonic time of its (latest) confirmed commit
+    outcomes: list[StepOutcome] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.plan.device.id
+
+    def index_of(self, name: str) -> int:
+        for ps in self.plan.steps:
+            if ps.name == name:
+                return ps.index
+        return self.plan.steps[0].index if self.plan.steps else 0
+
+
+class _Run:
+    def __init__(
+        self,
+        plan: RunPlan,
+        journal: Journal,
+        connectors: Connectors,
+        progresses: Mapping[str, DeviceProgress],
+        *,
+        direction: Direction | None,
+        persist_id: str,
+        concurrency: int,
+        window_s: int,
+        margin_s: float,
+        run_timeout_s: float | None,
+        progress: Progress | None,
+        abort: asyncio.Event | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.plan = plan
+        self.journal = journal
+        self.run_id = plan.run.id
+        self.direction = direction
+        self.persist_id = persist_id
+        self.window_s = window_s
+        self.margin_s = margin_s
+        self.concurrency = concurrency
+        self.sem = asyncio.Semaphore(concurrency)
+        self.progress = progress
+        self.abort = abort or asyncio.Event()
+        self.clock = clock
+        self.started = time.monotonic()
+        self.deadline = None if run_timeout_s is None else self.started + run_timeout_s
+        self.skip_unreachable = plan.playbook.unreachable == "skip"
+        self.rollback_all = plan.playbook.on_failure == "rollback"
+        self.reason = ""
+        self._deciding = asyncio.Lock()
+        self._confirm_journaled = direction is not None
+        self.devs = [
+            _Dev(
+                dp,
+                DeviceSession(dp.device, connectors),
+                progresses.get(dp.device.id) or DeviceProgress(dp.device.id),
+            )
+            for dp in plan.devices
+        ]
+        budget = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _fds_open())
+        for dev in self.devs[:budget]:
+            dev.hold = True
+        self.log = log.bind(office=plan.office, run_id=self.run_id)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def facts(self, phase: int) -> RunFacts:
+        return RunFacts(self.direction, phase, self.skip_unreachable)
+
+    async def go(self) -> tuple[str, str]:
+        phases = list(self.plan.phases) if self.plan.playbook.barriers else []
+        phase_i = 0
+        try:
+            while True:
+                phase = phases[phase_i] if self.direction is None and phases else 1 << 30
+                acted = await self._pass(phase)
+                if self.direction is not None:
+                    if not acted:
+                        break
+                    continue
+                if phases and phase_i < len(phases) - 1:
+                    phase_i += 1
+                    continue
+                await self._decide()
+        finally:
+            await asyncio.gather(*(d.session.close() for d in self.devs), return_exceptions=True)
+        return self._result()
+
+    async def _pass(self, phase: int) -> bool:
+        """Drive every device as far as it can go now; True if any device did anything."""
+        acted = await asyncio.gather(*(self._drive(dev, phase) for dev in self.devs))
+        return any(acted)
+
+    async def _drive(self, dev: _Dev, phase: int) -> bool:
+        acted = False
+        async with self.sem:
             try:
-                nc = await connectors.netconf(dp.device)
-            except AdapterError as exc:
-                errors[dp.device.id] = exc
-                return
-            try:
-                result[dp.device.id] = nc.supports_confirmed_commit
+                while True:
+                    await self._check_limits()
+                    if pg.turns_back(dev.progress, self.rollback_all) and self.direction != "back":
+                        await self.turn_back(f"{dev.id} failed: {dev.progress.failed}")
+                    action = pg.next_action(
+                        dev.plan, dev.progress, self.facts(phase), commit_session=dev.commit_session
+                    )
+                    if action is None:
+                        break
+                    acted = True
+                    await self._perform(dev, action)
             finally:
-                await nc.close()
+                keep = dev.hold and dev.progress.failed is None and dev.progress.unreachable is None
+                if not keep and not self._must_hold(dev):
+                    await self._close(dev)
+        return acted
 
-    await asyncio.gather(*(one(dp) for dp in plan.devices if dp.device.id in wanted))
-    return result, errors
+    def _must_hold(self, dev: _Dev) -> bool:
+        # A held lock, and a confirmed commit without <persist>, live only as long as the session.
+        p = dev.progress
+        return p.prepared or (dev.commit_session and p.persist is False and self.direction != "back")
+
+    async def _close(self, dev: _Dev) -> None:
+        await dev.session.close()
+        dev.commit_session = False
+        if dev.progress.prepared:
+            # The lock died with the session: the next edit must prepare again.
+            dev.progress = replace(dev.progress, prepared=False)
+
+    async def _check_limits(self) -> None:
+        if self.direction == "back":
+            return
+        if self.abort.is_set():
+            await self.turn_back("run aborted")
+        elif self.direction is None and self.deadline is not None and time.monotonic() > self.deadline:
+            await self.turn_back("the run took longer than its run_timeout_s")
+
+    async def turn_back(self, reason: str) -> None:
+        async with self._deciding:
+            if self.direction == "back":
+                return
+            self.reason = reason
+            await self.journal.call(self.journal.decide, self.run_id, "back", reason, self.clock())
+            self.direction = "back"
+            self.log.warning("runner.turned_back", reason=reason)
+
+    async def _decide(self) -> None:
+        """Every device has gone as far as it can before the decision: forward, or back."""
+        direction, reason = pg.decide([(d.plan, d.progress) for d in self.devs], self.rollback_all)
+        if direction == "back":
+            await self.turn_back(reason)
+            return
+        to_confirm = [d for d in self.devs if d.commit_at is not None and d.progress.cc]
+        starts = [d.commit_at for d in to_confirm if d.commit_at is not None]
+        if starts:
+            left = min(starts) + self.window_s - time.monotonic()
+            need = math.ceil(len(to_confirm) / self.concurrency) * self.plan.playbook.confirm_timeout_s
+            if left - self.margin_s < need:
+                await self.turn_back(
+                    f"only {max(0.0, left):.0f} s of the {self.window_s} s window left, and confirming "
+                    f"{len(to_confirm)} device(s) may take {need:g} s: not confirming late"
+                )
+                return
+        async with self._deciding:
+            if self.direction is None:
+                await self.journal.call(self.journal.decide, self.run_id, "forward", reason, self.clock())
+                self.direction = "forward"
+                self.log.info("runner.decided_forward")
+
+    def _result(self) -> tuple[str, str]:
+        if self.direction == "back":
+            unclean = [d.id for d in self.devs if pg.leftovers(d.plan, d.progress)]
+            if unclean:
+                return (
+                    "failed",
+                    f"{self.reason}; rollback incomplete, an operator must check {', '.join(unclean[:10])}",
+                )
+            return "rolled_back", self.reason
+        failed = [d.id for d in self.devs if d.progress.failed is not None]
+        unfinished = [
+            d.id
+            for d in self.devs
+            if d.progress.unreachable is None
+            and d.progress.failed is None
+            and not pg.is_handed_over(d.plan, d.progress)
+        ]
+        if unfinished:
+            return "failed", f"not confirmed: {', '.join(unfinished[:10])}"
+        if failed:
+            return "failed", f"failed device(s) rolled back, the others handed over: {', '.join(failed[:10])}"
+        return "ok", ""
+
+    # --- journal -------------------------------------------------------------------------------
+
+    async def _journaled(
+        self,
+        dev: _Dev,
+        name: str,
+        index: int,
+        phase: str,
+        call: Callable[[], Awaitable[tuple[str, Mapping[str, object]]]],
+        *,
+        ok: StepStatus = StepStatus.DONE,
+        attempt: int = 1,
+    ) -> StepStatus:
+        """Journal intent, run `call`, journal the result; fold both into the progress."""
+        at = self.clock()
+        step_id = await self.journal.call(
+            self.journal.step_intent, self.run_id, dev.id, index, name, at, phase, attempt
+        )
+        status = ok
+        try:
+            detail, facts = await call()
+        except _Answer as answer:
+            status, detail, facts = answer.status, answer.detail, answer.facts
+        except (AdapterError, StepFailed, TimeoutError) as exc:
+            unknown = isinstance(exc, TimeoutError) or (isinstance(exc, AdapterError) and exc.outcome_unknown)
+            status = StepStatus.UNKNOWN if unknown else StepStatus.FAILED
+            detail, facts = _describe(exc), {}
+            if isinstance(exc, AdapterError) and exc.operation == "connect":
+                facts = {"sent": False}
+        if status is StepStatus.UNKNOWN:
+            await self._close(dev)  # whatever state that session is in, the next call starts fresh
+        done = self.clock()
+        await self.journal.call(self.journal.step_result, step_id, status, detail, done, facts)
+        record = StepRecord(
+            step_id, self.run_id, dev.id, index, name, phase, status, at, done, detail, attempt, facts
+        )
+        self._fold(dev, record)
+        outcome = StepOutcome(dev.id, index, name, phase, status, detail, attempt)
+        dev.outcomes.append(outcome)
+        event = "runner.step_" + status.value
+        emit = self.log.warning if status in (StepStatus.FAILED, StepStatus.UNKNOWN) else self.log.info
+        emit(event, device=dev.id, step=name, phase=phase, attempt=attempt, detail=detail)
+        if self.progress is not None:
+            self.progress(outcome)
+        return status
+
+    async def _record(
+        self,
+        dev: _Dev,
+        name: str,
+        index: int,
+        phase: str,
+        status: StepStatus,
+        detail: str,
+        facts: Mapping[str, object],
+    ) -> None:
+        """A record with no call behind it (a skip, a re-apply): intent and result at once."""
+
+        async def nothing() -> tuple[str, Mapping[str, object]]:
+            raise _Answer(status, detail, facts)
+
+        await self._journaled(dev, name, index, phase, nothing)
+
+    def _fold(self, dev: _Dev, record: StepRecord) -> None:
+        positions = {ps.name: pos for pos, ps in enumerate(dev.plan.steps)}
+        dev.progress = pg.apply(dev.plan, positions, dev.progress, record)
+
+    # --- actions -------------------------------------------------------------------------------
+
+    async def _perform(self, dev: _Dev, action: pg.Action) -> None:
+        if isinstance(action, pg.RunStep | pg.Prepare) and not dev.contacted:
+            dev.contacted = True
+            first = dev.plan.steps[dev.progress.pos] if dev.progress.pos < len(dev.plan.steps) else None
+            skip = self.skip_unreachable and dev.progress.pos == 0 and first is not None
+            if skip and first is not None and not await self._first_contact(dev, first):
+                return
+        if isinstance(action, pg.RunStep):
+            await self._run_step(dev, dev.plan.steps[action.pos])
+        elif isinstance(action, pg.Prepare):
+            await self._prepare(dev)
+        elif isinstance(action, pg.Commit):
+            await self._commit(dev)
+        elif isinstance(action, pg.Confirm):
+            await self._confirm(dev)
+        elif isinstance(action, pg.Check):
+            await self._check(dev)
+        elif isinstance(action, pg.Discard):
+            await self._discard(dev)
+        elif isinstance(action, pg.Cancel):
+            await self._cancel(dev)
+        elif isinstance(action, pg.CompensateEdits):
+            await self._compensate_edits(dev, action.names)
+        elif isinstance(action, pg.Compensate):
+            await self._compensate(dev, action.name)
+        elif isinstance(action, pg.Reapply):
+            await self._close(dev)
+            dev.commit_at = None
+            await self._record(
+                dev,
+                REAPPLY,
+                dev.index_of(COMMIT),
+                "apply",
+                StepStatus.DONE,
+                "reverted after the decision: handing it over again",
+                {},
+            )
+        elif isinstance(action, pg.GiveUp):
+            await self._record(
+                dev,
+                CONFIRM,
+                dev.index_of(COMMIT),
+                "confirm",
+                StepStatus.SKIPPED,
+                f"{UNREACHABLE}: {action.reason}",
+                {"unreachable": True},
+            )
+        else:
+            await self._record(
+                dev, REAPPLY, dev.index_of(COMMIT), "confirm", StepStatus.FAILED, action.reason, {}
+            )
+
+    def _window_left(self, dev: _Dev) -> float | None:
+        starts = [d.commit_at for d in self.devs if d.commit_at is not None]
+        if not starts:
+            return None
+        return min(starts) + self.window_s - time.monotonic()
+
+    def _capped(self, dev: _Dev, timeout_s: float) -> float:
+        """A forward call's timeout, capped by the window left (minus the margin); raises when
+        there is no time left for it."""
+        left = self._window_left(dev)
+        if left is None:
+            return timeout_s
+        room = left - self.margin_s
+        if room <= 0:
+            raise _Answer(StepStatus.FAILED, "confirm window nearly over: not running further steps")
+        return min(timeout_s, room)
+
+    async def _first_contact(self, dev: _Dev, ps: PlannedStep) -> bool:
+        """Open the session the device's first step needs; False (and skip the device) when it
+        does not answer at all. Any other connect error is left for the step to meet."""
+        try:
+            if ps.step.session == "netconf":
+                await dev.session.netconf()
+            elif ps.step.session == "ssh":
+                await dev.session.ssh()
+        except AdapterError as exc:
+            if exc.unreachable:
+                self.log.warning("runner.device_unreachable", device=dev.id, detail=str(exc))
+                await self._record(
+                    dev,
+                    ps.name,
+                    ps.index,
+                    "apply",
+                    StepStatus.SKIPPED,
+                    f"{UNREACHABLE}: {exc}",
+                    {"unreachable": True},
+                )
+                return False
+        return True
+
+    async def _run_step(self, dev: _Dev, ps: PlannedStep) -> None:
+        step = ps.step
+        phase = "verify" if dev.progress.commit is pg.Sent.DONE else "apply"
+        delays = retry_delays(step.retries, step.is_idempotent)
+        attempt = 0
+        while True:
+            attempt += 1
+            budget = step.attempt_s
+            retry = attempt <= len(delays)
+
+            async def call(budget: float = budget, retry: bool = retry) -> tuple[str, Mapping[str, object]]:
+                timeout = self._capped(dev, budget)
+                try:
+                    detail = await asyncio.wait_for(
+                        run_step(step, dev.session, timeout), timeout + _BACKSTOP_S
+                    )
+                except (AdapterError, StepFailed, TimeoutError) as exc:
+                    if retry and self.direction is None and not self.abort.is_set():
+                        raise _Answer(
+                            StepStatus.FAILED, f"{_describe(exc, timeout)} (retrying)", {"retry": True}
+                        ) from None
+                    raise
+                return detail, {}
+
+            status = await self._journaled(dev, ps.name, ps.index, phase, call, attempt=attempt)
+            if status is StepStatus.FAILED and dev.progress.failed is None and attempt <= len(delays):
+                await asyncio.sleep(delays[attempt - 1])
+                continue
+            return
+
+    async def _prepare(self, dev: _Dev) -> None:
+        index = dev.plan.steps[dev.progress.pos].index if dev.progress.pos < len(dev.plan.steps) else 0
+
+        async def prepare() -> tuple[str, Mapping[str, object]]:
+            nc = await dev.session.netconf()
+            if not nc.supports_candidate:
+                raise StepFailed("device has no :candidate datastore; edits go to candidate only")
+            cc, persist = nc.supports_confirmed_commit, nc.supports_persist
+            if not cc:
+                bare = [ps.name for ps in dev.plan.steps if ps.step.IN_CANDIDATE and ps.compensate is None]
+                if bare:
+                    raise StepFailed(
+                        f"refused: no :confirmed-commit, and {', '.join(bare)} has no compensate: "
+                        "a failure could not be undone"
+                    )
+            try:
+                await nc.lock("candidate", rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
+            except NetconfRpcError:
+                # A candidate left dirty (by a dead session) refuses the lock: clear it, try once more.
+                await nc.discard_changes()
+                await nc.lock("candidate")
+            await nc.discard_changes()
+            text = "candidate locked and clean" + ("" if cc else " (no :confirmed-commit)")
+            return text, {"cc": cc, "persist": persist}
+
+        await self._journaled(dev, PREPARE, index, "apply", prepare)
+
+    async def _ensure_confirm_journaled(self) -> None:
+        async with self._deciding:
+            if self._confirm_journaled:
+                return
+            # Journaled before any commit goes out, so a restart can always cancel or confirm.
+            deadline = self.clock() + self.window_s
+            await self.journal.call(self.journal.set_confirm, self.run_id, deadline, self.persist_id)
+            self._confirm_journaled = True
+
+    async def _commit(self, dev: _Dev) -> None:
+        cc = bool(dev.progress.cc)
+        persist = bool(dev.progress.persist)
+        if cc:
+            await self._ensure_confirm_journaled()
+        index = dev.plan.steps[pg.commit_position(dev.plan.steps) or 0].index
+
+        async def commit() -> tuple[str, Mapping[str, object]]:
+            nc = await dev.session.netconf()
+            timeout = self._capped(dev, self.plan.playbook.commit_timeout_s)
+            # No separate <validate>: <commit> validates the candidate anyway (RFC 6241 8.3), and
+            # yuma123 netconfd 2.13 commits *nothing* after an explicit <validate> (measured).
+            started = time.monotonic()
+            if cc:
+                await nc.commit(
+                    confirmed=True,
+                    timeout_s=self.window_s,
+                    persist=self.persist_id if persist else None,
+                    rpc_timeout_s=timeout,
+                )
+                dev.commit_at = dev.commit_at or started
+                dev.commit_session = True
+            else:
+                await nc.commit(rpc_timeout_s=timeout)
+            with contextlib.suppress(NetconfError):
+                await nc.unlock("candidate", rpc_timeout_s=5.0)
+            if cc:
+                text = f"confirmed commit, confirm-timeout {self.window_s} s" + (
+                    ", persist" if persist else ", session held (no :confirmed-commit:1.1)"
+                )
+            else:
+                text = "committed (no :confirmed-commit: undo by compensating steps)"
+            return text, {
+                "cc": cc,
+                "persist": persist,
+                "deadline": self.clock() + self.window_s if cc else None,
+            }
+
+        await self._journaled(dev, COMMIT, index, "commit", commit)
+
+    async def _confirm(self, dev: _Dev) -> None:
+        persist = bool(dev.progress.persist)
+
+        async def confirm() -> tuple[str, Mapping[str, object]]:
+            nc = await dev.session.netconf()
+            left = self._window_left(dev)
+            timeout = self.plan.playbook.confirm_timeout_s
+            if left is not None:
+                timeout = max(1.0, min(timeout, left))
+            try:
+                await nc.commit(persist_id=self.persist_id if persist else None, rpc_timeout_s=timeout)
+            except NetconfRpcError as exc:
+                raise _Answer(
+                    StepStatus.FAILED, f"nothing pending to confirm: {exc.cause}", {"pending": False}
+                ) from None
+            return "confirmed", {}
+
+        await self._journaled(dev, CONFIRM, dev.index_of(COMMIT), "confirm", confirm)
+        if dev.progress.confirm is pg.Sent.DONE and not dev.hold:
+            await self._close(dev)
+
+    async def _check(self, dev: _Dev) -> None:
+        checks = pg.verify_steps(dev.plan)
+
+        async def check() -> tuple[str, Mapping[str, object]]:
+            if not checks:
+                raise StepFailed("no verify steps to check running with")
+            for ps in checks:
+                try:
+                    await asyncio.wait_for(
+                        run_step(ps.step, dev.session, ps.step.timeout_s), ps.step.timeout_s + _BACKSTOP_S
+                    )
+                except StepFailed as exc:
+                    return f"running does not hold the change ({ps.name}: {exc.detail})", {
+                        "running": "original"
+                    }
+            return "running holds the change (every verify step passed)", {"running": "changed"}
+
+        await self._journaled(dev, CHECK, dev.index_of(COMMIT), "check", check)
+
+    async def _discard(self, dev: _Dev) -> None:
+        held = dev.progress.prepared
+
+        async def discard() -> tuple[str, Mapping[str, object]]:
+            nc = await dev.session.netconf()
+            if held:
+                await nc.discard_changes(rpc_timeout_s=_UNDO_TIMEOUT_S)
+                with contextlib.suppress(NetconfError):
+                    await nc.unlock("candidate", rpc_timeout_s=5.0)
+            else:
+                async with nc.locked("candidate"):
+                    await nc.discard_changes(rpc_timeout_s=_UNDO_TIMEOUT_S)
+            return "candidate discarded, running untouched", {}
+
+        await self._journaled(
+            dev, DISCARD, dev.index_of(PREPARE), "rollback", discard, ok=StepStatus.ROLLED_BACK
+        )
+
+    async def _cancel(self, dev: _Dev) -> None:
+        persist = dev.progress.persist is not False
+
+        async def cancel() -> tuple[str, Mapping[str, object]]:
+            nc = await dev.session.netconf()
+            try:
+                await nc.cancel_commit(
+                    persist_id=self.persist_id if persist else None, rpc_timeout_s=_UNDO_TIMEOUT_S
+                )
+            except NetconfRpcError as exc:
+                raise _Answer(
+                    StepStatus.FAILED,
+                    f"nothing pending to cancel (never committed, or reverted on its own): {exc.cause}",
+                    {"pending": False},
+                ) from None
+            return "confirmed commit cancelled: running is back to before the run", {}
+
+        await self._journaled(
+            dev, CANCEL, dev.index_of(COMMIT), "rollback", cancel, ok=StepStatus.ROLLED_BACK
+        )
+
+    async def _compensate_edits(self, dev: _Dev, names: tuple[str, ...]) -> None:
+        steps = {ps.name: ps for ps in dev.plan.steps}
+
+        async def apply() -> tuple[str, Mapping[str, object]]:
+            missing = [n for n in names if n not in steps or steps[n].compensate is None]
+            if missing:
+                raise StepFailed(f"no compensate for {', '.join(missing)}: left as is")
+            nc = await dev.session.netconf()
+            async with nc.locked("candidate"):
+                await nc.discard_changes()
+                for name in names:
+                    comp = steps[name].compensate
+                    assert isinstance(comp, NetconfEdit)
+                    await nc.edit_config(
+                        "candidate", wrap_config(comp.config), comp.operation, rpc_timeout_s=comp.timeout_s
+                    )
+                await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
+            return f"compensating edits committed ({', '.join(names)})", {}
+
+        index = steps[names[0]].index if names[0] in steps else 0
+        await self._journaled(
+            dev, COMPENSATE + ",".join(names), index, "rollback", apply, ok=StepStatus.ROLLED_BACK
+        )
+
+    async def _compensate(self, dev: _Dev, name: str) -> None:
+        ps = next((s for s in dev.plan.steps if s.name == name), None)
+
+        async def run() -> tuple[str, Mapping[str, object]]:
+            comp = ps.compensate if ps is not None else None
+            if comp is None:
+                raise StepFailed(f"step {name} has no compensate: left as is")
+            if isinstance(comp, NetconfEdit):  # compensating a netconf.rpc with an edit
+                nc = await dev.session.netconf()
+                async with nc.locked("candidate"):
+                    await nc.discard_changes()
+                    await nc.edit_config("candidate", wrap_config(comp.config), comp.operation)
+                    await nc.commit()
+                return "compensating edit committed", {}
+            detail = await asyncio.wait_for(
+                run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
+            )
+            return detail, {}
+
+        index = ps.index if ps is not None else 0
+        await self._journaled(dev, COMPENSATE + name, index, "rollback", run, ok=StepStatus.ROLLED_BACK)
+
+    def outcomes(self) -> tuple[DeviceOutcome, ...]:
+        result = []
+        for dev in self.devs:
+            status = pg.status_of(dev.plan, dev.progress, self.direction)
+            left = (
+                pg.leftovers(dev.plan, dev.progress)
+                if self.direction == "back" or dev.progress.failed
+                else ()
+            )
+            error = dev.progress.failed or dev.progress.unreachable
+            if left:
+                error = (error + "; " if error else "") + "left on the device: " + ", ".join(left)
+            result.append(DeviceOutcome(dev.id, status, error, tuple(dev.outcomes)))
+        return tuple(result)
+
+
+# --- entry points --------------------------------------------------------------------------------
 
 
 async def execute(
@@ -962,31 +846,34 @@ async def execute(
     concurrency: int | None = None,
     confirm_window_s: float | None = None,
     confirm_margin_s: float | None = None,
+    run_timeout_s: float | None = None,
     progress: Progress | None = None,
     abort: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
 ) -> RunOutcome:
     """Execute `plan` (see the module docstring); never raises for a device's failure.
 
-    concurrency: devices at once (default: the playbook's); confirm_window_s: the confirmed-commit
-    window (default: the playbook's; whole seconds on the wire); confirm_margin_s: how much of the
-    window must be left to confirm (default `confirm_margin`); progress: called with every step
-    result; abort: set it to stop the run and roll back everything it did.
+    confirm_window_s: the window (default: the playbook's, else 300 s; the service passes the
+    one `Playbook.window_for` says); confirm_margin_s: how much of the window must be left to go
+    on (default `confirm_margin`); run_timeout_s: the run turns back when it takes longer before
+    its decision; progress: called with every step result; abort: set it to roll the run back.
     """
     pb = plan.playbook
-    window = max(1, math.ceil(confirm_window_s if confirm_window_s is not None else pb.confirm_window_s))
+    window = max(1, math.ceil(confirm_window_s if confirm_window_s is not None else pb.window_for(300.0)))
     margin = confirm_margin(window) if confirm_margin_s is None else confirm_margin_s
     workers = concurrency or pb.concurrency
     run = plan.run
     bound = log.bind(office=plan.office, run_id=run.id)
-    existing = await asyncio.to_thread(journal.run, run.id)
+    existing = await journal.call(journal.run, run.id)
     if existing is None:
-        await asyncio.to_thread(
+        await journal.call(
             journal.start_run, run.id, plan.office, run.kind, plan.alternate, run.reason, run.who, clock()
         )
+    elif existing.steps or existing.is_finished:
+        raise ValueError(f"run {run.id} has already started: resume it instead")
 
     async def refuse(reason: str) -> RunOutcome:
-        await asyncio.to_thread(journal.finish_run, run.id, "refused", reason, clock())
+        await journal.call(journal.finish_run, run.id, "refused", reason, clock())
         bound.warning("runner.refused", reason=reason)
         return RunOutcome(run.id, plan.office, plan.alternate, run.kind, "refused", reason)
 
@@ -994,51 +881,131 @@ async def execute(
         return await refuse(
             "refused: the plan has problems: " + "; ".join(str(p) for p in plan.problems[:10])
         )
-    snmp_steps = [
-        ps.name
-        for dp in plan.devices
-        for ps in dp.steps
-        for s in (ps.step, ps.step.compensate, getattr(ps.step, "until", None))
-        if isinstance(s, SnmpGet | SnmpSet)
-    ]
-    if snmp_steps and connectors.snmp is None:
-        return await refuse(
-            f"refused: steps {sorted(set(snmp_steps))} need SNMP access and none is configured"
-        )
+    snmp = sorted(
+        {
+            ps.name
+            for dp in plan.devices
+            for ps in dp.steps
+            for s in (ps.step, ps.step.compensate, getattr(ps.step, "until", None))
+            if s is not None and s.session == "snmp"
+        }
+    )
+    if snmp and connectors.snmp is None:
+        return await refuse(f"refused: steps {snmp} need SNMP access and none is configured")
     if margin >= window:
         return await refuse(f"refused: confirm margin {margin:g} s is not shorter than the window {window} s")
-    unsafe = uncompensated_edits(plan)
-    unreachable: dict[str, str] = {}
-    if unsafe:
-        caps, errors = await _capabilities(plan, connectors, workers, unsafe)
-        if pb.unreachable == "skip":
-            unreachable = {d: _describe(e) for d, e in errors.items() if is_unreachable(e)}
-        refused = [f"{d}: {e}" for d, e in sorted(errors.items()) if d not in unreachable]
-        if refused:
-            return await refuse("refused: cannot read capabilities of " + "; ".join(refused[:10]))
-        why = refusal(plan.only(d.device.id for d in plan.devices if d.device.id not in unreachable), caps)
-        if why is not None:
-            return await refuse(why)
-
+    budget = plan.budget(window - margin, workers)
+    why = budget.refusal()
+    if why is not None:
+        return await refuse(f"refused: {why}")
+    await journal.call(journal.set_plan, run.id, plan.to_json(), float(window))
     bound.info("runner.started", devices=len(plan.devices), window_s=window, concurrency=workers)
     state = _Run(
         plan,
         journal,
         connectors,
+        {},
+        direction=None,
+        persist_id=f"baton-{run.id}-{secrets.token_hex(4)}",
         concurrency=workers,
         window_s=window,
         margin_s=margin,
+        run_timeout_s=run_timeout_s,
         progress=progress,
         abort=abort,
         clock=clock,
-        unreachable=unreachable,
     )
-    outcome = await state.go()
-    await asyncio.to_thread(journal.finish_run, run.id, outcome.result, outcome.detail, clock())
-    bound.info(
-        "runner.finished",
-        result=outcome.result,
-        detail=outcome.detail,
-        duration_s=round(outcome.duration_s, 3),
+    return await _finish(state, journal, clock, bound)
+
+
+async def resume(
+    record: RunRecord,
+    *,
+    journal: Journal,
+    connectors: Connectors,
+    inventory: Inventory,
+    plan_for: PlanFor | None = None,
+    concurrency: int = 8,
+    progress: Progress | None = None,
+    clock: Callable[[], float] = time.time,
+) -> RunOutcome:
+    """Finish a run the journal shows unfinished (a restart, or a takeover) by the rules of
+    `baton.playbook.progress`: forward if it had decided so, else back. Never raises for a
+    device's failure. `plan_for` re-plans runs journaled before plans were (schema 1)."""
+    bound = log.bind(office=record.office, run_id=record.id)
+    plan = plan_from_json(record.plan, inventory) if record.plan else (plan_for(record) if plan_for else None)
+    if plan is None:
+        detail = "recovered after a restart: the run's plan is unknown, an operator must check its devices"
+        await journal.call(journal.finish_run, record.id, "failed", detail, clock())
+        return RunOutcome(record.id, record.office, record.alternate, record.kind, "failed", detail)
+    # Steps the crash caught in flight: their outcome is unknown. Closed first (so the journal
+    # never shows them running, and a crash of this recovery folds the same records again).
+    steps = []
+    for step in record.steps:
+        if step.status is StepStatus.INTENT:
+            detail = "interrupted by a restart before its result was journaled; handled by recovery"
+            await journal.call(journal.step_result, step.id, StepStatus.UNKNOWN, detail, clock())
+            step = replace(step, status=StepStatus.UNKNOWN, detail=detail)
+        steps.append(step)
+    by_device: dict[str, list[StepRecord]] = {}
+    for step in steps:
+        by_device.setdefault(step.device, []).append(step)
+    # Every session of the crashed process is gone, and with them its candidate locks.
+    progresses = {
+        dp.device.id: replace(pg.fold(dp, by_device.get(dp.device.id, ())), prepared=False)
+        for dp in plan.devices
+    }
+    window = max(1, math.ceil(record.window_s or plan.playbook.window_for(300.0)))
+    direction: Direction | None = "forward" if record.decision == "forward" else None
+    if record.decision == "back":
+        direction = "back"
+    state = _Run(
+        plan,
+        journal,
+        connectors,
+        progresses,
+        direction=direction,
+        persist_id=record.persist_id or f"baton-{record.id}-recovered",
+        concurrency=concurrency,
+        window_s=window,
+        margin_s=confirm_margin(window),
+        run_timeout_s=None,
+        progress=progress,
+        abort=None,
+        clock=clock,
     )
-    return outcome
+    if direction is None:
+        await state.turn_back("recovered after a restart before every device passed verify")
+    else:
+        state.reason = record.decision_reason if direction == "back" else ""
+    bound.info("recovery.started", direction=state.direction)
+    return await _finish(state, journal, clock, bound, recovered=True)
+
+
+async def _finish(
+    state: _Run,
+    journal: Journal,
+    clock: Callable[[], float],
+    bound: structlog.typing.FilteringBoundLogger,
+    recovered: bool = False,
+) -> RunOutcome:
+    result, reason = await state.go()
+    if recovered:
+        reason = "recovered after a restart" + (f": {reason}" if reason else "")
+    outcomes = state.outcomes()
+    plan = state.plan
+    detail = summarize(result, outcomes, reason, plan.run.kind)
+    await journal.call(journal.finish_run, plan.run.id, result, detail, clock())
+    duration = time.monotonic() - state.started
+    bound.info("runner.finished", result=result, detail=detail, duration_s=round(duration, 3))
+    return RunOutcome(
+        plan.run.id,
+        plan.office,
+        plan.alternate,
+        plan.run.kind,
+        result,
+        detail,
+        outcomes,
+        state.persist_id if state._confirm_journaled else None,
+        duration,
+    )
