@@ -1,0 +1,438 @@
+"""Bulkheads and bounds of the NETCONF adapter, against the lab and a real netconfd.
+
+* Bulkheads: a session's blocking calls run in the executor it was given, so a probe pool full
+  of connects to devices that never answer leaves a run pool's RPCs alone; a call that waits
+  for a worker longer than its timeout fails without ever running (and is not `unreachable`: the
+  congestion is Baton's own); a worker stuck on a silent device is freed when its caller gives up.
+* Bounds: a write to a peer that stopped reading fails within the call's timeout; a reply above
+  `max_reply_bytes` is refused and its session closed.
+
+Only sanity bounds on time (generous ones); what is asserted is which call finished and which
+did not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from baton.adapters.errors import (
+    NetconfConnectError,
+    NetconfReplyError,
+    NetconfSessionError,
+    NetconfTimeoutError,
+)
+from baton.adapters.netconf import NetconfClient, NetconfProbe, thread_pool
+from baton.core.model import Device, NetconfSettings, SecretRef
+from tests.integration.test_netconf_adapter import IF_NS, INTERFACES_FILTER, device_for, read_secret
+from tests.lab_fixtures import ThreadedLabDevice
+from tests.peers.endpoints import SshEndpoint
+
+# Far above what any step here needs: only catches a hang, never measures speed.
+SANITY_S = 20.0
+
+
+class SilentListener:
+    """Accepts TCP connections on 127.0.0.1 and never says a word (a device that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port: int = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._serve, name="silent-listener", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with self._changed:
+                self.accepted.append(conn)
+                self._changed.notify_all()
+
+    def wait_accepted(self, count: int, timeout_s: float = SANITY_S) -> int:
+        """Block until `count` connections were accepted (bounded); how many were."""
+        with self._changed:
+            self._changed.wait_for(lambda: len(self.accepted) >= count, timeout_s)
+            return len(self.accepted)
+
+    def close(self) -> None:
+        self.sock.close()
+        self._thread.join(5)
+        for conn in self.accepted:
+            conn.close()
+
+
+@pytest.fixture
+def silent() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
+def silent_device(endpoint: SshEndpoint, tmp_path: Path, port: int, index: int, timeout_s: float) -> Device:
+    base = device_for(endpoint, tmp_path, timeout_s=timeout_s)
+    return Device(
+        id=f"dark-{index}",
+        office="dark",
+        role="olt",
+        address="127.0.0.1",
+        host_key=base.host_key,
+        netconf=NetconfSettings(
+            enabled=True,
+            port=port,
+            username=base.netconf.username,
+            private_key=base.netconf.private_key,
+            timeout_s=timeout_s,
+        ),
+    )
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --- bulkheads -------------------------------------------------------------------------------
+
+
+async def test_probes_of_dark_devices_do_not_starve_a_run_pool(
+    tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """Probe pool saturated by probes that never get an answer; a run-pool RPC still completes."""
+    probe_pool = thread_pool("test-probe", 4)
+    run_pool = thread_pool("test-run", 2)
+    endpoint = lab_netconf_device.endpoint
+    probes = [
+        NetconfProbe(
+            silent_device(endpoint, tmp_path, silent.port, i, 30.0), resolve=read_secret, executor=probe_pool
+        )
+        for i in range(8)
+    ]
+    in_flight = [asyncio.create_task(p.probe()) for p in probes]
+    # the same live device, through the saturated probe pool: it has to queue
+    queued = asyncio.create_task(_connect_and_get(device_for(endpoint, tmp_path), probe_pool))
+    try:
+        # every probe worker is held by a silent device
+        assert 4 == await asyncio.to_thread(silent.wait_accepted, 4)
+
+        started = time.monotonic()
+        running = await asyncio.wait_for(_connect_and_get(device_for(endpoint, tmp_path), run_pool), SANITY_S)
+        took_s = time.monotonic() - started
+
+        assert "<data" in running
+        assert took_s < SANITY_S
+        assert not any(t.done() for t in in_flight)  # the probes are still waiting on silence
+        assert not queued.done()  # and what queued behind them still waits for a worker
+        assert 4 == len(silent.accepted)  # the run pool never touched the dark devices
+    finally:
+        await cancel_all([*in_flight, queued])
+        await asyncio.gather(*(p.close() for p in probes))
+        probe_pool.shutdown(cancel_futures=True)
+        run_pool.shutdown()
+
+
+async def _connect_and_get(device: Device, executor: Any) -> str:
+    async with NetconfClient.connect(device, resolve=read_secret, executor=executor) as nc:
+        return await nc.get_config("running")
+
+
+async def test_a_connect_that_never_got_a_worker_fails_without_being_tried(
+    tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """A connect still queued for a worker when its timeout passes: a plain failure, not
+    unreachable (Baton's own congestion), and it never runs once a worker frees up."""
+    pool = thread_pool("test-one", 1)
+    endpoint = lab_netconf_device.endpoint
+    blocker = NetconfProbe(
+        silent_device(endpoint, tmp_path, silent.port, 0, 30.0), resolve=read_secret, executor=pool
+    )
+    holding = asyncio.create_task(blocker.probe())
+    live = device_for(endpoint, tmp_path)
+    try:
+        assert 1 == await asyncio.to_thread(silent.wait_accepted, 1)  # the one worker is held
+        with pytest.raises(NetconfConnectError) as caught:
+            await NetconfClient.connect(live, resolve=read_secret, timeout_s=1, executor=pool)
+        assert not caught.value.unreachable
+        assert "no worker thread free to connect to" in caught.value.cause
+        await cancel_all([holding])  # the worker frees up: the given-up connect must not run now
+        await blocker.close()
+        assert "done" == await asyncio.get_running_loop().run_in_executor(pool, lambda: "done")
+        assert not lab_netconf_device.call(lambda: bool(lab_netconf_device.server.sessions))
+    finally:
+        await cancel_all([holding])
+        await blocker.close()
+        pool.shutdown(cancel_futures=True)
+
+
+async def test_a_worker_held_by_a_silent_device_is_freed_when_the_caller_gives_up(
+    tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """The connect to a silent device times out (unreachable) and its worker is free at once,
+    not after paramiko's own 15 s banner wait."""
+    pool = thread_pool("test-one", 1)
+    endpoint = lab_netconf_device.endpoint
+    try:
+        with pytest.raises(NetconfConnectError) as caught:
+            await NetconfClient.connect(
+                silent_device(endpoint, tmp_path, silent.port, 0, 1.0), resolve=read_secret, executor=pool
+            )
+        assert caught.value.unreachable
+        started = time.monotonic()
+        # the one worker is needed again: this connect would fail ("no worker free") if it were not
+        running = await _connect_and_get(device_for(endpoint, tmp_path, timeout_s=5), pool)
+        assert "<data" in running
+        assert time.monotonic() - started < 10
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+# --- bounds: writes --------------------------------------------------------------------------
+
+
+def big_edit(size: int) -> str:
+    return (
+        '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+        f'<interfaces xmlns="{IF_NS}"><interface><name>labbig</name>'
+        f"<description>{'x' * size}</description></interface></interfaces></config>"
+    )
+
+
+@pytest.mark.peer("netconfd")
+async def test_a_write_to_a_server_that_stopped_reading_times_out(
+    tmp_path: Path, netconfd_device: Any
+) -> None:
+    """netconfd frozen: a 4 MB request fills sshd's window and the write fails within the call's
+    timeout (outcome unknown), the half-written session closed."""
+    async with NetconfClient.connect(
+        device_for(netconfd_device.endpoint, tmp_path), resolve=read_secret
+    ) as nc:
+        os.kill(netconfd_device.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(NetconfTimeoutError) as caught:
+                await nc.edit_config("candidate", big_edit(4_000_000), rpc_timeout_s=2)
+            took_s = time.monotonic() - started
+        finally:
+            os.kill(netconfd_device.pid, signal.SIGCONT)
+        assert not nc.is_connected
+        with pytest.raises(NetconfSessionError):
+            await nc.get_config("running", INTERFACES_FILTER)
+    assert ("edit-config", 2, True) == (
+        caught.value.operation,
+        caught.value.timeout_s,
+        caught.value.outcome_unknown,
+    )
+    assert took_s < SANITY_S
+
+
+async def test_a_write_to_a_frozen_lab_device_times_out(
+    tmp_path: Path, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """The lab's loop frozen (it reads nothing): the write fails within the call's timeout."""
+    big = (
+        '<config><management xmlns="urn:baton:lab:mgmt:1.0"><contact>'
+        + "x" * 3_500_000
+        + "</contact></management></config>"
+    )
+    async with NetconfClient.connect(
+        device_for(lab_netconf_device.endpoint, tmp_path), resolve=read_secret
+    ) as nc:
+        frozen = threading.Thread(target=lambda: lab_netconf_device.call(lambda: time.sleep(6)))
+        frozen.start()
+        try:
+            with pytest.raises(NetconfTimeoutError) as caught:
+                await nc.edit_config("candidate", big, rpc_timeout_s=2)
+            assert not nc.is_connected
+        finally:
+            frozen.join()
+    assert caught.value.outcome_unknown
+
+
+# --- bounds: replies -------------------------------------------------------------------------
+
+
+@pytest.mark.peer("netconfd")
+async def test_a_reply_above_the_bound_is_refused_and_the_session_closed(
+    tmp_path: Path, netconfd_device: Any
+) -> None:
+    """A <get> answer from netconfd larger than max_reply_bytes: NetconfReplyError, session closed."""
+    device = device_for(netconfd_device.endpoint, tmp_path)
+    # its hello (~5 KB) fits, a full <get> (~30 KB of state) does not
+    async with NetconfClient.connect(device, resolve=read_secret, max_reply_bytes=16384) as nc:
+        with pytest.raises(NetconfReplyError) as caught:
+            await nc.get()
+        assert not nc.is_connected
+    assert "reply larger than 16384 bytes; session closed" == caught.value.cause
+    assert caught.value.outcome_unknown
+
+
+@pytest.mark.peer("netconfd")
+async def test_a_hello_above_the_bound_fails_the_connect(tmp_path: Path, netconfd_device: Any) -> None:
+    """Even the server's hello is bounded; the device answered, so it is not unreachable."""
+    device = device_for(netconfd_device.endpoint, tmp_path)
+    with pytest.raises(NetconfConnectError) as caught:
+        await NetconfClient.connect(device, resolve=read_secret, max_reply_bytes=256)
+    assert not caught.value.unreachable
+    assert "reply larger than 256 bytes" in caught.value.cause
+
+
+async def test_a_probe_reports_an_oversized_reply_as_a_failure(
+    tmp_path: Path, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """A probe whose reply is too large is a failed probe with the reason, nothing worse."""
+    management = '<management xmlns="urn:baton:lab:mgmt:1.0"/>'
+    device = device_for(lab_netconf_device.endpoint, tmp_path, probe_filter=management)
+    async with NetconfClient.connect(device, resolve=read_secret) as nc:  # a running config of ~8 KB
+        contact = (
+            f"<config><management xmlns='urn:baton:lab:mgmt:1.0'><contact>{'n' * 8000}</contact>"
+            "</management></config>"
+        )
+        await nc.edit_config("candidate", contact)
+        await nc.commit()
+    probe = NetconfProbe(device, resolve=read_secret, max_reply_bytes=4096)  # the ~1 KB hello fits
+    try:
+        observation = await probe.probe()
+    finally:
+        await probe.close()
+    assert (False, "netconf get on gc-core-1 failed: reply larger than 4096 bytes; session closed") == (
+        observation.ok,
+        observation.reason,
+    )
+
+
+# --- replies Baton cannot read, from a raw SSH server ----------------------------------------
+
+NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+RAW_HELLO = (
+    f'<hello xmlns="{NC}"><capabilities><capability>urn:ietf:params:netconf:base:1.1</capability>'
+    "</capabilities><session-id>7</session-id></hello>]]>]]>"
+).encode()
+
+
+class RawServer:
+    """An SSH server whose netconf subsystem says hello (base:1.1), then answers the first RPC
+    with a given reply as is and keeps the session open; `device` is pinned to its key."""
+
+    def __init__(self, acceptor: asyncssh.SSHAcceptor, device: Device) -> None:
+        self.acceptor = acceptor
+        self.device = device
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+
+    async def close(self) -> None:
+        self.acceptor.close()
+        await self.acceptor.wait_closed()
+        for conn in list(self.connections):
+            conn.close()
+            await conn.wait_closed()
+
+
+class _NoAuth(asyncssh.SSHServer):
+    def __init__(self, connections: set[asyncssh.SSHServerConnection]) -> None:
+        self._connections = connections
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._connections.add(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        return False  # anyone may log in: this server only exists to answer badly
+
+
+async def _raw_netconf_server(reply: bytes, tmp_path: Path) -> RawServer:
+    host_key = asyncssh.generate_private_key("ssh-ed25519")
+    connections: set[asyncssh.SSHServerConnection] = set()
+
+    async def on_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        process.stdout.write(RAW_HELLO)
+        seen = b""
+        while b"]]>]]>" not in seen:  # the client's hello
+            seen += await process.stdin.read(65536)
+        await process.stdin.read(65536)  # its first RPC (chunked)
+        process.stdout.write(reply)
+        while await process.stdin.read(65536):  # until the client goes away
+            pass
+        process.exit(0)
+
+    acceptor = await asyncssh.create_server(
+        lambda: _NoAuth(connections),
+        "127.0.0.1",
+        0,
+        server_host_keys=[host_key],
+        process_factory=on_process,
+        encoding=None,
+    )
+    key_file = tmp_path / "raw_client_ed25519"
+    asyncssh.generate_private_key("ssh-ed25519").write_private_key(key_file)
+    device = Device(
+        id="raw-1",
+        office="raw",
+        role="core",
+        address="127.0.0.1",
+        host_key=" ".join(host_key.export_public_key().decode().split()[:2]),
+        netconf=NetconfSettings(
+            enabled=True,
+            port=acceptor.get_port(),
+            username="anyone",
+            private_key=SecretRef("file", str(key_file)),
+            timeout_s=5,
+        ),
+    )
+    server = RawServer(acceptor, device)
+    server.connections = connections
+    return server
+
+
+def chunk(message: bytes) -> bytes:
+    return b"\n#%d\n%s\n##\n" % (len(message), message)
+
+
+@pytest.mark.parametrize(
+    ("reply", "cause", "session_kept"),
+    [
+        (b"\n#zz\n<rpc-reply/>", "broken chunked framing: bad chunk header", False),
+        (b"\n##\n", "broken chunked framing: end of chunks without a chunk", False),
+        (chunk(b"<rpc-reply><<<<<<<<<"), "reply is not well-formed XML", True),
+        (
+            chunk(f"<rpc-reply xmlns='{NC}'><ok/></rpc-reply>".encode()),
+            "unusable reply: Could not find 'message-id' attribute in <rpc-reply>",
+            True,
+        ),
+        (chunk(b"<data>x</data>"), "unexpected message <data>", True),
+    ],
+)
+async def test_an_unreadable_reply_is_a_reply_error(
+    reply: bytes, cause: str, session_kept: bool, tmp_path: Path
+) -> None:
+    """Broken framing, XML that does not parse, a reply that is not an <rpc-reply> of ours: the
+    call fails with NetconfReplyError (outcome unknown); only broken framing closes the session."""
+    server = await _raw_netconf_server(reply, tmp_path)
+    try:
+        async with NetconfClient.connect(server.device, resolve=read_secret, timeout_s=5) as nc:
+            with pytest.raises(NetconfReplyError) as caught:
+                await nc.get()
+            kept = nc.is_connected
+    finally:
+        await server.close()
+    assert (True, True, session_kept) == (
+        caught.value.cause.startswith(cause),
+        caught.value.outcome_unknown,
+        kept,
+    ), caught.value.cause
