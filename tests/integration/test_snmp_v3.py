@@ -92,8 +92,8 @@ def comparable(reading: SnmpReading) -> tuple[object, ...]:
 
 @pytest.mark.parametrize(
     "user_index",
-    [0, 1, 2, 3, 4],
-    ids=["SHA-AES", "SHA256-AES", "SHA512-AES256", "SHA-AES256", "SHA256-AES256"],
+    [0, 1, 2, 3, 4, 5],
+    ids=["SHA-AES", "SHA256-AES", "SHA512-AES256", "SHA-AES256", "SHA256-AES256", "SHA-AES192"],
 )
 @pytest.mark.parametrize("critical", [(1, 3), ()], ids=["get", "walk"])
 async def test_fast_path_reads_what_pysnmp_reads_for_every_user(
@@ -382,3 +382,29 @@ async def test_stopped_agent_is_a_timeout(
         (r.ok, r.failure, r.reason) for r in during
     ]
     assert after.ok
+
+
+async def test_des_and_no_auth_users_fall_back_to_pysnmp(pollers: Callable[..., SnmpPoller]) -> None:
+    """The fast path does not do DES privacy nor noAuthNoPriv: such devices get a pysnmp engine
+    (here against a port where nothing answers: a plain timeout, as before)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+        endpoint = SnmpEndpoint(
+            "127.0.0.1", port, "public", "u", "SHA", "authpass123", "DES", "privpass123", "x"
+        )
+        poller = pollers(endpoint)
+        des = v3_device(endpoint, "des", timeout_s=0.2)
+        assert des.snmp is not None
+        no_auth = Device(
+            "noauth",
+            "co-a",
+            "router",
+            "127.0.0.1",
+            snmp=SnmpSettings(
+                version="3", port=port, timeout_s=0.2, retries=0, user="v", critical_interfaces=(1,)
+            ),
+        )
+        readings = [await poller.poll(des), await poller.poll(no_auth)]
+    assert [(False, "timeout")] * 2 == [(r.ok, r.failure) for r in readings]
+    assert (None, None, 1) == (poller.v3_engine("des"), poller.v3_engine("noauth"), poller.engine_count)

@@ -57,7 +57,7 @@ PRIV_KEY = "privpass123"
 class V3User:
     name: str
     auth_protocol: str  # as in SnmpEndpoint: "SHA", "SHA256", "SHA512"
-    priv_protocol: str  # "AES", "AES256"
+    priv_protocol: str  # "AES", "AES192", "AES256"
 
 
 # All measured to work with Debian 12's snmpd 5.9.3 (built with OpenSSL); the first is `.endpoint`.
@@ -67,6 +67,7 @@ V3_USERS = (
     V3User("baton-sha512", "SHA512", "AES256"),
     V3User("baton-sha-aes256", "SHA", "AES256"),  # AES-256 key extended from a 20-octet SHA-1 key
     V3User("baton-sha256-aes256", "SHA256", "AES256"),
+    V3User("baton-sha-aes192", "SHA", "AES192"),
 )
 
 _NETSNMP_NAMES = {
