@@ -1,24 +1,31 @@
-"""SNMP poll throughput: Baton's SnmpPoller/PollScheduler vs prometheus-snmp-exporter.
+"""SNMP poll throughput: Baton's SnmpPoller/PollScheduler (v2c, v3 authPriv, or half and half)
+vs pysnmp, third-party v3 clients, net-snmp's C tools and prometheus-snmp-exporter.
 
-Starts K snmpd agents on 127.0.0.2.. (free UDP ports), simulates N devices as N distinct targets
-spread over those agents, and for `--duration` seconds polls every device once per `--interval`
-(sysUpTime + ifOperStatus.1 + sysName in one GET, as a device with one critical interface).
-Reports device-polls/s, client CPU per poll (process CPU / polls, target building excluded and
-reported separately), RSS, the agents' CPU, poll latency p50/p99, and whether the schedule was
-kept: every poll due (each device's phase, computed as the scheduler does) until 1 s before the
-stop must have started within 1 s of its due time and ended ok, with no failure and no overrun
-(a device's turn skipped because its previous poll was still running).
+Starts K snmpd agents on 127.0.0.2.. (free UDP ports; a v2c community and four v3 authPriv
+users), simulates N devices as N distinct targets spread over those agents, and for `--duration`
+seconds polls every device once per `--interval` (sysUpTime + ifOperStatus.1 + sysName in one
+GET, as a device with one critical interface). `--version 2c|3|mixed` (mixed: every other
+device is v3), `--v3-user`. Reports device-polls/s, client CPU per poll (process CPU / polls,
+target building excluded and reported separately), RSS, the agents' CPU, poll latency p50/p99,
+and whether the schedule was kept: every poll due (each device's phase, computed as the
+scheduler does) until 1 s before the stop must have started within 1 s of its due time and
+ended ok, with no failure and no overrun (a device's turn skipped because its previous poll was
+still running).
 
-`--impl fast` (default) is the v2c fast path (baton.adapters.snmp_fast); `--impl pysnmp` is the
-same poller with v2c through pysnmp (the code before the fast path). `--workers W`: W processes
-each poll N/W devices. `--repeat R` runs the Baton part R times (same agents) and prints the
-median. `--exporter` also runs prometheus-snmp-exporter for the same OIDs against the same agents
-and reports its CPU per device-scrape. Everything started is stopped. Logging is cut to warnings
-for both impls.
+`--impl fast` (default) is both fast paths (baton.adapters.snmp_fast, snmp_v3); `--impl before`
+is v2c fast and v3 through pysnmp; `--impl pysnmp` is everything through pysnmp. `--workers W`:
+W processes each poll N/W devices. `--repeat R` runs the Baton part R times (same agents) and
+prints the median. Side by side, CPU per request: `--per-poll N` (N polls outside the
+scheduler, per impl), `--candidates PYTHON|auto` (gufo-snmp, ezsnmp, netsnmp-cffi through
+bench/v3_candidates.py in their own venv), `--netsnmp-cli N` (snmpget processes, and the C
+engine's marginal cost from one snmpwalk), `--exporter` (prometheus-snmp-exporter, same OIDs,
+v2c and/or v3). `--skip-schedule` skips the scheduled run. Everything started is stopped.
+Logging is cut to warnings for every impl.
 
-    .venv/bin/python bench/poll.py --devices 1000 --duration 20 --repeat 3 --exporter --exporter-scrapes 2000
-    .venv/bin/python bench/poll.py --devices 10000 --duration 30 --repeat 3
-    .venv/bin/python bench/poll.py --devices 10000 --duration 20 --repeat 3 --impl pysnmp --workers 2
+    .venv/bin/python bench/poll.py --version mixed --per-poll 3000 --repeat 3 --skip-schedule \
+        --netsnmp-cli 200 --exporter --exporter-scrapes 2000 --candidates auto
+    .venv/bin/python bench/poll.py --devices 10000 --duration 30 --repeat 3 --version mixed
+    .venv/bin/python bench/poll.py --devices 10000 --duration 30 --repeat 1 --version mixed --impl before
 """
 
 from __future__ import annotations

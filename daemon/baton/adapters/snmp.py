@@ -19,7 +19,8 @@ v2c through pysnmp instead (used by the differential tests and `bench/poll.py --
 v3 authNoPriv/authPriv polls with MD5, SHA-1 or SHA-2 authentication and AES-128/192/256
 privacy take the v3 fast path (`snmp_v3`): RFC 3414 USM on `hashlib` and `cryptography` with
 the same BER codec, engine discovery and time synchronisation, every answer authenticated before
-it is believed (~0.2 ms of CPU per poll instead of ~2.2 ms through pysnmp). DES privacy and
+it is believed (0.07 ms of CPU per poll side by side, 0.16 ms inside the scheduler at 10,000
+devices, instead of 0.86–2.2 ms through pysnmp; bench/README.md). DES privacy and
 noAuthNoPriv users, and `SnmpPoller(fast_v3=False)`, go through pysnmp. pysnmp's high-level API
 re-runs its LCD configurator and MIB resolution on every call; at 10,000 devices every 10 s that
 is most of the CPU. So this module talks to pysnmp's command generator directly: per device, the
