@@ -9,6 +9,7 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, cast
 
 import pytest
@@ -240,7 +241,7 @@ class _Relay(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
         self.client = (str(addr[0]), int(addr[1]))
         if self.upstream is not None:
             self.upstream.sendto(data, self.agent)
@@ -263,12 +264,13 @@ class _Upstream(asyncio.DatagramProtocol):
 async def relay_to() -> AsyncIterator[Callable[..., Any]]:
     transports: list[asyncio.BaseTransport] = []
 
-    async def start(agent: SnmpdProcess, alter: Callable[[bytes], bytes] = lambda b: b) -> tuple[_Relay, int]:
+    async def start(
+        agent: SnmpdProcess, alter: Callable[[bytes], bytes] = lambda b: b, host: str = "127.0.0.1"
+    ) -> tuple[_Relay, int]:
         loop = asyncio.get_running_loop()
         relay = _Relay((agent.host, agent.port), alter)
-        front, _ = await loop.create_datagram_endpoint(
-            lambda: relay, local_addr=("127.0.0.1", 0), family=socket.AF_INET
-        )
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        front, _ = await loop.create_datagram_endpoint(lambda: relay, local_addr=(host, 0), family=family)
         back, _ = await loop.create_datagram_endpoint(
             lambda: _Upstream(relay), local_addr=("127.0.0.1", 0), family=socket.AF_INET
         )
@@ -347,6 +349,18 @@ async def test_answers_captured_from_snmpd_read_as_pysnmp_reads_them(
     assert isinstance(outcome, Answer)
     assert expected == list(outcome.response.varbinds)
     assert (5, endpoint.sys_name) == (len(expected), expected[3][1].value)
+
+
+async def test_v3_over_ipv6_loopback(
+    snmpd_agent: SnmpdProcess, pollers: Callable[..., SnmpPoller], relay_to: Callable[..., Any]
+) -> None:
+    """A v3 device at ::1 (a relay there to the IPv4 snmpd) is discovered and polled over the
+    fast path's AF_INET6 socket, its answers matched by their IPv6 source."""
+    endpoint = snmpd_agent.endpoint
+    _, port = await relay_to(snmpd_agent, host="::1")
+    device = v3_device(replace(endpoint, host="::1"), port=port)
+    reading = await pollers(endpoint).poll(device)
+    assert (True, endpoint.sys_name) == (reading.ok, reading.extra["sys_name"])
 
 
 async def test_many_v3_devices_at_once_keep_their_engines_apart(
