@@ -79,10 +79,18 @@ Sleep = Callable[[float], Awaitable[None]]
 Observed = Callable[[OfficeObserved], None]
 
 _NAMED_DEVICES = 4  # devices named in an office's detail before "and N more"
-# Worker threads of the monitor's own NETCONF probe pool (a bulkhead: probes of dark devices,
-# each holding a thread until its connect times out, never take the threads of handover RPCs,
-# which run in another pool). A probe that waits for a thread longer than its timeout fails.
-PROBE_THREADS = 64
+# The monitor's own NETCONF probe pool is a bulkhead: probes of dark devices, each holding a
+# worker until its connect times out, never take the workers of handover RPCs (another pool).
+# Within it, a probe that waits for a worker longer than its timeout fails, which would count
+# against a device that did nothing wrong; so the pool has room for every NETCONF device (one
+# probe in flight each) twice over, within bounds. Threads start only when needed.
+PROBE_THREADS_MIN = 16
+PROBE_THREADS_MAX = 1024
+
+
+def probe_threads(netconf_devices: int) -> int:
+    """Workers of the monitor's probe pool for an inventory of that many NETCONF devices."""
+    return max(PROBE_THREADS_MIN, min(PROBE_THREADS_MAX, 2 * netconf_devices))
 
 
 class HealthProbe(Protocol):
@@ -287,8 +295,8 @@ class Monitor:
     an `SnmpPoller` (closed on stop), a `NetconfProbe` per NETCONF-enabled device, and a
     `TrapReceiver` when `traps` is given. An injected receiver must deliver to its `events`
     queue (the default), which the monitor drains. The NETCONF probes it builds run their
-    blocking calls in `probe_executor`, or in a pool of `PROBE_THREADS` threads the monitor
-    owns (started with it, shut down when it stops).
+    blocking calls in `probe_executor`, or in a pool the monitor owns (`probe_threads` workers,
+    sized at start; shut down when it stops).
     """
 
     def __init__(
@@ -417,7 +425,8 @@ class Monitor:
         self._started = True
         loop = asyncio.get_running_loop()
         if self._probe_executor is None:
-            self._own_probe_pool = thread_pool("baton-probe", PROBE_THREADS)
+            netconf_devices = sum(1 for d in self._inventory.devices.values() if d.netconf.enabled)
+            self._own_probe_pool = thread_pool("baton-probe", probe_threads(netconf_devices))
         self._start_scheduler()
         for device in self._inventory.devices.values():
             if device.netconf.enabled:

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,9 @@ from baton.adapters.errors import (
     NetconfTimeoutError,
 )
 from baton.adapters.netconf import NetconfClient, NetconfProbe, thread_pool
-from baton.core.model import Device, NetconfSettings, SecretRef
+from baton.core.model import Device, Inventory, NetconfSettings, Office, Policy, SecretRef
+from baton.metrics import Metrics
+from baton.monitor import Monitor, probe_threads
 from tests.integration.test_netconf_adapter import IF_NS, INTERFACES_FILTER, device_for, read_secret
 from tests.lab_fixtures import ThreadedLabDevice
 from tests.peers.endpoints import SshEndpoint
@@ -436,3 +439,55 @@ async def test_an_unreadable_reply_is_a_reply_error(
         caught.value.outcome_unknown,
         kept,
     ), caught.value.cause
+
+
+# --- the monitor's probe pool ----------------------------------------------------------------
+
+
+class CountingPool(ThreadPoolExecutor):
+    def __init__(self) -> None:
+        super().__init__(max_workers=2, thread_name_prefix="test-monitor-probe")
+        self.submitted = 0
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        self.submitted += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+async def test_the_monitor_probes_in_the_pool_it_is_given(
+    tmp_path: Path, lab_netconf_device: ThreadedLabDevice
+) -> None:
+    """Monitor(probe_executor=pool): its NETCONF probes run there; the pool is the caller's to shut."""
+    device = device_for(lab_netconf_device.endpoint, tmp_path)
+    inventory = Inventory(offices={"gc": Office("gc", "Geumcheon", "seoul")}, devices={device.id: device})
+    pool = CountingPool()
+    probed = asyncio.Event()
+
+    def observed(_: object) -> None:  # once a round saw a NETCONF probe's result
+        if monitor.device_views("gc")[0]["probes"]["netconf"]["ok"] is not None:
+            probed.set()
+
+    monitor = Monitor(
+        inventory,
+        Policy(poll_interval_s=1.0),
+        resolve=read_secret,
+        metrics=Metrics(),
+        on_observed=observed,
+        probe_executor=pool,
+    )
+    await monitor.start()
+    try:
+        await asyncio.wait_for(probed.wait(), SANITY_S)
+        view = monitor.device_views("gc")[0]["probes"]["netconf"]
+    finally:
+        await monitor.stop()
+    try:
+        assert (True, True) == (view["ok"], pool.submitted > 0)
+        assert 1 == pool.submit(lambda: 1).result(5)  # still open: the monitor did not own it
+    finally:
+        pool.shutdown()
+
+
+def test_the_monitor_pool_has_room_for_every_netconf_device() -> None:
+    """Its own pool: two workers per NETCONF device, at least 16, at most 1024."""
+    assert [16, 16, 200, 1024] == [probe_threads(n) for n in (0, 8, 100, 5000)]

@@ -877,7 +877,7 @@ class NetconfClient:
         if self._closed:
             return
         self._closed = True
-        polite = polite and not self._broken
+        polite = polite and not self._broken and bool(self._mgr.connected)  # no RPC to a dead session
         async with self._lock:
             try:
                 await asyncio.wait_for(
