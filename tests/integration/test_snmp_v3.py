@@ -16,6 +16,7 @@ import pytest
 from pyasn1.codec.ber import decoder as ber_decoder
 from pyasn1.type import univ
 from pysnmp.proto import api as snmp_api
+from pysnmp.proto import rfc1902
 from pysnmp.proto.mpmod.rfc3412 import ScopedPDU, SNMPv3Message
 from pysnmp.proto.secmod.rfc3414.auth import hmacsha
 from pysnmp.proto.secmod.rfc3414.service import UsmSecurityParameters
@@ -28,6 +29,7 @@ from baton.core.model import Device, SecretRef, SnmpSettings, frozen_map
 from baton.metrics import Metrics
 from tests.peers.endpoints import SnmpEndpoint
 from tests.peers.snmpd import SnmpdProcess
+from tests.unit import test_snmp_v3 as fake
 
 pytestmark = pytest.mark.peer("snmpd")
 
@@ -422,3 +424,68 @@ async def test_des_and_no_auth_users_fall_back_to_pysnmp(pollers: Callable[..., 
         readings = [await poller.poll(des), await poller.poll(no_auth)]
     assert [(False, "timeout")] * 2 == [(r.ok, r.failure) for r in readings]
     assert (None, None, 1) == (poller.v3_engine("des"), poller.v3_engine("noauth"), poller.engine_count)
+
+
+class _ScriptedAgent(asyncio.DatagramProtocol):
+    """An "agent" built from pysnmp's USM pieces (tests.unit.test_snmp_v3) that answers engine
+    discovery properly, then every authenticated request with the report it is told to."""
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+        self.requests = 0
+        self.boots = 7
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, ...]) -> None:
+        message = read_message(data)
+        unknown_engine = [((1, 3, 6, 1, 6, 3, 15, 1, 1, 4, 0), rfc1902.Counter32(1))]
+        if not message.flags & 1:  # discovery
+            reply = fake.noauth_message(V2C.ReportPDU, unknown_engine, msg_id=message.msg_id)
+        elif self.answer == "unknownEngineID":
+            self.requests += 1
+            reply = fake.noauth_message(V2C.ReportPDU, unknown_engine, msg_id=message.msg_id)
+        else:  # an authenticated notInTimeWindow report, newer boots every time
+            self.requests += 1
+            self.boots += 1
+            reply = fake.answer(
+                priv=None,
+                msg_id=message.msg_id,
+                boots=self.boots,
+                engine_time=5,
+                pdu_cls=V2C.ReportPDU,
+                varbinds=[((1, 3, 6, 1, 6, 3, 15, 1, 1, 2, 0), rfc1902.Counter32(1))],
+            )
+        if self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        ("unknownEngineID", "unknown engine id (v3 discovery failed)"),
+        ("notInTimeWindow", "not in time window (v3)"),
+    ],
+)
+async def test_discovery_and_resync_are_tried_once_per_poll(
+    pollers: Callable[..., SnmpPoller], answer: str, reason: str
+) -> None:
+    """An agent that keeps refusing after a fresh discovery, or after one time resync, fails the
+    poll with its report as the reason; the poller does not loop."""
+    loop = asyncio.get_running_loop()
+    agent = _ScriptedAgent(answer)
+    transport, _ = await loop.create_datagram_endpoint(
+        lambda: agent, local_addr=("127.0.0.1", 0), family=socket.AF_INET
+    )
+    try:
+        port = int(transport.get_extra_info("sockname")[1])
+        endpoint = SnmpEndpoint(
+            "127.0.0.1", port, "public", "baton", "SHA", fake.AUTH_PASS, "AES", fake.PRIV_PASS, "x"
+        )
+        reading = await pollers(endpoint).poll(v3_device(endpoint))
+    finally:
+        transport.close()
+    assert (False, "auth", reason) == (reading.ok, reading.failure, reading.reason)
+    assert (1 if answer == "unknownEngineID" else 2) == agent.requests

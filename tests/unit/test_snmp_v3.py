@@ -499,7 +499,7 @@ def test_unauthenticated_reports_are_reasons_never_answers() -> None:
     assert Discarded("unauthenticated response to an authenticated request") == judge(target, response)
 
 
-def noauth_message(pdu_cls: Any, varbinds: list[tuple[Any, Any]]) -> bytes:
+def noauth_message(pdu_cls: Any, varbinds: list[tuple[Any, Any]], msg_id: int = 2**24 + 9) -> bytes:
     """A noAuthNoPriv message from the agent (as net-snmp sends its failure reports)."""
     pdu = pdu_cls()
     V2C.apiPDU.set_defaults(pdu)
@@ -516,7 +516,7 @@ def noauth_message(pdu_cls: Any, varbinds: list[tuple[Any, Any]]) -> bytes:
     message = SNMPv3Message()
     message.setComponentByPosition(0, 3)
     header = message.setComponentByPosition(1).getComponentByPosition(1)
-    for i, value in enumerate((2**24 + 9, 65507, b"\x00", 3)):
+    for i, value in enumerate((msg_id, 65507, b"\x00", 3)):
         header.setComponentByPosition(i, value)
     message.setComponentByPosition(2, bytes(ber_encoder.encode(usm)))
     message.setComponentByPosition(3).getComponentByPosition(3).setComponentByPosition(0, scoped)
