@@ -157,7 +157,9 @@ def extend_key(hash_name: str, key: bytes, size: int) -> bytes:
 
 class KeyCache:
     """Master keys by (hash, pass phrase digest): 10,000 devices sharing credentials hash the
-    1 MiB stream once. The phrases themselves are not kept, only a SHA-256 of them as the key."""
+    1 MiB stream once. The phrases themselves are not kept, only a SHA-256 of them as the key.
+    Entries live as long as the poller (as pysnmp's LCD keeps its users): after a credential
+    rotation the old master key stays in memory until the daemon restarts or the poller closes."""
 
     def __init__(self) -> None:
         self._masters: dict[tuple[str, bytes], bytes] = {}
