@@ -10,6 +10,7 @@ from baton.core.actions import AbortRun, Alert, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
     Acked,
     ClosureDeclared,
+    ConfigLoaded,
     Event,
     HandbackRequested,
     LeaseChanged,
@@ -17,11 +18,12 @@ from baton.core.events import (
     PauseSet,
     RunFinished,
     ShadowSet,
+    Stopping,
     Ticked,
 )
 from baton.core.machine import TRANSITIONS, Transition, step
 from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
-from tests.unit.core_builders import drive, make_state, with_office
+from tests.unit.core_builders import CHAINS, drive, make_state, with_office
 
 P = Policy()  # hold_down_s 30, anti_flap_block_s 3600, handback_hold_s 600, storm > 2 offices / 25 %
 D, H = OfficeVerdict.DOWN, OfficeVerdict.HEALTHY
@@ -71,8 +73,17 @@ def failed(state: State, name: str = "a") -> State:
     )
 
 
-def start(kind: RunKind, run_id: str, alternate: str, reason: str, name: str = "a") -> StartRun:
-    return StartRun(name, kind, run_id, alternate, reason)
+def start(
+    kind: RunKind, run_id: str, alternate: str, reason: str, name: str = "a", who: str = "baton"
+) -> StartRun:
+    return StartRun(name, kind, run_id, alternate, reason, who=who)
+
+
+def healthy(state: State, *names: str) -> State:
+    """`names` judged HEALTHY (an operator's --to needs that)."""
+    for name in names:
+        state = with_office(state, name, verdict=OfficeVerdict.HEALTHY)
+    return state
 
 
 # --- verdicts, hold-down, recovery --------------------------------------------------------
@@ -366,14 +377,14 @@ def test_a_declared_closure_bypasses_automation_guards() -> None:
     t = step(state, ClosureDeclared("a", "alice", "fire", until=500.0), Policy(require_approval=True), 5.0)
     reason = "office a declared closed by alice (fire); handing over to b"
     a = office(t.state)
-    assert ((start(HANDOVER, "handover-a-5000", "b", reason),), reason) == (t.actions, t.reason)
+    assert ((start(HANDOVER, "handover-a-5000", "b", reason, who="alice"),), reason) == (t.actions, t.reason)
     assert (Phase.HANDING_OVER, Closure("declared", 5.0, "fire", "alice", 500.0)) == (a.phase, a.closure)
 
 
 def test_a_declared_closure_without_the_lease_is_recorded_and_honoured_later() -> None:
     """No lease: CLOSED and blocked; once the lease is held a tick hands over to the operator's choice."""
     _, ts = drive(
-        make_state(leader=False),
+        healthy(make_state(leader=False), "c"),
         P,
         (5.0, ClosureDeclared("a", "alice", "fire", to="c")),
         (6.0, LeaseChanged(held=True)),
@@ -384,7 +395,10 @@ def test_a_declared_closure_without_the_lease_is_recorded_and_honoured_later() -
     assert [
         (RaiseAlert(Alert.AUTOMATION_BLOCKED, "a", blocked),),
         (),
-        (ClearAlert(Alert.AUTOMATION_BLOCKED, "a"), start(HANDOVER, "handover-a-7000", "c", retried)),
+        (
+            ClearAlert(Alert.AUTOMATION_BLOCKED, "a"),
+            start(HANDOVER, "handover-a-7000", "c", retried, who="alice"),
+        ),
     ] == [t.actions for t in ts]
     assert ["lease held; blocked handovers retry on the next tick"] == [ts[1].reason]
 
@@ -421,12 +435,25 @@ RUNNING = with_office(
         (make_state(), ClosureDeclared("a", "alice", "fire", until=4.0), "until 4 is not in the future"),
         (RUNNING, ClosureDeclared("a", "alice", "fire"), "handover run r1 in progress"),
         (
-            handed_over(make_state()),
+            healthy(handed_over(make_state()), "c"),
             ClosureDeclared("a", "alice", "fire", to="c"),
             "already handed over to b; hand back first to move to c",
         ),
+        (
+            with_office(make_state(), "c", verdict=OfficeVerdict.DEGRADED, verdict_detail="1/2 down"),
+            ClosureDeclared("a", "alice", "fire", to="c"),
+            "c is DEGRADED (1/2 down), not HEALTHY: it cannot take over",
+        ),
     ],
-    ids=["to-itself", "to-unknown", "to-not-open", "until-past", "run-in-progress", "move-handed-over"],
+    ids=[
+        "to-itself",
+        "to-unknown",
+        "to-not-open",
+        "until-past",
+        "run-in-progress",
+        "move-handed-over",
+        "to-not-healthy",
+    ],
 )
 def test_a_declaration_that_cannot_apply_is_refused(state: State, event: ClosureDeclared, why: str) -> None:
     """A refused declaration leaves the state unchanged and says why."""
@@ -454,7 +481,9 @@ def test_a_declaration_on_a_handed_over_office_relabels_the_closure() -> None:
 
 def test_the_operators_alternate_is_rechecked_on_retry() -> None:
     """An operator's choice that is no longer OPEN when the retry comes is not used; NO_ALTERNATE says so."""
-    state, _ = drive(make_state(leader=False), P, (5.0, ClosureDeclared("a", "alice", "fire", to="c")))
+    state, _ = drive(
+        healthy(make_state(leader=False), "c"), P, (5.0, ClosureDeclared("a", "alice", "fire", to="c"))
+    )
     state = with_office(replace(state, leader=True), "c", phase=Phase.SUSPECT)
     t = step(state, Ticked("a"), P, 6.0)
     reason = (
@@ -686,9 +715,13 @@ def test_ack_of_a_failed_office_reopens_it() -> None:
 
 def test_a_declaration_after_failure_retries_and_clears_the_alert() -> None:
     """ClosureDeclared in FAILED clears RUN_FAILED and starts a new handover."""
-    t = step(failed(make_state()), ClosureDeclared("a", "bob", "retry", to="c"), P, 100.0)
+    t = step(healthy(failed(make_state()), "c"), ClosureDeclared("a", "bob", "retry", to="c"), P, 100.0)
     reason = "office a declared closed by bob (retry); handing over to c"
-    assert (ClearAlert(Alert.RUN_FAILED, "a"), start(HANDOVER, "handover-a-100000", "c", reason)) == t.actions
+    expected = (
+        ClearAlert(Alert.RUN_FAILED, "a"),
+        start(HANDOVER, "handover-a-100000", "c", reason, who="bob"),
+    )
+    assert expected == t.actions
 
 
 @pytest.mark.parametrize(
@@ -808,8 +841,46 @@ def _to_handed_over() -> list[tuple[float, Event]]:
     ]
 
 
+def _cascade(trigger: Event) -> list[tuple[float, Event]]:
+    """a handed over to b; b closes and is handed over to c; a is re-homed (to c)."""
+    return [
+        *_to_handed_over(),
+        (50.0, obs("c", H)),
+        (50.0, obs("b", D)),
+        (80.0, Ticked("b")),
+        (81.0, trigger),
+    ]
+
+
 # (policy, initial state, events): together they make every phase change in TRANSITIONS.
 SCENARIOS: list[tuple[Policy, State, list[tuple[float, Event]]]] = [
+    # cascades, by observation and by tick
+    (P, make_state(), _cascade(obs("a", H))),
+    (P, make_state(), _cascade(Ticked("a"))),
+    # a catch-up in progress when a handback is asked: the handback follows its result
+    (
+        P,
+        make_state(),
+        [
+            (0.0, obs("a", D)),
+            (30.0, Ticked("a")),
+            (40.0, RunFinished("a", "handover-a-30000", HANDOVER, ok=True, pending=frozenset({"a1"}))),
+            (50.0, OfficeObserved("a", H, answering=frozenset({"a1"}))),
+            (51.0, HandbackRequested("a", "bob", "reopened")),
+            (52.0, RunFinished("a", "catchup-a-50000", HANDOVER, ok=False)),
+        ],
+    ),
+    # drills end with shadow mode, by command and by baton.yaml
+    (
+        P,
+        make_state(shadow=True),
+        [(0.0, ClosureDeclared("a", "alice", "drill")), (1.0, ShadowSet(False, "bob"))],
+    ),
+    (
+        P,
+        make_state(shadow=True, config_shadow=True),
+        [(0.0, ClosureDeclared("a", "alice", "drill")), (1.0, ConfigLoaded(CHAINS, shadow=False))],
+    ),
     # OPEN → SUSPECT → HANDING_OVER → HANDED_OVER → HANDING_BACK → OPEN (still DOWN) → SUSPECT by tick
     (
         P,
@@ -922,7 +993,8 @@ def phase_changes(
         after = step(state, event, policy, now).state
         for name, before in state.offices.items():
             if before.phase is not after.offices[name].phase:
-                assert name == getattr(event, "office", None), f"{event} changed office {name}"
+                if hasattr(event, "office"):
+                    assert name == event.office, f"{event} changed office {name}"
                 changes.add((before.phase, type(event).__name__, after.offices[name].phase))
         state = after
     return changes
@@ -934,3 +1006,128 @@ def test_the_transition_table_and_the_code_agree() -> None:
     for policy, state, events in SCENARIOS:
         observed |= phase_changes(policy, state, events)
     assert sorted(TRANSITIONS) == sorted(observed)
+
+
+# --- cascades, catch-ups, drills, the shadow rule, stopping ------------------------------
+
+
+def test_an_office_operated_by_a_closed_office_is_re_homed() -> None:
+    """a handed over to b; b closes and goes to c; a's next tick re-homes a to c (by a run)."""
+    state, ts = drive(make_state(), P, *_cascade(Ticked("a")))
+    reason = "office a HANDED_OVER to b, which is HANDING_OVER; re-homing to c"
+    expected = StartRun("a", HANDOVER, "handover-a-81000", "c", reason, previous="b")
+    assert (expected,) == tuple(a for a in ts[-1].actions if isinstance(a, StartRun))
+    a = office(state)
+    assert (Phase.HANDING_OVER, "c", "b") == (a.phase, a.alternate, a.previous_alternate)
+
+
+def test_a_cascade_with_nowhere_to_go_raises_an_alert_naming_the_office() -> None:
+    """a's only alternate is the office that closed: no run, one alert that says so."""
+    chains = {"a": ("b",), "b": ("a", "c"), "c": (), "d": (), "e": (), "f": (), "g": (), "h": ()}
+    state, _ = drive(make_state(chains), P, *_to_handed_over(), (50.0, obs("c", H)), (50.0, obs("b", D)))
+    state, ts = drive(state, P, (80.0, Ticked("b")), (81.0, Ticked("a")), (82.0, Ticked("a")))
+    reason = (
+        "office a HANDED_OVER to b, which is HANDING_OVER; not re-homed: no alternate available: "
+        "b is the office that closed"
+    )
+    assert (RaiseAlert(Alert.OPERATED_BY_CLOSED, "a", reason),) == ts[1].actions
+    assert () == ts[2].actions  # raised once
+
+
+def test_devices_left_pending_are_caught_up_when_they_answer() -> None:
+    """A handover leaves a1 pending; a1 answers; a catch-up hands it over; nothing pending after."""
+    state, ts = drive(
+        make_state(),
+        P,
+        (0.0, obs("a", D)),
+        (30.0, Ticked("a")),
+        (40.0, RunFinished("a", "handover-a-30000", HANDOVER, ok=True, pending=frozenset({"a1", "a2"}))),
+        (50.0, OfficeObserved("a", D, answering=frozenset())),
+        (60.0, OfficeObserved("a", D, answering=frozenset({"a1"}))),
+    )
+    assert () == ts[3].actions
+    [catchup] = ts[4].actions
+    assert isinstance(catchup, StartRun)
+    assert ("catchup-a-60000", frozenset({"a1"}), "b") == (catchup.run_id, catchup.devices, catchup.alternate)
+    state, ts = drive(
+        state, P, (70.0, RunFinished("a", "catchup-a-60000", HANDOVER, ok=True, done=frozenset({"a1"})))
+    )
+    a = office(state)
+    assert (Phase.HANDED_OVER, frozenset({"a2"}), None) == (a.phase, a.pending, a.catchup_id)
+
+
+def test_a_failed_catch_up_waits_a_growing_backoff() -> None:
+    state, _ = drive(
+        make_state(),
+        P,
+        (0.0, obs("a", D)),
+        (30.0, Ticked("a")),
+        (40.0, RunFinished("a", "handover-a-30000", HANDOVER, ok=True, pending=frozenset({"a1"}))),
+        (60.0, OfficeObserved("a", D, answering=frozenset({"a1"}))),
+        (61.0, RunFinished("a", "catchup-a-60000", HANDOVER, ok=False)),
+        (70.0, OfficeObserved("a", D, answering=frozenset({"a1"}))),
+    )
+    a = office(state)
+    assert (None, 1, 91.0) == (a.catchup_id, a.catchup_failures, a.catchup_not_before)
+    state, _ = drive(state, P, (92.0, OfficeObserved("a", D, answering=frozenset({"a1"}))))
+    assert "catchup-a-92000" == office(state).catchup_id
+
+
+def test_catch_ups_respect_pause_storm_and_shadow() -> None:
+    base, _ = drive(
+        make_state(),
+        P,
+        (0.0, obs("a", D)),
+        (30.0, Ticked("a")),
+        (40.0, RunFinished("a", "handover-a-30000", HANDOVER, ok=True, pending=frozenset({"a1"}))),
+    )
+    for flags in ({"paused": True}, {"storm": True}, {"shadow": True}, {"leader": False}):
+        t = step(replace(base, **flags), OfficeObserved("a", D, answering=frozenset({"a1"})), P, 60.0)
+        assert not [a for a in t.actions if isinstance(a, StartRun)], flags
+
+
+def test_a_drill_never_becomes_a_real_handover() -> None:
+    """Declared in shadow mode, the closure ends with shadow mode: nothing runs unless asked again."""
+    state, ts = drive(
+        make_state(shadow=True),
+        P,
+        (0.0, ClosureDeclared("a", "alice", "drill")),
+        (10.0, ShadowSet(False, "bob")),
+        (11.0, Ticked("a")),
+    )
+    assert office(state).closure is None
+    assert Phase.OPEN is office(state).phase
+    assert (
+        "shadow mode off by bob: Baton acts again; drill closure(s) ended, declare again to hand over: a"
+        == ts[1].reason
+    )
+    assert not [a for t in ts for a in t.actions if isinstance(a, StartRun)]
+
+
+def test_the_shadow_rule_baton_yaml_applies_when_it_changes() -> None:
+    """baton.yaml's shadow applies when it differs from the value last loaded; a command stands
+    until then (a restart with the same file changes nothing)."""
+    _, ts = drive(
+        make_state(),
+        P,
+        (0.0, ConfigLoaded(CHAINS, shadow=True)),
+        (1.0, ShadowSet(False, "bob")),
+        (2.0, ConfigLoaded(CHAINS, shadow=True)),  # a restart, same file
+        (3.0, ConfigLoaded(CHAINS, shadow=False)),  # the file changed: it applies (already off)
+        (4.0, ConfigLoaded(CHAINS, shadow=True)),
+    )
+    assert [True, False, False, False, True] == [t.state.shadow for t in ts]
+
+
+def test_stopping_starts_nothing() -> None:
+    """Once stopping, neither a detected nor a declared closure starts a run; the closure stays."""
+    state, ts = drive(
+        make_state(),
+        P,
+        (0.0, Stopping()),
+        (1.0, obs("a", D)),
+        (31.0, Ticked("a")),
+        (32.0, ClosureDeclared("c", "alice", "fire")),
+    )
+    assert not [a for t in ts for a in t.actions if isinstance(a, StartRun)]
+    assert (Phase.CLOSED, Phase.CLOSED) == (office(state).phase, office(state, "c").phase)

@@ -262,3 +262,20 @@ def test_yaml_syntax_error_has_a_line(tmp_path: Path) -> None:
     [(line, message)] = errors(path)
     assert line is not None
     assert message.startswith("YAML syntax error")
+
+
+def test_runner_step_names_are_reserved(tmp_path: Path) -> None:
+    """A step named like one of the runner's own calls would be folded as that call: refused."""
+    path = write(tmp_path, HEAD + "  - {name: commit, kind: netconf.edit, config: '<x/>'}\n")
+    assert [(5, "step name 'commit' is reserved: the runner journals its own calls under it")] == errors(path)
+
+
+def test_on_failure_stop_is_gone(tmp_path: Path) -> None:
+    """'stop' left devices committed for good: only rollback and rollback_device remain."""
+    path = write(
+        tmp_path,
+        HEAD.replace("steps:", "on_failure: stop\nsteps:")
+        + "  - {name: a, kind: netconf.edit, config: '<x/>'}\n",
+    )
+    [(_, message)] = errors(path)
+    assert "rollback" in message

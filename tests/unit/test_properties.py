@@ -7,10 +7,11 @@ from types import MappingProxyType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from baton.core.actions import Action, Alert, ClearAlert, RaiseAlert, StartRun
+from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
     Acked,
     ClosureDeclared,
+    ConfigLoaded,
     Event,
     HandbackRequested,
     LeaseChanged,
@@ -18,6 +19,7 @@ from baton.core.events import (
     PauseSet,
     RunFinished,
     ShadowSet,
+    Stopping,
     Ticked,
 )
 from baton.core.health import (
@@ -44,7 +46,7 @@ from baton.core.model import (
 )
 
 RUNNING = (Phase.HANDING_OVER, Phase.HANDING_BACK)
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 policies = st.builds(
     Policy,
@@ -78,12 +80,19 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
             ["observed"] * 6
             + ["ticked"] * 4
             + ["declared", "handback", "acked", "finished"] * 2
-            + ["pause", "shadow", "lease"]
+            + ["pause", "shadow", "lease", "stopping", "config"]
         )
     )
     if kind == "observed":
         verdicts = [OfficeVerdict.DOWN] * 3 + [OfficeVerdict.HEALTHY] * 3 + list(OfficeVerdict)
-        return OfficeObserved(office, data.draw(st.sampled_from(verdicts)), "detail")
+        pending = sorted(current.pending) if current is not None else []
+        answering = data.draw(st.sets(st.sampled_from(pending))) if pending else set()
+        return OfficeObserved(office, data.draw(st.sampled_from(verdicts)), "detail", frozenset(answering))
+    if kind == "stopping":
+        return Stopping()
+    if kind == "config":
+        chains = {name: o.alternates for name, o in state.offices.items()}
+        return ConfigLoaded(MappingProxyType(chains), shadow=data.draw(st.booleans()))
     if kind == "ticked":
         return Ticked(office)
     if kind == "declared":
@@ -96,10 +105,14 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
         return Acked(office, "op")
     if kind == "finished":
         run_id = current.run_id if current is not None and current.run_id else "stale"
-        run_id = data.draw(st.sampled_from([run_id, run_id, "stale"]))
+        catchup = current.catchup_id if current is not None and current.catchup_id else run_id
+        run_id = data.draw(st.sampled_from([run_id, run_id, catchup, catchup, "stale"]))
         run_kind = current.run_kind if current is not None and current.run_kind else RunKind.HANDOVER
         run_kind = data.draw(st.sampled_from([run_kind, run_kind, *RunKind]))
-        return RunFinished(office, run_id, run_kind, ok=data.draw(st.booleans()))
+        devices = [f"{office}-d{i}" for i in range(3)]
+        pending = frozenset(data.draw(st.sets(st.sampled_from(devices))))
+        done = frozenset(data.draw(st.sets(st.sampled_from(devices)))) - pending
+        return RunFinished(office, run_id, run_kind, ok=data.draw(st.booleans()), pending=pending, done=done)
     flag = data.draw(st.booleans())
     if kind == "pause":
         return PauseSet(flag, "op")
@@ -144,20 +157,33 @@ def check_step(before: State, event: Event, policy: Policy, now: float) -> State
     assert t == step(before, event, policy, now), "step is deterministic"
 
     for name, was in before.offices.items():
+        if name not in after.offices:
+            assert isinstance(event, ConfigLoaded), "only a configuration drops an office"
+            continue
         now_phase = after.offices[name].phase
         if was.phase is not now_phase:
-            assert name == getattr(event, "office", None), "only the event's office changes phase"
+            if hasattr(event, "office"):
+                assert name == event.office, "only the event's office changes phase"
             assert (was.phase, type(event).__name__, now_phase) in TRANSITIONS
-    check_alerts_raised_once(before, after, t.actions)
+    if not isinstance(event, ConfigLoaded):
+        check_alerts_raised_once(before, after, t.actions)
 
     starts = [a for a in t.actions if isinstance(a, StartRun)]
     assert len(starts) == len({s.office for s in starts}) <= 1, "at most one run started per step"
     for run in starts:
         was, now_office = before.offices[run.office], after.offices[run.office]
         assert was.phase not in RUNNING, "never two runs for one office"
-        assert (now_office.phase in RUNNING, now_office.run_id) == (True, run.run_id)
+        assert was.catchup_id is None, "never two runs for one office (a catch-up is one)"
+        assert not before.stopping, "nothing starts while Baton is stopping"
         assert before.leader, "nothing runs without the lease"
         assert not before.shadow, "shadow mode never emits a run"
+        if run.devices is not None:  # a catch-up: the phase stays, the office knows its run
+            assert (now_office.catchup_id, now_office.phase) == (run.run_id, was.phase)
+            assert run.devices <= was.pending, "a catch-up hands over only pending devices"
+            assert not before.paused, "catch-ups respect pause"
+            assert not before.storm, "catch-ups respect the storm guard"
+            continue
+        assert (now_office.phase in RUNNING, now_office.run_id) == (True, run.run_id)
         operator = isinstance(event, ClosureDeclared | HandbackRequested)
         declared_handover = (
             run.kind is RunKind.HANDOVER
@@ -169,12 +195,34 @@ def check_step(before: State, event: Event, policy: Policy, now: float) -> State
             assert Phase.OPEN is before.offices[run.alternate].phase, (
                 "the alternate is OPEN (not closed, not handed over)"
             )
+        rehome = run.previous is not None and was.phase is Phase.HANDED_OVER
         if after.storm:
             assert operator or declared_handover, "a storm freezes automatic runs"
         if not operator and not declared_handover:
             assert not before.paused, "automatic runs respect pause"
-            assert not now_office.flapping, "automatic runs respect flapping"
-            assert was.blocked_until is None or was.blocked_until <= now, "automatic runs respect anti-flap"
+            if not rehome:  # a re-home moves a handover whose alternate closed: urgent, not a flap
+                assert not now_office.flapping, "automatic runs respect flapping"
+                assert was.blocked_until is None or was.blocked_until <= now, (
+                    "automatic runs respect anti-flap"
+                )
+
+    # Cascades: an office operated by a closed (or handed-over, or failed) office is never left
+    # so without a run or an alert, once it is settled (its own observation or tick).
+    settled = before.offices.get(getattr(event, "office", ""))
+    if isinstance(event, OfficeObserved | Ticked) and settled is not None:
+        office_after = after.offices[settled.office]
+        operator_office = after.offices.get(office_after.alternate or "")
+        lost = operator_office is None or operator_office.phase in (
+            Phase.CLOSED,
+            Phase.HANDING_OVER,
+            Phase.HANDED_OVER,
+            Phase.FAILED,
+        )
+        if office_after.phase is Phase.HANDED_OVER and lost:
+            aborts = [a for a in t.actions if isinstance(a, AbortRun)]
+            assert Alert.OPERATED_BY_CLOSED in office_after.alerts or aborts, (
+                f"{settled.office} left operated by {office_after.alternate}: {t.reason}"
+            )
 
     # An operator's declaration with the lease, outside shadow mode, with an eligible alternate always runs.
     if (
@@ -185,6 +233,8 @@ def check_step(before: State, event: Event, policy: Policy, now: float) -> State
         and (event.until is None or event.until > now)
         and before.leader
         and not before.shadow
+        and not before.stopping
+        and office.catchup_id is None
         and eligible_alternate(before, office)
     ):
         assert starts, f"declared closure did not run: {t.reason}"

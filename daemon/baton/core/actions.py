@@ -18,6 +18,7 @@ class Alert(StrEnum):
     AUTOMATION_BLOCKED = "automation_blocked"  # closed, but paused / anti-flap / no lease
     WOULD_HAND_OVER = "would_hand_over"  # shadow mode: what Baton would have done
     HANDBACK_PROPOSED = "handback_proposed"  # reopened office healthy long enough
+    OPERATED_BY_CLOSED = "operated_by_closed"  # its alternate closed: re-homing, or nowhere to go
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,9 @@ class StartRun:
     run_id: str
     alternate: str  # handover: the office taking over; handback: the office handing back
     reason: str
+    who: str = "baton"  # the operator who asked, or baton for an automatic decision
+    devices: frozenset[str] | None = None  # a catch-up: only these devices (None: every target)
+    previous: str | None = None  # a re-home: the office that operated it until now
 
 
 @dataclass(frozen=True, slots=True)

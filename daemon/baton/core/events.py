@@ -6,9 +6,10 @@ operator commands (API) and run results, and feeds them to the machine one at a 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
-from baton.core.model import OfficeVerdict, RunKind
+from baton.core.model import OfficeVerdict, Policy, RunKind, frozen_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +19,24 @@ class OfficeObserved:
     office: str
     verdict: OfficeVerdict
     detail: str = ""  # "6/8 critical devices down"
+    # Of the office's devices left pending by a run (unreachable then), those that answer now.
+    answering: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigLoaded:
+    """The daemon started, or reloaded: the offices and their alternate chains, baton.yaml's
+    `shadow`, and the policy in force from now on (kept with the inputs, so `baton replay`
+    decides with the policy each decision was made with)."""
+
+    offices: Mapping[str, tuple[str, ...]] = field(default_factory=frozen_map)
+    shadow: bool = False
+    policy: Policy = field(default_factory=Policy)
+
+
+@dataclass(frozen=True, slots=True)
+class Stopping:
+    """The daemon is stopping: start nothing it could not finish."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +101,9 @@ class LeaseChanged:
 
 
 Event = (
-    OfficeObserved
+    ConfigLoaded
+    | Stopping
+    | OfficeObserved
     | Ticked
     | ClosureDeclared
     | HandbackRequested

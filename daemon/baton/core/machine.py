@@ -62,6 +62,7 @@ from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, 
 from baton.core.events import (
     Acked,
     ClosureDeclared,
+    ConfigLoaded,
     Event,
     HandbackRequested,
     LeaseChanged,
@@ -69,6 +70,7 @@ from baton.core.events import (
     PauseSet,
     RunFinished,
     ShadowSet,
+    Stopping,
     Ticked,
 )
 from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
@@ -90,6 +92,7 @@ _SETTLE_CHANGES = (
     (Phase.CLOSED, Phase.HANDING_OVER),  # guards cleared
     (Phase.CLOSED, Phase.HANDING_BACK),  # declared `until` passed after a run touched the office
     (Phase.HANDED_OVER, Phase.HANDING_BACK),  # automatic handback
+    (Phase.HANDED_OVER, Phase.HANDING_OVER),  # its alternate closed: re-homed (a cascade)
 )
 
 # Every phase change `step` can make: (from phase, event name, to phase).
@@ -108,7 +111,10 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         (Phase.CLOSED, _HANDBACK, Phase.OPEN),
         *((p, _HANDBACK, Phase.HANDING_BACK) for p in (Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)),
         (Phase.FAILED, _ACKED, Phase.OPEN),
+        # shadow mode ends (by command or baton.yaml): drill closures end with it
+        *((Phase.CLOSED, e, Phase.OPEN) for e in (ShadowSet.__name__, ConfigLoaded.__name__)),
         # run results
+        (Phase.HANDED_OVER, _FINISHED, Phase.HANDING_BACK),  # a catch-up ended, a handback waited
         (Phase.HANDING_OVER, _FINISHED, Phase.HANDED_OVER),
         (Phase.HANDING_BACK, _FINISHED, Phase.OPEN),
         *((p, _FINISHED, Phase.FAILED) for p in (Phase.HANDING_OVER, Phase.HANDING_BACK)),
@@ -156,9 +162,19 @@ def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
     if isinstance(event, PauseSet):
         return _on_pause(state, event)
     if isinstance(event, ShadowSet):
-        return _on_shadow(state, event)
+        return _on_shadow(
+            state, event.shadow, f"shadow mode {'on' if event.shadow else 'off'} by {event.who}", now
+        )
     if isinstance(event, LeaseChanged):
         return _on_lease(state, event)
+    if isinstance(event, ConfigLoaded):
+        return _on_config(state, event, now)
+    if isinstance(event, Stopping):
+        return Transition(
+            replace(state, stopping=True),
+            (),
+            "stopping: no new run starts; runs in progress reach a safe point",
+        )
     office = state.offices.get(event.office)
     if office is None:
         return Transition(state, (), f"{type(event).__name__} for unknown office {event.office!r} ignored")
@@ -236,12 +252,67 @@ def _on_pause(state: State, event: PauseSet) -> Transition:
     return Transition(replace(state, paused=event.paused), (), f"automation {word} by {event.who}{tail}")
 
 
-def _on_shadow(state: State, event: ShadowSet) -> Transition:
-    word = "on" if event.shadow else "off"
-    if state.shadow == event.shadow:
-        return Transition(state, (), f"shadow mode already {word}; {event.who} changed nothing")
-    tail = ": Baton decides and alerts but runs nothing" if event.shadow else ": Baton acts again"
-    return Transition(replace(state, shadow=event.shadow), (), f"shadow mode {word} by {event.who}{tail}")
+def _on_shadow(state: State, shadow: bool, said: str, now: float) -> Transition:
+    word = "on" if shadow else "off"
+    if state.shadow == shadow:
+        return Transition(state, (), f"shadow mode already {word}; {said.split(' by ')[-1]} changed nothing")
+    if shadow:
+        return Transition(
+            replace(state, shadow=True), (), f"{said}: Baton decides and alerts but runs nothing"
+        )
+    # Shadow means drill: nothing decided in shadow mode is carried out once it ends.
+    offices = dict(state.offices)
+    actions: list[Action] = []
+    ended = []
+    for office in state.offices.values():
+        if office.phase is Phase.CLOSED and office.closure is not None and office.closure.drill:
+            reopened, cleared = _clear(
+                replace(office, phase=Phase.OPEN, since=now, closure=None, alternate=None), *_WORK_ALERTS
+            )
+            offices[office.office] = reopened
+            actions.extend(cleared)
+            ended.append(office.office)
+    tail = "; drill closure(s) ended, declare again to hand over: " + ", ".join(ended) if ended else ""
+    return Transition(
+        replace(state, shadow=False, offices=MappingProxyType(offices)),
+        tuple(actions),
+        f"{said}: Baton acts again{tail}",
+    )
+
+
+def _on_config(state: State, event: ConfigLoaded, now: float) -> Transition:
+    """Start or reload: the inventory's offices and chains, and the rule for `shadow`: the value
+    in baton.yaml applies when it differs from the one last loaded; otherwise the last operator
+    command stands (a restart changes nothing)."""
+    offices: dict[str, OfficeState] = {}
+    added = []
+    for office_id, alternates in event.offices.items():
+        known = state.offices.get(office_id)
+        if known is None:
+            added.append(office_id)
+        offices[office_id] = replace(known or OfficeState(office=office_id), alternates=tuple(alternates))
+    dropped = []
+    for office_id, known in state.offices.items():
+        if office_id in offices:
+            continue
+        if known.phase in _RUNNING or known.catchup_id is not None:
+            offices[office_id] = known  # kept until its run is finished
+        else:
+            dropped.append(office_id)
+    notes = [f"{len(offices)} office(s)"]
+    if added and state.offices:
+        notes.append("new: " + ", ".join(sorted(added)))
+    if dropped:
+        notes.append("no longer in the inventory: " + ", ".join(sorted(dropped)))
+    loaded = replace(state, offices=MappingProxyType(offices), stopping=False)
+    reason = "configuration loaded: " + "; ".join(notes)
+    if state.config_shadow == event.shadow:
+        return Transition(loaded, (), reason)
+    loaded = replace(loaded, config_shadow=event.shadow)
+    shadowed = _on_shadow(
+        loaded, event.shadow, f"shadow mode {'on' if event.shadow else 'off'} by baton.yaml", now
+    )
+    return Transition(shadowed.state, shadowed.actions, f"{reason}; {shadowed.reason}")
 
 
 def _on_lease(state: State, event: LeaseChanged) -> Transition:
@@ -251,9 +322,10 @@ def _on_lease(state: State, event: LeaseChanged) -> Transition:
         )
     # Re-sent even if the lease was already lost: aborting twice is harmless, a run left going is not.
     aborts = tuple(
-        AbortRun(o.office, o.run_id, "lease lost")
+        AbortRun(o.office, run_id, "lease lost")
         for o in state.offices.values()
-        if o.phase in _RUNNING and o.run_id is not None
+        for run_id in (o.run_id if o.phase in _RUNNING else None, o.catchup_id)
+        if run_id is not None
     )
     if not aborts:
         return Transition(replace(state, leader=False), (), "lease lost; no run in progress")
@@ -277,6 +349,7 @@ def _on_observed(ctx: _Ctx, office: OfficeState, event: OfficeObserved) -> Trans
         verdict_since=now if changed else office.verdict_since,
         verdict_detail=event.detail,
         history=(*office.history, event.verdict)[-max(1, policy.flap_samples) :],
+        ready=office.pending & event.answering,
     )
     office, flap_actions, flap_note = _track_flapping(office, policy)
     state = replace(ctx.state, offices=MappingProxyType({**ctx.state.offices, office.office: office}))
@@ -370,6 +443,9 @@ def _settle(ctx: _Ctx, office: OfficeState) -> _Outcome:
 
 def _settle_open(ctx: _Ctx, office: OfficeState) -> _Outcome:
     if office.verdict is not OfficeVerdict.DOWN:
+        caught = _try_catchup(ctx, office)
+        if caught is not None:
+            return caught
         return _Outcome(office, (), f"{_name(office)} {_verdict_text(office)}; OPEN")
     return _Outcome(
         replace(office, phase=Phase.SUSPECT, since=ctx.now),
@@ -402,7 +478,7 @@ def _settle_suspect(ctx: _Ctx, office: OfficeState) -> _Outcome:
             (),
             f"{down_for}; closure suppressed: storm guard engaged (Baton's own network is suspect)",
         )
-    closure = Closure(kind="detected", at=ctx.now, reason=f"DOWN for {_secs(held)}")
+    closure = Closure(kind="detected", at=ctx.now, reason=f"DOWN for {_secs(held)}", drill=ctx.state.shadow)
     return _try_handover(ctx, replace(office, phase=Phase.CLOSED, since=ctx.now, closure=closure), down_for)
 
 
@@ -423,6 +499,12 @@ def _settle_closed(ctx: _Ctx, office: OfficeState) -> _Outcome:
 
 def _settle_handed_over(ctx: _Ctx, office: OfficeState) -> _Outcome:
     where = f"{_name(office)} HANDED_OVER to {office.alternate}"
+    rehomed = _rehome(ctx, office, where)
+    if rehomed is not None:
+        return rehomed
+    caught = _try_catchup(ctx, office)
+    if caught is not None:
+        return caught
     closure = office.closure
     if (
         closure is not None
@@ -440,6 +522,96 @@ def _settle_handed_over(ctx: _Ctx, office: OfficeState) -> _Outcome:
             f"handback once HEALTHY for {_secs(ctx.policy.handback_hold_s)}",
         )
     return _offer_handback(ctx, office)
+
+
+_LOST = (Phase.CLOSED, Phase.HANDING_OVER, Phase.HANDED_OVER, Phase.FAILED)
+
+
+def _rehome(ctx: _Ctx, office: OfficeState, where: str) -> _Outcome | None:
+    """The office that operates this one closed (a cascade): hand it over to the next eligible
+    alternate of its own chain, by a run, under the automatic guards — or alert where to."""
+    operator = ctx.state.offices.get(office.alternate or "")
+    if operator is not None and operator.phase not in _LOST:
+        return _clear_outcome(office, Alert.OPERATED_BY_CLOSED)
+    state_of = "gone from the inventory" if operator is None else str(operator.phase)
+    lost = f"{where}, which is {state_of}"
+    if office.catchup_id is not None:
+        # One run at a time: the catch-up (to the closed office) is stopped first.
+        return _Outcome(
+            office,
+            (AbortRun(office.office, office.catchup_id, f"{office.alternate} is {state_of}: re-homing"),),
+            f"{lost}; stopping catch-up run {office.catchup_id} before re-homing",
+        )
+    blocker = _guard_blocker(ctx)
+    if blocker is not None:
+        return _alert_outcome(office, Alert.OPERATED_BY_CLOSED, f"{lost}; not re-homing: {blocker}")
+    skipped = {office.alternate} if office.alternate else set()
+    alternate, why_none = _choose_alternate(ctx, replace(office, closure=None), exclude=skipped)
+    if alternate is None:
+        return _alert_outcome(office, Alert.OPERATED_BY_CLOSED, f"{lost}; not re-homed: {why_none}")
+    if ctx.state.shadow:
+        return _alert_outcome(
+            office, Alert.OPERATED_BY_CLOSED, f"{lost}; shadow mode: would re-home to {alternate}"
+        )
+    outcome = _start_run(
+        ctx,
+        office,
+        RunKind.HANDOVER,
+        alternate,
+        f"{lost}; re-homing to {alternate}",
+        previous=office.alternate,
+    )
+    office2, cleared = _clear(outcome.office, Alert.OPERATED_BY_CLOSED)
+    return _Outcome(office2, cleared + outcome.actions, outcome.reason)
+
+
+def _clear_outcome(office: OfficeState, alert: Alert) -> _Outcome | None:
+    """Nothing to do about `alert`; its clearing, if it was up (else None: carry on)."""
+    if alert not in office.alerts:
+        return None
+    office, cleared = _clear(office, alert)
+    return _Outcome(office, cleared, f"{_name(office)}: {alert.value} cleared")
+
+
+def _alert_outcome(office: OfficeState, alert: Alert, reason: str) -> _Outcome:
+    office, raised = _raise(office, alert, reason)
+    return _Outcome(office, raised, reason)
+
+
+CATCHUP_BACKOFF_S = 30.0
+CATCHUP_MAX_BACKOFF_S = 900.0
+
+
+def catchup_backoff_s(failures: int) -> float:
+    """How long an office waits before its next catch-up after `failures` failed ones in a row."""
+    return 0.0 if failures <= 0 else min(CATCHUP_MAX_BACKOFF_S, CATCHUP_BACKOFF_S * 2 ** (failures - 1))
+
+
+def _try_catchup(ctx: _Ctx, office: OfficeState) -> _Outcome | None:
+    """Devices a run left pending answer again: hand them over (or back) by a run of their own,
+    under the automatic guards. None: nothing to catch up now."""
+    if not office.ready or office.catchup_id is not None or office.pending_kind is None:
+        return None
+    if office.catchup_not_before is not None and ctx.now < office.catchup_not_before:
+        return None
+    if _guard_blocker(ctx) is not None or ctx.state.shadow or office.pending_alternate is None:
+        return None
+    devices = sorted(office.ready)
+    run_id = f"catchup-{office.office}-{int(ctx.now * 1000)}"
+    done = "handed over" if office.pending_kind is RunKind.HANDOVER else "handed back"
+    reason = (
+        f"{_name(office)}: {', '.join(devices[:10])} answer(s) again; catch-up run {run_id} to get "
+        f"{len(devices)} of {len(office.pending)} pending device(s) {done}"
+    )
+    action = StartRun(
+        office.office,
+        office.pending_kind,
+        run_id,
+        office.pending_alternate,
+        reason,
+        devices=frozenset(devices),
+    )
+    return _Outcome(replace(office, catchup_id=run_id), (action,), reason)
 
 
 def _healthy_for(ctx: _Ctx, office: OfficeState) -> float | None:
@@ -464,14 +636,24 @@ def _offer_handback(ctx: _Ctx, office: OfficeState) -> _Outcome:
     return _Outcome(office, raised, why)
 
 
-def _automation_blocker(ctx: _Ctx, office: OfficeState) -> str | None:
-    """Why an automatic action on this office may not run now (None: it may)."""
+def _guard_blocker(ctx: _Ctx) -> str | None:
+    """Why no automatic run may start anywhere now (None: it may)."""
     if not ctx.state.leader:
         return "this vantage does not hold the lease"
+    if ctx.state.stopping:
+        return "Baton is stopping"
     if ctx.state.paused:
         return "automation paused"
     if ctx.state.storm:
         return "storm guard engaged"
+    return None
+
+
+def _automation_blocker(ctx: _Ctx, office: OfficeState) -> str | None:
+    """Why an automatic action on this office may not run now (None: it may)."""
+    blocker = _guard_blocker(ctx)
+    if blocker is not None:
+        return blocker
     if office.blocked_until is not None and office.blocked_until > ctx.now:
         return f"anti-flap block for another {_secs(office.blocked_until - ctx.now)}"
     if office.flapping:
@@ -488,6 +670,10 @@ def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
     if not ctx.state.leader:
         return _blocked(
             office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: no lease on this vantage"
+        )
+    if ctx.state.stopping:
+        return _blocked(
+            office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: Baton is stopping"
         )
     if not declared:
         blocker = _automation_blocker(ctx, office)
@@ -508,10 +694,20 @@ def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
         return _blocked(
             office, Alert.WOULD_HAND_OVER, f"{prefix}; CLOSED, shadow mode: would hand over to {alternate}"
         )
-    return _start_run(ctx, office, RunKind.HANDOVER, alternate, f"{prefix}; handing over to {alternate}")
+    if office.catchup_id is not None:
+        reason = f"{prefix}; CLOSED, stopping catch-up run {office.catchup_id} before handing over"
+        return _Outcome(office, (AbortRun(office.office, office.catchup_id, "office closed again"),), reason)
+    who = office.closure.who if declared and office.closure is not None and office.closure.who else "baton"
+    return _start_run(
+        ctx, office, RunKind.HANDOVER, alternate, f"{prefix}; handing over to {alternate}", who=who
+    )
 
 
-def _choose_alternate(ctx: _Ctx, office: OfficeState) -> tuple[str | None, str]:
+def _choose_alternate(
+    ctx: _Ctx, office: OfficeState, exclude: frozenset[str] | set[str] = frozenset()
+) -> tuple[str | None, str]:
+    """The first office of the chain that is OPEN and not DOWN or UNREACHABLE (the operator's
+    choice, if any, instead), or None and why."""
     offices = ctx.state.offices
     chosen = office.closure.to if office.closure is not None else None
     if chosen is not None:
@@ -523,7 +719,9 @@ def _choose_alternate(ctx: _Ctx, office: OfficeState) -> tuple[str | None, str]:
     skipped: list[str] = []
     for name in office.alternates:
         other = offices.get(name)
-        if other is None or name == office.office:
+        if name in exclude:
+            skipped.append(f"{name} is the office that closed")
+        elif other is None or name == office.office:
             skipped.append(f"{name} not a valid alternate")
         elif other.phase is not Phase.OPEN:
             skipped.append(f"{name} {other.phase}")
@@ -534,21 +732,61 @@ def _choose_alternate(ctx: _Ctx, office: OfficeState) -> tuple[str | None, str]:
     return None, "no alternate available: " + (", ".join(skipped) or "no alternates configured")
 
 
-def _start_run(ctx: _Ctx, office: OfficeState, kind: RunKind, alternate: str, reason: str) -> _Outcome:
+def _start_run(
+    ctx: _Ctx,
+    office: OfficeState,
+    kind: RunKind,
+    alternate: str,
+    reason: str,
+    *,
+    who: str = "baton",
+    previous: str | None = None,
+) -> _Outcome:
     base = f"{kind}-{office.office}-{int(ctx.now * 1000)}"
     # Two runs in the same millisecond (a retry right after a failure) must not share an id.
     run_id = base if base != office.run_id else f"{base}.1"
     phase = Phase.HANDING_OVER if kind is RunKind.HANDOVER else Phase.HANDING_BACK
-    office = replace(office, phase=phase, since=ctx.now, run_id=run_id, run_kind=kind, alternate=alternate)
+    office = replace(
+        office,
+        phase=phase,
+        since=ctx.now,
+        run_id=run_id,
+        run_kind=kind,
+        alternate=alternate,
+        previous_alternate=previous,
+        # A run of the whole office supersedes whatever an earlier one left pending.
+        pending=frozenset(),
+        pending_kind=None,
+        pending_alternate=None,
+        ready=frozenset(),
+        catchup_failures=0,
+        catchup_not_before=None,
+    )
     office, cleared = _clear(office, *_WORK_ALERTS)
-    return _Outcome(office, (*cleared, StartRun(office.office, kind, run_id, alternate, reason)), reason)
+    action = StartRun(office.office, kind, run_id, alternate, reason, who=who, previous=previous)
+    return _Outcome(office, (*cleared, action), reason)
 
 
-def _hand_back(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
+def _hand_back(ctx: _Ctx, office: OfficeState, prefix: str, who: str = "baton") -> _Outcome:
     if office.alternate is None:
         return _reopen(ctx, office, f"{prefix}; nothing was handed over, OPEN without a run")
+    if office.catchup_id is not None:
+        # One run at a time: the catch-up is stopped (rolled back) first; the handback follows
+        # when its result arrives.
+        reason = f"{prefix}; stopping catch-up run {office.catchup_id} first, then handing back"
+        return _Outcome(
+            replace(office, handback_waiting=who),
+            (AbortRun(office.office, office.catchup_id, "handback requested"),),
+            reason,
+        )
     return _start_run(
-        ctx, office, RunKind.HANDBACK, office.alternate, f"{prefix}; handing back from {office.alternate}"
+        ctx,
+        office,
+        RunKind.HANDBACK,
+        office.alternate,
+        f"{prefix}; handing back from {office.alternate}",
+        who=who,
+        previous=office.previous_alternate,
     )
 
 
@@ -579,8 +817,16 @@ def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Out
             return refuse(f"{event.to} is not a known office")
         if other.phase is not Phase.OPEN:
             return refuse(f"{event.to} is {other.phase}, not OPEN")
+        if other.verdict is not OfficeVerdict.HEALTHY:
+            return refuse(f"{event.to} is {_verdict_text(other)}, not HEALTHY: it cannot take over")
     closure = Closure(
-        kind="declared", at=ctx.now, reason=event.reason, who=event.who, until=event.until, to=event.to
+        kind="declared",
+        at=ctx.now,
+        reason=event.reason,
+        who=event.who,
+        until=event.until,
+        to=event.to,
+        drill=ctx.state.shadow,
     )
     if office.phase is Phase.HANDED_OVER:
         if event.to is not None and event.to != office.alternate:
@@ -608,7 +854,9 @@ def _on_handback(ctx: _Ctx, office: OfficeState, event: HandbackRequested) -> _O
         return _Outcome(office, (), f"{asked} refused: shadow mode never runs a handback")
     if not ctx.state.leader:
         return _Outcome(office, (), f"{asked} refused: this vantage does not hold the lease")
-    return _hand_back(ctx, office, asked)
+    if ctx.state.stopping:
+        return _Outcome(office, (), f"{asked} refused: Baton is stopping (ask again once it is back)")
+    return _hand_back(ctx, office, asked, event.who)
 
 
 def _on_acked(ctx: _Ctx, office: OfficeState, event: Acked) -> _Outcome:
@@ -631,6 +879,8 @@ def _on_acked(ctx: _Ctx, office: OfficeState, event: Acked) -> _Outcome:
 
 def _on_run_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Outcome:
     run = f"{event.kind} run {event.run_id} of {office.office}"
+    if event.run_id == office.catchup_id and event.run_id is not None:
+        return _on_catchup_finished(ctx, office, event)
     expected = Phase.HANDING_OVER if event.kind is RunKind.HANDOVER else Phase.HANDING_BACK
     if event.run_id != office.run_id or office.phase is not expected:
         return _Outcome(
@@ -645,14 +895,64 @@ def _on_run_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Out
         return _Outcome(failed, raised, reason)
     blocked_until = ctx.now + ctx.policy.anti_flap_block_s
     block = f"automation on it blocked for {_secs(ctx.policy.anti_flap_block_s)}"
+    pending = frozenset(event.pending)
+    left = f", {len(pending)} device(s) pending until they answer" if pending else ""
     if event.kind is RunKind.HANDOVER:
-        return _Outcome(
-            replace(office, phase=Phase.HANDED_OVER, since=ctx.now, blocked_until=blocked_until),
-            (),
-            f"{run} to {office.alternate} succeeded{detail}; HANDED_OVER, {block}",
+        handed = replace(
+            office,
+            phase=Phase.HANDED_OVER,
+            since=ctx.now,
+            blocked_until=blocked_until,
+            pending=pending,
+            pending_kind=RunKind.HANDOVER if pending else None,
+            pending_alternate=office.alternate if pending else None,
         )
-    return _reopen(
+        return _Outcome(
+            handed, (), f"{run} to {office.alternate} succeeded{detail}; HANDED_OVER{left}, {block}"
+        )
+    reopened = _reopen(
         ctx,
         replace(office, blocked_until=blocked_until),
-        f"{run} from {office.alternate} succeeded{detail}; OPEN, {block}",
+        f"{run} from {office.alternate} succeeded{detail}; OPEN{left}, {block}",
     )
+    return replace(
+        reopened,
+        office=replace(
+            reopened.office,
+            pending=pending,
+            pending_kind=RunKind.HANDBACK if pending else None,
+            pending_alternate=office.alternate if pending else None,
+            previous_alternate=None,
+        ),
+    )
+
+
+def _on_catchup_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Outcome:
+    """A catch-up ended: what it handed over is no longer pending; a failure (rolled back) or
+    devices silent again wait a growing backoff; a handback asked for meanwhile starts now."""
+    still = office.pending - event.done
+    tried = office.ready | event.done | event.pending
+    clean = event.ok and not (still & tried)
+    failures = 0 if clean else office.catchup_failures + 1
+    office = replace(
+        office,
+        catchup_id=None,
+        pending=still,
+        pending_kind=office.pending_kind if still else None,
+        pending_alternate=office.pending_alternate if still else None,
+        ready=office.ready & still if clean else frozenset(),
+        catchup_failures=failures,
+        catchup_not_before=None if clean else ctx.now + catchup_backoff_s(failures),
+    )
+    done = f"catch-up run {event.run_id} of {office.office} {'succeeded' if event.ok else 'failed'}"
+    tail = (
+        f"; {len(still)} device(s) still pending"
+        + ("" if clean else f", next try in {_secs(catchup_backoff_s(failures))}")
+        if still
+        else "; nothing pending"
+    )
+    reason = f"{done} ({event.detail}){tail}" if event.detail else done + tail
+    if office.handback_waiting is not None:
+        who = office.handback_waiting
+        return _hand_back(ctx, replace(office, handback_waiting=None), reason, who)
+    return _Outcome(office, (), reason)

@@ -188,6 +188,7 @@ class Closure:
     who: str | None = None  # operator identity for declared closures
     until: float | None = None  # declared closures may say when the building reopens
     to: str | None = None  # operator's choice of alternate (kept so a blocked handover retries it)
+    drill: bool = False  # decided in shadow mode: never carried out once shadow mode ends
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +209,17 @@ class OfficeState:
     history: tuple[OfficeVerdict, ...] = ()  # the last `flap_samples` observed verdicts
     # Alert values currently raised for this office, so each is raised and cleared exactly once
     alerts: frozenset[str] = frozenset()
+    previous_alternate: str | None = None  # re-homed: the (closed) office that operated it before
+    # Devices the last run skipped as unreachable, still to be handed over (or back) by a
+    # catch-up run once they answer; `pending_kind` says which, `pending_alternate` the other side.
+    pending: frozenset[str] = frozenset()
+    pending_kind: RunKind | None = None
+    pending_alternate: str | None = None
+    ready: frozenset[str] = frozenset()  # pending devices that answered in the last poll round
+    catchup_id: str | None = None  # the catch-up run in progress
+    catchup_failures: int = 0
+    catchup_not_before: float | None = None
+    handback_waiting: str | None = None  # who asked for a handback while a catch-up ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,3 +232,5 @@ class State:
     leader: bool = True  # this vantage holds the lease
     storm: bool = False
     recent_down: tuple[tuple[float, str], ...] = ()  # (when, office) DOWN verdicts, storm window
+    config_shadow: bool | None = None  # baton.yaml's `shadow` when last loaded (the shadow rule)
+    stopping: bool = False  # the daemon is stopping: no decision it could not carry out (not kept)

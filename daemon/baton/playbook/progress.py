@@ -53,6 +53,7 @@ from typing import Literal
 
 from baton.journal import StepRecord, StepStatus
 from baton.playbook.plan import DevicePlan, PlannedStep
+from baton.playbook.schema import RESERVED_STEP_NAMES
 
 # The runner's own steps (reserved: a playbook step may not take these names).
 PREPARE = "prepare-candidate"
@@ -64,6 +65,7 @@ DISCARD = "discard-candidate"
 REAPPLY = "reapply"
 COMPENSATE = "compensate:"
 RUNNER_STEPS = frozenset({PREPARE, COMMIT, CONFIRM, CHECK, CANCEL, DISCARD, REAPPLY})
+assert RUNNER_STEPS == RESERVED_STEP_NAMES, "the names playbooks may not use"
 
 MAX_CONFIRM_TRIES = 3  # confirms whose outcome stayed unknown, before the device is asked
 MAX_REAPPLIES = 1

@@ -51,6 +51,18 @@ from baton.yamlsource import (
 )
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9._-]*$"
+# The runner journals its own calls under these names (`baton.playbook.progress`).
+RESERVED_STEP_NAMES = frozenset(
+    {
+        "prepare-candidate",
+        "commit",
+        "confirm",
+        "check-running",
+        "cancel-commit",
+        "discard-candidate",
+        "reapply",
+    }
+)
 OID_PATTERN = re.compile(r"^\.?\d+(\.\d+)+$")
 _TEMPLATE_MARK = re.compile(r"\{[{%#]")
 
@@ -483,6 +495,14 @@ def _check_playbook(doc: Document, playbook: Playbook) -> list[Problem]:
         if not step.name:
             problems.append(
                 doc.problem(path, "missing required key 'name'", "name every step: the journal uses it")
+            )
+        elif step.name in RESERVED_STEP_NAMES:
+            problems.append(
+                doc.problem(
+                    (*path, "name"),
+                    f"step name '{step.name}' is reserved: the runner journals its own calls under it",
+                    f"rename it, e.g. '{step.name}-1'",
+                )
             )
         elif step.name in seen:
             problems.append(
