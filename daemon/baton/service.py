@@ -47,25 +47,27 @@ from baton import api
 from baton.adapters.snmp_access import PysnmpAccess
 from baton.adapters.traps import TrapReceiverError
 from baton.catchup import CatchUps
-from baton.config import Config, check_all
+from baton.config import Config
 from baton.controller import Controller, initial_state
 from baton.core.actions import AbortRun, StartRun
 from baton.core.events import LeaseChanged, RunFinished, Ticked
 from baton.core.model import Inventory, Phase, RunKind
 from baton.journal import Journal, JournalError
+from baton.loading import load_all
 from baton.logs import get_logger
 from baton.metrics import Metrics
 from baton.monitor import Monitor, trap_receiver_config
 from baton.playbook import dryrun
+from baton.playbook.choice import choose_playbook
 from baton.playbook.plan import RunPlan, plan_run
 from baton.playbook.recovery import recover
 from baton.playbook.render import RunInfo
 from baton.playbook.runner import RunOutcome, StepOutcome, execute
-from baton.playbook.schema import Playbook, check_playbooks
+from baton.playbook.schema import Playbook
 from baton.playbook.steps import Connectors
 from baton.sdnotify import Notifier
 from baton.secrets import resolve
-from baton.yamlsource import ConfigError, Problem, errors_in
+from baton.yamlsource import ConfigError
 
 log = get_logger()
 
@@ -167,68 +169,6 @@ class RunManager:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-
-
-@dataclass(frozen=True, slots=True)
-class Loaded:
-    config: Config
-    inventory: Inventory
-    playbooks: dict[str, Playbook]
-    warnings: list[Problem]
-
-
-def load_all(config_path: Path) -> Loaded:
-    """Config, inventory and playbooks, validated together; ConfigError with every problem if not."""
-    validation = check_all(None, config_path)
-    problems = list(validation.problems)
-    playbooks = check_playbooks(validation.config.playbooks) if validation.config is not None else None
-    if playbooks is not None:
-        problems.extend(playbooks.problems)
-    if playbooks is not None and validation.config is not None and validation.inventory is not None:
-        problems.extend(
-            _playbook_choice_problems(validation.config, validation.inventory, playbooks.playbooks)
-        )
-    if errors_in(problems) or validation.config is None or validation.inventory is None or playbooks is None:
-        raise ConfigError(problems)
-    return Loaded(validation.config, validation.inventory, playbooks.playbooks, problems)
-
-
-def choose_playbook(
-    kind: RunKind, office_vars: Any, config: Config, playbooks: dict[str, Playbook]
-) -> Playbook | str:
-    """The playbook for a run of `kind` for an office, or why there is none."""
-    key = f"{kind.value}_playbook"
-    named = office_vars.get(key) if hasattr(office_vars, "get") else None
-    named = named or getattr(config, key)
-    if named is not None:
-        chosen = playbooks.get(str(named))
-        if chosen is None:
-            known = ", ".join(sorted(playbooks))
-            return f"{key} '{named}' is not a playbook in {config.playbooks} (known: {known})"
-        if chosen.kind != kind.value:
-            return f"{key} '{named}' is a {chosen.kind} playbook, not a {kind.value} one"
-        return chosen
-    of_kind = [p for p in playbooks.values() if p.kind == kind.value]
-    if len(of_kind) == 1:
-        return of_kind[0]
-    names = ", ".join(sorted(p.name for p in of_kind)) or "none"
-    return f"no single {kind.value} playbook in {config.playbooks} (found: {names}); set {key} in baton.yaml"
-
-
-def _playbook_choice_problems(
-    config: Config, inventory: Inventory, playbooks: dict[str, Playbook]
-) -> list[Problem]:
-    problems = []
-    for office in inventory.offices.values():
-        for kind in RunKind:
-            chosen = choose_playbook(kind, office.vars, config, playbooks)
-            if isinstance(chosen, str):
-                problems.append(Problem(str(config.playbooks), None, f"office {office.id}", chosen, ""))
-    # One problem per distinct message: a missing default would otherwise repeat per office.
-    unique: dict[str, Problem] = {}
-    for problem in problems:
-        unique.setdefault(problem.message, problem)
-    return list(unique.values())
 
 
 class Service:
