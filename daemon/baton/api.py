@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
+from baton import wallboard
 from baton.config import ApiSettings, Config
 from baton.controller import CommandOutcome, Controller
 from baton.core.model import Inventory, OfficeState, Phase, SecretRef
@@ -165,6 +166,7 @@ def create_app(
     app.router.add_post(f"{v}/shadow", _shadow)
     app.router.add_get(f"{v}/runs", _runs)
     app.router.add_get(f"{v}/runs/{{run_id}}", _run)
+    wallboard.add_routes(app)  # the NOC wall screen's page, its session login and its event stream
     return app
 
 
@@ -197,13 +199,17 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path == "/healthz":
-        return await handler(request)
-    who = _identify(request)
+    if request.path == "/healthz" or wallboard.is_login(request):
+        return await handler(request)  # the wallboard login checks its one-time ticket itself
+    # A wallboard session cookie is accepted on the wallboard's own read-only routes, nowhere else.
+    who = wallboard.session_identity(request) or _identify(request)
     if who is None:
+        message = (
+            "authentication required: send 'Authorization: Bearer <token>' with a token the daemon accepts"
+        )
         return _error(
             401,
-            "authentication required: send 'Authorization: Bearer <token>' with a token the daemon accepts",
+            wallboard.UNAUTHORIZED if wallboard.is_wallboard(request) else message,
             headers={"WWW-Authenticate": 'Bearer realm="baton"'},
         )
     request[WHO] = who
@@ -490,7 +496,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 async def _status(request: web.Request) -> web.Response:
-    backend = _backend(request)
+    return web.json_response(status_view(_backend(request), request.app[CLOCK]()))
+
+
+def status_view(backend: ApiBackend, now: float) -> dict[str, Any]:
+    """What /v1/status answers: flags, phases at a glance, active alerts, the daemon's facts."""
     state = backend.controller.state
     phases = {phase.value: 0 for phase in Phase}
     for office in state.offices.values():
@@ -499,21 +509,19 @@ async def _status(request: web.Request) -> web.Response:
         {"alert": a.alert, "office": a.office, "message": a.message, "at": a.at}
         for a in backend.journal.active_alerts()
     ]
-    return web.json_response(
-        {
-            "vantage": backend.config.vantage.id,
-            "vantage_office": backend.config.vantage.office,
-            "paused": state.paused,
-            "shadow": state.shadow,
-            "leader": state.leader,
-            "storm": state.storm,
-            "offices": len(state.offices),
-            "phases": phases,
-            "alerts": alerts,
-            "daemon": backend.status_extra(),
-            "now": request.app[CLOCK](),
-        }
-    )
+    return {
+        "vantage": backend.config.vantage.id,
+        "vantage_office": backend.config.vantage.office,
+        "paused": state.paused,
+        "shadow": state.shadow,
+        "leader": state.leader,
+        "storm": state.storm,
+        "offices": len(state.offices),
+        "phases": phases,
+        "alerts": alerts,
+        "daemon": backend.status_extra(),
+        "now": now,
+    }
 
 
 async def _offices(request: web.Request) -> web.Response:
@@ -805,7 +813,9 @@ __all__ = [
     "create_app",
     "office_view",
     "parse_until",
+    "run_status",
     "run_view",
     "start_listeners",
+    "status_view",
     "user_name",
 ]
