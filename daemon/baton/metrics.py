@@ -10,6 +10,7 @@ the inventory, and `forget_device`/`forget_office` remove their series when a re
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -29,7 +30,11 @@ TRAP_DROP_REASONS: Final = (
     "auth",  # v3: unknown user, wrong digest, decryption error, unknown engine id, time window
     "undecodable",
     "other",
+    "queue_full",  # a trap storm: this many devices already had a trap waiting for the monitor
+    "receive_buffer",  # a trap storm: the kernel dropped datagrams, the socket's buffer was full
 )
+# Drop reasons that mean a storm outran the receiver (alerted), not a misconfigured sender.
+TRAP_STORM_DROP_REASONS: Final = ("queue_full", "receive_buffer")
 # Probe latencies on a LAN are milliseconds; timeouts are seconds.
 _PROBE_BUCKETS: Final = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -72,6 +77,21 @@ class Metrics:
             "baton_traps_dropped_total",
             "Dropped SNMP datagrams on the trap port, by reason.",
             ["reason"],
+            registry=r,
+        )
+        self.traps_coalesced_total = Counter(
+            "baton_traps_coalesced_total",
+            "Traps merged into one already waiting for the same device or office (same re-poll).",
+            registry=r,
+        )
+        self.trap_queue_depth = Gauge(
+            "baton_trap_queue_depth",
+            "Traps (one per device or office) waiting for the monitor.",
+            registry=r,
+        )
+        self.trap_receive_buffer_bytes = Gauge(
+            "baton_trap_receive_buffer_bytes",
+            "Receive buffer of the trap socket, as the kernel granted it (SO_RCVBUF).",
             registry=r,
         )
         self.office_verdict = Gauge(
@@ -128,8 +148,18 @@ class Metrics:
     def count_trap(self, kind: str) -> None:
         self.traps_received_total.labels(kind=kind).inc()
 
-    def drop_trap(self, reason: str) -> None:
-        self.traps_dropped_total.labels(reason=reason if reason in TRAP_DROP_REASONS else "other").inc()
+    def drop_trap(self, reason: str, count: int = 1) -> None:
+        self.traps_dropped_total.labels(reason=reason if reason in TRAP_DROP_REASONS else "other").inc(count)
+
+    def coalesce_trap(self) -> None:
+        self.traps_coalesced_total.inc()
+
+    def watch_trap_queue(self, depth: Callable[[], float]) -> None:
+        """`baton_trap_queue_depth` reads `depth()` at every scrape."""
+        self.trap_queue_depth.set_function(depth)
+
+    def set_trap_receive_buffer(self, size_bytes: int) -> None:
+        self.trap_receive_buffer_bytes.set(size_bytes)
 
     def forget_device(self, office: str, device: str) -> None:
         """Remove a device's series (it left the inventory on reload)."""

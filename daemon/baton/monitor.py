@@ -39,7 +39,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
@@ -131,19 +131,29 @@ class RepollPlan:
     why: str  # "powerFail from busan-jung-core1 (office-level alarm)"
 
 
-def descendants(device_id: str, inventory: Inventory) -> tuple[str, ...]:
-    """Every device whose parent chain goes through `device_id`, nearest first."""
+def children_of(inventory: Inventory) -> dict[str, tuple[str, ...]]:
+    """Device → the devices whose parent it is, sorted (the path-dependency tree, once)."""
     children: dict[str, list[str]] = {}
     for device in inventory.devices.values():
         if device.parent is not None:
             children.setdefault(device.parent, []).append(device.id)
+    return {parent: tuple(sorted(kids)) for parent, kids in children.items()}
+
+
+def descendants(
+    device_id: str, inventory: Inventory, children: Mapping[str, Sequence[str]] | None = None
+) -> tuple[str, ...]:
+    """Every device whose parent chain goes through `device_id`, nearest first. `children`
+    (from `children_of`) saves walking the inventory on every call."""
+    if children is None:
+        children = children_of(inventory)
     found: list[str] = []
     seen = {device_id}
     frontier = [device_id]
     while frontier:
         nxt: list[str] = []
         for parent in frontier:
-            for child in sorted(children.get(parent, ())):
+            for child in children.get(parent, ()):
                 if child not in seen:
                     seen.add(child)
                     found.append(child)
@@ -152,12 +162,17 @@ def descendants(device_id: str, inventory: Inventory) -> tuple[str, ...]:
     return tuple(found)
 
 
-def repoll_plan(event: TrapEvent, inventory: Inventory, policy: Policy) -> RepollPlan | None:
+def repoll_plan(
+    event: TrapEvent,
+    inventory: Inventory,
+    policy: Policy,
+    children: Mapping[str, Sequence[str]] | None = None,
+) -> RepollPlan | None:
     """The re-polls a trap calls for; None when it names no device of the inventory.
 
     Office-level alarms: every device of the office, `failures_to_down` passes (enough for a
     device that really stopped answering to be DOWN, never fewer real probes than that). Other
-    traps: the device and everything behind it, one pass.
+    traps: the device and everything behind it, one pass. `children`: see `descendants`.
     """
     device = inventory.devices.get(event.device_id or "")
     if device is None:
@@ -171,7 +186,7 @@ def repoll_plan(event: TrapEvent, inventory: Inventory, policy: Policy) -> Repol
             passes=policy.failures_to_down,
             why=f"{event.kind} from {device.id} (office-level alarm)",
         )
-    devices = (device.id, *descendants(device.id, inventory))
+    devices = (device.id, *descendants(device.id, inventory, children))
     offices = tuple(sorted({inventory.devices[d].office for d in devices}))
     return RepollPlan(
         key=f"device:{device.id}",
@@ -340,6 +355,7 @@ class Monitor:
         self._office_judgements: dict[str, OfficeJudgement] = {}
         self._emitted: dict[str, OfficeVerdict] = {}
         self._by_office = _office_inventories(inventory)
+        self._children = children_of(inventory)
         self._unprobed = {d.id for d in inventory.devices.values() if expected_protocols(d)}
 
         self._scheduler: PollScheduler | None = None
@@ -493,6 +509,7 @@ class Monitor:
         changed = [d for d in new_devices if d in old_devices and old_devices[d] != new_devices[d]]
         self._inventory, self._policy = inventory, policy
         self._by_office = _office_inventories(inventory)
+        self._children = children_of(inventory)
 
         for device_id in removed:
             self._health.pop(device_id, None)
@@ -721,13 +738,17 @@ class Monitor:
     # --- traps -----------------------------------------------------------------------------
 
     async def _trap_loop(self, receiver: TrapReceiver) -> None:
+        # The receiver's queue is bounded and coalescing (office-level alarms first); taking
+        # everything waiting at each wake-up keeps it short in a storm.
+        events = receiver.events
         while self._started:
-            event = await receiver.events.get()
-            self.handle_trap(event)
+            self.handle_trap(await events.get())
+            while self._started and not events.empty():
+                self.handle_trap(events.get_nowait())
 
     def handle_trap(self, event: TrapEvent) -> None:
         """React to a trap: start (or coalesce into a running) re-poll of the devices it concerns."""
-        plan = repoll_plan(event, self._inventory, self._policy)
+        plan = repoll_plan(event, self._inventory, self._policy, self._children)
         if plan is None:
             log.info(
                 "monitor.trap_ignored", kind=event.kind, source=event.source_address, device=event.device_id
