@@ -1,50 +1,67 @@
-"""The controller: Baton's one place where decisions meet the world.
+"""The controller: where the core's decisions are journaled, then carried out.
 
 Theory of operation. The controller owns the current `State` snapshot. Everything that happens
-(a poll round judged an office, a second passed, an operator typed a command, a run finished, the
-lease changed) arrives as a core event through `apply`, which
+(a poll round judged an office, time passed, an operator typed a command, a run finished, the
+lease changed, the configuration was loaded) arrives as one core event through `apply`, which
 
 1. asks the pure core for the next state: `core.machine.step(state, event, policy, now)`;
-2. journals what changed (office transitions, flags, alerts) *before* anything is acted on, so a
-   crash after this point replays to the same state and never repeats or loses a decision;
-3. hands the actions to the `Actuator` (start or abort a playbook run) and records alerts;
-4. logs the transition's one-sentence reason under a fixed event name.
+2. journals the decision in ONE transaction (`Journal.record_decision`): the input event, the
+   resulting state of every office it changed and the global flags (storm bookkeeping
+   included), the actions, the run rows of the runs it starts, and the operator command that
+   asked for it. A decision that changes nothing is not journaled (replaying it would change
+   nothing either). A write that fails is retried; if it keeps failing, `JournalFailed` is
+   raised and the service stops loudly — nothing is acted on that is not on disk, and no
+   decision is silently dropped;
+3. only then adopts the new state and hands the actions to the `Actuator` (start or abort a
+   playbook run; alerts are part of the state and the journal);
+4. logs the decision's one-sentence reason under a fixed event name.
 
-Operator commands go through `command`, which also journals who asked, what and why, and answers
-with the core's sentence (accepted or refused, and why). The controller does no network I/O
-itself and never blocks for long: the journal's writes are one small SQLite transaction each.
+`restore` rebuilds the state from the journal after a restart: every office's last journaled
+state and the last decision's flags, exactly as they were (the property tests step an event
+sequence whole, and split by a restart, and compare). The `stopping` flag belongs to one process
+and the lease to whoever holds it now: both start cleared.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
+from baton import codec
 from baton.core.actions import AbortRun, Action, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
     Acked,
     ClosureDeclared,
+    ConfigLoaded,
     Event,
     HandbackRequested,
+    OfficeObserved,
     PauseSet,
     ShadowSet,
+    Ticked,
 )
 from baton.core.machine import Transition, step
-from baton.core.model import Inventory, OfficeState, Policy, State
-from baton.journal import Journal
+from baton.core.model import OfficeState, Policy, State
+from baton.journal import Decision, Journal, JournalError, state_to_json
 from baton.logs import get_logger
 
 log = get_logger()
 
-# OfficeState fields whose change alone is not worth a journal row: every poll round appends to
-# the flap history and refreshes the detail text.
-_VOLATILE = frozenset({"history", "verdict_detail", "verdict_since"})
+# OfficeState fields whose change alone does not make a row of the office's phase history
+# (`transitions`): every poll round appends to the flap history and refreshes the detail text.
+_VOLATILE = frozenset({"history", "verdict_detail", "verdict_since", "ready"})
+WRITE_ATTEMPTS = 4
+
+
+class JournalFailed(Exception):
+    """The journal cannot record a decision: nothing more may be decided or done."""
 
 
 class Actuator(Protocol):
-    """Carries out the run actions the core decides (the playbook runner behind it)."""
+    """Carries out the run actions the core decides (the run manager behind it)."""
 
     def start_run(self, action: StartRun) -> None: ...
 
@@ -62,7 +79,7 @@ class CommandOutcome:
 
 def _significant(before: OfficeState | None, after: OfficeState) -> bool:
     if before is None:
-        return True
+        return False  # an office appearing with the configuration: no decision about it yet
     return any(
         getattr(before, f.name) != getattr(after, f.name)
         for f in fields(OfficeState)
@@ -70,23 +87,15 @@ def _significant(before: OfficeState | None, after: OfficeState) -> bool:
     )
 
 
-def initial_state(
-    inventory: Inventory, journaled: Mapping[str, OfficeState], *, paused: bool, shadow: bool, leader: bool
-) -> State:
-    """The state to start from: the journal's last word on each office, the inventory's chains.
-
-    Offices new in the inventory start OPEN; offices the inventory dropped are forgotten unless a
-    run is still recorded in progress for them (then they stay, so the run can be finished).
-    """
-    offices: dict[str, OfficeState] = {}
-    for office_id, office in inventory.offices.items():
-        known = journaled.get(office_id)
-        base = known if known is not None else OfficeState(office=office_id)
-        offices[office_id] = replace(base, alternates=office.alternates)
-    for office_id, known in journaled.items():
-        if office_id not in offices and known.run_id is not None and known.phase.value.startswith("HANDING"):
-            offices[office_id] = known
-    return State(offices=MappingProxyType(offices), paused=paused, shadow=shadow, leader=leader)
+def restore(journal: Journal) -> State:
+    """The state the journal holds (an empty one for a new journal)."""
+    flags, offices = journal.last_state()
+    if flags is None:
+        # A journal from before decisions were journaled: its flags table has pause and shadow.
+        legacy = journal.last_flags()
+        flags = {"paused": legacy.paused, "shadow": legacy.shadow}
+    state = codec.state_from_parts(flags, offices)
+    return replace(state, leader=False, stopping=False)
 
 
 class Controller:
@@ -98,6 +107,7 @@ class Controller:
         actuator: Actuator,
         clock: Callable[[], float],
         on_transition: Callable[[Transition], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._state = state
         self._policy = policy
@@ -105,6 +115,7 @@ class Controller:
         self._actuator = actuator
         self._clock = clock
         self._on_transition = on_transition
+        self._sleep = sleep
         self.last_reason: dict[str, str] = {}  # office -> reason of its last significant transition
 
     @property
@@ -115,43 +126,41 @@ class Controller:
     def policy(self) -> Policy:
         return self._policy
 
-    def reconfigure(self, inventory: Inventory, policy: Policy) -> None:
-        """Adopt a reloaded inventory and policy, keeping every office's phase."""
-        self._policy = policy
-        s = self._state
-        self._state = initial_state(inventory, s.offices, paused=s.paused, shadow=s.shadow, leader=s.leader)
-        self._state = replace(self._state, storm=s.storm, recent_down=s.recent_down)
+    def apply(
+        self,
+        event: Event,
+        *,
+        who: str = "baton",
+        command: tuple[str, Mapping[str, Any], str] | None = None,
+    ) -> Transition:
+        """Decide on `event`, journal the decision, then act on it (see the module docstring).
 
-    def apply(self, event: Event, *, who: str = "baton") -> Transition:
+        command: (name, args, reason) of the operator command that asked, journaled with it.
+        """
         now = self._clock()
         before = self._state
         transition = step(before, event, self._policy, now)
         after = transition.state
-        # Journal first: what is acted on must already be on disk.
-        changed = []
-        for office_id, office in after.offices.items():
-            old = before.offices.get(office_id)
-            if old is not office and _significant(old, office):
-                self._journal.record_transition(old, office, transition.reason, now)
-                self.last_reason[office_id] = transition.reason
-                changed.append(office_id)
-        if (before.paused, before.shadow) != (after.paused, after.shadow):
-            self._journal.record_flags(after.paused, after.shadow, who, transition.reason, now)
-        for action in transition.actions:
-            if isinstance(action, RaiseAlert | ClearAlert):
-                self._journal.record_alert(
-                    action.alert.value,
-                    action.office,
-                    isinstance(action, RaiseAlert),
-                    action.message if isinstance(action, RaiseAlert) else "",
-                    now,
-                )
+        changed = {
+            office_id: office
+            for office_id, office in after.offices.items()
+            if before.offices.get(office_id) != office
+        }
+        dropped = [office_id for office_id in before.offices if office_id not in after.offices]
+        flags_before, flags_after = codec.flags_to_dict(before), codec.flags_to_dict(after)
+        if changed or dropped or transition.actions or command is not None or flags_before != flags_after:
+            self._journal_decision(event, transition, before, changed, dropped, who, command, now)
         self._state = after
-        if changed or transition.actions or before.storm != after.storm or before.paused != after.paused:
+        if isinstance(event, ConfigLoaded):
+            self._policy = event.policy
+        significant = [o for o, office in changed.items() if _significant(before.offices.get(o), office)]
+        for office_id in significant:
+            self.last_reason[office_id] = transition.reason
+        if significant or transition.actions or before.storm != after.storm or before.paused != after.paused:
             log.info(
                 "decision",
                 trigger=type(event).__name__,
-                offices=changed,
+                offices=significant,
                 reason=transition.reason,
                 actions=[_describe(a) for a in transition.actions],
             )
@@ -164,13 +173,85 @@ class Controller:
             self._on_transition(transition)
         return transition
 
+    def _journal_decision(
+        self,
+        event: Event,
+        transition: Transition,
+        before: State,
+        changed: Mapping[str, OfficeState],
+        dropped: list[str],
+        who: str,
+        command: tuple[str, Mapping[str, Any], str] | None,
+        now: float,
+    ) -> None:
+        after = transition.state
+        states = {office_id: state_to_json(office) for office_id, office in changed.items()}
+        offices: dict[str, str | None] = {**states, **dict.fromkeys(dropped)}
+        history = tuple(
+            (
+                office_id,
+                old.phase.value if (old := before.offices.get(office_id)) is not None else None,
+                office.phase.value,
+                states[office_id],
+            )
+            for office_id, office in changed.items()
+            if _significant(before.offices.get(office_id), office)
+        )
+        alerts = tuple(
+            (
+                a.alert.value,
+                a.office,
+                isinstance(a, RaiseAlert),
+                a.message if isinstance(a, RaiseAlert) else "",
+            )
+            for a in transition.actions
+            if isinstance(a, RaiseAlert | ClearAlert)
+        )
+        runs = tuple(
+            (a.run_id, a.office, a.kind, a.alternate, a.reason, a.who)
+            for a in transition.actions
+            if isinstance(a, StartRun)
+        )
+        flags = (
+            (after.paused, after.shadow)
+            if (before.paused, before.shadow) != (after.paused, after.shadow)
+            else None
+        )
+        routine = isinstance(event, OfficeObserved | Ticked) and not transition.actions and not history
+        decision = Decision(
+            at=now,
+            event=codec.dumps(codec.event_to_dict(event)),
+            reason=transition.reason,
+            actions=codec.dumps([codec.action_to_dict(a) for a in transition.actions]),
+            flags=codec.dumps(codec.flags_to_dict(after)),
+            offices=offices,
+            transitions=history,
+            alerts=alerts,
+            flags_changed=flags,
+            runs=runs,
+            command=None if command is None else (who, command[0], command[1], command[2]),
+            who=who,
+            durable=not routine,
+        )
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                self._journal.record_decision(decision)
+                return
+            except JournalError as exc:
+                if attempt == WRITE_ATTEMPTS:
+                    log.critical("journal.decision_lost", error=str(exc), trigger=type(event).__name__)
+                    raise JournalFailed(str(exc)) from exc
+                log.error(
+                    "journal.write_failed", error=str(exc), attempt=attempt, trigger=type(event).__name__
+                )
+                self._sleep(0.05 * 2**attempt)
+
     def command(
         self, name: str, event: Event, *, who: str, reason: str, args: Mapping[str, Any]
     ) -> CommandOutcome:
-        """An operator command: journaled with who/why, then decided by the core like any event."""
-        self._journal.record_command(who, name, args, reason, self._clock())
+        """An operator command: decided by the core like any event, journaled with who/why/what."""
         before = self._state
-        transition = self.apply(event, who=who)
+        transition = self.apply(event, who=who, command=(name, args, reason))
         run_id = next((a.run_id for a in transition.actions if isinstance(a, StartRun)), None)
         return CommandOutcome(accepted=transition.state != before, reason=transition.reason, run_id=run_id)
 
@@ -200,6 +281,10 @@ class Controller:
     def set_shadow(self, shadow: bool, *, who: str, reason: str = "") -> CommandOutcome:
         name = "shadow-on" if shadow else "shadow-off"
         return self.command(name, ShadowSet(shadow=shadow, who=who), who=who, reason=reason, args={})
+
+
+def config_event(offices: Mapping[str, tuple[str, ...]], shadow: bool, policy: Policy) -> ConfigLoaded:
+    return ConfigLoaded(MappingProxyType(dict(offices)), shadow=shadow, policy=policy)
 
 
 def _describe(action: Action) -> str:

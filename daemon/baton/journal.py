@@ -39,10 +39,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
-from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, RunKind, SecretRef
+from baton.codec import dumps, office_from_dict, office_to_dict
+from baton.core.model import OfficeState, Phase, RunKind, SecretRef
 from baton.secrets import Secret
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class JournalError(Exception):
@@ -115,6 +116,8 @@ class RunRecord:
     decision_reason: str = ""
     plan: str | None = None  # the rendered plan (JSON), so recovery undoes what was meant
     window_s: float | None = None
+    done: frozenset[str] = frozenset()  # devices handed over (or back) for good, once finished
+    pending: frozenset[str] = frozenset()  # devices skipped as unreachable, once finished
 
     @property
     def is_finished(self) -> bool:
@@ -149,6 +152,38 @@ class Flags:
 
 
 @dataclass(frozen=True, slots=True)
+class Decision:
+    """One decision, as the controller journals it in one transaction (see `record_decision`)."""
+
+    at: float
+    event: str  # the input, JSON (`baton.codec`)
+    reason: str
+    actions: str  # JSON list
+    flags: str  # JSON: the state beside the offices, after the decision
+    offices: Mapping[str, str | None]  # office -> its state after (JSON), None: dropped
+    transitions: tuple[tuple[str, str | None, str, str], ...] = ()  # (office, from, to, state JSON)
+    alerts: tuple[tuple[str, str | None, bool, str], ...] = ()  # (alert, office, raised, message)
+    flags_changed: tuple[bool, bool] | None = None  # (paused, shadow) when they changed
+    runs: tuple[
+        tuple[str, str, RunKind, str, str, str], ...
+    ] = ()  # (id, office, kind, alternate, reason, who)
+    command: tuple[str, str, Mapping[str, Any], str] | None = None  # (who, name, args, reason)
+    who: str = "baton"
+    durable: bool = True  # fsync before returning; False only for decisions with no actions
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    id: int
+    at: float
+    event: str
+    reason: str
+    actions: str
+    flags: str
+    offices: str
+
+
+@dataclass(frozen=True, slots=True)
 class AlertRecord:
     id: int
     alert: str
@@ -162,67 +197,12 @@ class AlertRecord:
 
 
 def state_to_json(state: OfficeState) -> str:
-    closure = state.closure
-    data: dict[str, Any] = {
-        "office": state.office,
-        "alternates": list(state.alternates),
-        "phase": state.phase.value,
-        "since": state.since,
-        "verdict": state.verdict.value,
-        "verdict_since": state.verdict_since,
-        "verdict_detail": state.verdict_detail,
-        "closure": None
-        if closure is None
-        else {
-            "kind": closure.kind,
-            "at": closure.at,
-            "reason": closure.reason,
-            "who": closure.who,
-            "until": closure.until,
-            "to": closure.to,
-        },
-        "alternate": state.alternate,
-        "run_id": state.run_id,
-        "run_kind": state.run_kind.value if state.run_kind is not None else None,
-        "blocked_until": state.blocked_until,
-        "flapping": state.flapping,
-        "history": [v.value for v in state.history],
-        "alerts": sorted(state.alerts),
-    }
-    return json.dumps(data, sort_keys=True, allow_nan=False)
+    return dumps(office_to_dict(state))
 
 
 def state_from_json(text: str) -> OfficeState:
     # Missing keys take the dataclass defaults, so states journaled before a field existed replay.
-    data = json.loads(text)
-    closure = data.get("closure")
-    run_kind = data.get("run_kind")
-    return OfficeState(
-        office=data["office"],
-        alternates=tuple(data.get("alternates", ())),
-        phase=Phase(data.get("phase", Phase.OPEN)),
-        since=float(data.get("since", 0.0)),
-        verdict=OfficeVerdict(data.get("verdict", OfficeVerdict.UNKNOWN)),
-        verdict_since=float(data.get("verdict_since", 0.0)),
-        verdict_detail=data.get("verdict_detail", ""),
-        closure=None
-        if closure is None
-        else Closure(
-            kind=closure["kind"],
-            at=float(closure["at"]),
-            reason=closure["reason"],
-            who=closure.get("who"),
-            until=closure.get("until"),
-            to=closure.get("to"),
-        ),
-        alternate=data.get("alternate"),
-        run_id=data.get("run_id"),
-        run_kind=RunKind(run_kind) if run_kind is not None else None,
-        blocked_until=data.get("blocked_until"),
-        flapping=bool(data.get("flapping", False)),
-        history=tuple(OfficeVerdict(v) for v in data.get("history", ())),
-        alerts=frozenset(data.get("alerts", ())),
-    )
+    return office_from_dict(json.loads(text))
 
 
 def _json_default(value: object) -> Any:
@@ -326,8 +306,46 @@ def _migrate_1_to_2(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+_SCHEMA_V3 = """
+CREATE TABLE decisions (
+    id INTEGER PRIMARY KEY,
+    at REAL NOT NULL,
+    event TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actions TEXT NOT NULL,
+    flags TEXT NOT NULL,
+    offices TEXT NOT NULL
+);
+CREATE INDEX decisions_at ON decisions (at);
+CREATE TABLE office_state (
+    office TEXT PRIMARY KEY,
+    decision INTEGER NOT NULL,
+    state TEXT NOT NULL
+);
+ALTER TABLE runs ADD COLUMN outcome TEXT
+"""
+
+
+def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V3.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    # Offices journaled before decisions were: their last transition is their state.
+    rows = conn.execute(
+        "SELECT office, id, state FROM transitions"
+        " WHERE id IN (SELECT MAX(id) FROM transitions GROUP BY office)"
+    ).fetchall()
+    conn.executemany(
+        "INSERT INTO office_state (office, decision, state) VALUES (?, 0, ?)", [(o, s) for o, _, s in rows]
+    )
+
+
 # _MIGRATIONS[n] takes a journal from user_version n to n+1. Append; never edit a shipped one.
-_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_migrate_0_to_1, _migrate_1_to_2)
+_MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
+    _migrate_0_to_1,
+    _migrate_1_to_2,
+    _migrate_2_to_3,
+)
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -352,6 +370,7 @@ class Journal:
         self._lock = threading.Lock()
         self._write_hook = write_hook
         self._writes = 0
+        self._durable = True
         self._executor: ThreadPoolExecutor | None = None
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
@@ -408,13 +427,18 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
             self._writes += 1
             if self._write_hook is not None:
                 self._write_hook("before", self._writes)
             try:
+                if durable != self._durable:
+                    # WAL: NORMAL still commits atomically; FULL also fsyncs (and so makes every
+                    # earlier NORMAL commit durable too: the journal is always a prefix).
+                    conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+                    self._durable = durable
                 conn.execute("BEGIN IMMEDIATE")
                 try:
                     yield conn
@@ -439,6 +463,108 @@ class Journal:
                 raise JournalError(self._path, _cause(exc)) from exc
 
     # --- office phases, flags, commands, alerts ----------------------------------------------
+
+    def record_decision(self, decision: Decision) -> int:
+        """Journal one decision — its input, the resulting state, its actions, the run rows of
+        the runs it starts, the operator command that asked for it — in ONE transaction, so
+        that a restart finds either all of it or none of it (never a HANDING_* office without
+        its run). Decisions with no actions may skip the fsync (`durable=False`): a power loss
+        then loses a suffix of them, which leaves the journal at an earlier consistent state."""
+        with self._write(durable=decision.durable) as conn:
+            cursor = conn.execute(
+                "INSERT INTO decisions (at, event, reason, actions, flags, offices)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    decision.at,
+                    decision.event,
+                    decision.reason,
+                    decision.actions,
+                    decision.flags,
+                    json.dumps(dict(decision.offices), sort_keys=True),
+                ),
+            )
+            decision_id = _rowid(cursor)
+            for office, state in decision.offices.items():
+                if state is None:
+                    conn.execute("DELETE FROM office_state WHERE office = ?", (office,))
+                else:
+                    conn.execute(
+                        "INSERT INTO office_state (office, decision, state) VALUES (?, ?, ?)"
+                        " ON CONFLICT (office) DO UPDATE SET decision = excluded.decision,"
+                        " state = excluded.state",
+                        (office, decision_id, state),
+                    )
+            for office, from_phase, to_phase, after in decision.transitions:
+                conn.execute(
+                    "INSERT INTO transitions (office, from_phase, to_phase, reason, at, state)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (office, from_phase, to_phase, decision.reason, decision.at, after),
+                )
+            for alert, alerted, raised, message in decision.alerts:
+                conn.execute(
+                    "INSERT INTO alerts (alert, office, raised, message, at) VALUES (?, ?, ?, ?, ?)",
+                    (alert, alerted, int(raised), message, decision.at),
+                )
+            if decision.flags_changed is not None:
+                paused, shadow = decision.flags_changed
+                conn.execute(
+                    "INSERT INTO flags (paused, shadow, who, reason, at) VALUES (?, ?, ?, ?, ?)",
+                    (int(paused), int(shadow), decision.who, decision.reason, decision.at),
+                )
+            for run_id, office, kind, alternate, reason, who in decision.runs:
+                self._insert_run(conn, run_id, office, kind, alternate, reason, who, decision.at)
+            if decision.command is not None:
+                who, name, args, reason = decision.command
+                conn.execute(
+                    "INSERT INTO commands (who, at, command, args, reason) VALUES (?, ?, ?, ?, ?)",
+                    (who, decision.at, name, self._args_json(name, args), reason),
+                )
+            return decision_id
+
+    def last_state(self) -> tuple[dict[str, Any] | None, dict[str, OfficeState]]:
+        """Replay: the flags of the last decision (None: no decision yet) and every office's last
+        journaled state."""
+        rows = self._read("SELECT flags FROM decisions ORDER BY id DESC LIMIT 1")
+        flags = json.loads(rows[0]["flags"]) if rows else None
+        offices = {}
+        for row in self._read("SELECT office, state FROM office_state"):
+            try:
+                offices[row["office"]] = state_from_json(row["state"])
+            except (ValueError, KeyError, TypeError) as exc:
+                raise JournalError(self._path, f"office {row['office']}: unreadable state ({exc})") from exc
+        return flags, offices
+
+    def decisions(self, since: float | None = None, limit: int | None = None) -> list[DecisionRecord]:
+        """Decisions in order (oldest first), from `since`."""
+        sql = "SELECT * FROM decisions WHERE at >= ? ORDER BY id LIMIT ?"
+        params = (since if since is not None else float("-inf"), limit if limit is not None else -1)
+        return [
+            DecisionRecord(r["id"], r["at"], r["event"], r["reason"], r["actions"], r["flags"], r["offices"])
+            for r in self._read(sql, params)
+        ]
+
+    def compact(self, before: float, snapshot: Decision) -> int:
+        """Delete the decisions older than `before`, after writing `snapshot` (the whole state at
+        that point, as a decision whose input is a snapshot) so replay can start from it.
+        Returns how many rows went."""
+        with self._write() as conn:
+            first = conn.execute("SELECT MIN(id) FROM decisions WHERE at >= ?", (before,)).fetchone()[0]
+            cursor = conn.execute("DELETE FROM decisions WHERE at < ?", (before,))
+            deleted = cursor.rowcount
+            conn.execute(
+                "INSERT INTO decisions (id, at, event, reason, actions, flags, offices)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (first - 1) if first is not None else None,
+                    snapshot.at,
+                    snapshot.event,
+                    snapshot.reason,
+                    snapshot.actions,
+                    snapshot.flags,
+                    json.dumps(dict(snapshot.offices), sort_keys=True),
+                ),
+            )
+        return deleted
 
     def record_transition(
         self, before: OfficeState | None, after: OfficeState, reason: str, at: float
@@ -470,13 +596,16 @@ class Journal:
             )
             return _rowid(cursor)
 
-    def record_command(self, who: str, command: str, args: Mapping[str, Any], reason: str, at: float) -> int:
-        """Journal an operator command. `args` must be JSON-able and never hold a credential."""
+    def _args_json(self, command: str, args: Mapping[str, Any]) -> str:
         try:
-            encoded = json.dumps(dict(args), sort_keys=True, default=_json_default, allow_nan=False)
+            return json.dumps(dict(args), sort_keys=True, default=_json_default, allow_nan=False)
         except (TypeError, ValueError) as exc:
             # The message names the type, never the value.
             raise JournalError(self._path, f"command '{command}': {exc}") from exc
+
+    def record_command(self, who: str, command: str, args: Mapping[str, Any], reason: str, at: float) -> int:
+        """Journal an operator command. `args` must be JSON-able and never hold a credential."""
+        encoded = self._args_json(command, args)
         with self._write() as conn:
             cursor = conn.execute(
                 "INSERT INTO commands (who, at, command, args, reason) VALUES (?, ?, ?, ?, ?)",
@@ -628,11 +757,24 @@ class Journal:
             if cursor.rowcount != 1:
                 raise JournalError(self._path, f"step {step_id} is unknown or already has a result")
 
-    def finish_run(self, run_id: str, result: str, detail: str, at: float) -> None:
+    def finish_run(
+        self,
+        run_id: str,
+        result: str,
+        detail: str,
+        at: float,
+        *,
+        done: frozenset[str] = frozenset(),
+        pending: frozenset[str] = frozenset(),
+    ) -> None:
+        """Journal how a run ended, with the devices it handed over (or back) for good and those
+        it left pending: what the core is told (`RunFinished`), even after a restart."""
+        outcome = json.dumps({"done": sorted(done), "pending": sorted(pending)})
         with self._write() as conn:
             cursor = conn.execute(
-                "UPDATE runs SET finished = ?, result = ?, detail = ? WHERE id = ? AND finished IS NULL",
-                (at, str(result), detail, run_id),
+                "UPDATE runs SET finished = ?, result = ?, detail = ?, outcome = ?"
+                " WHERE id = ? AND finished IS NULL",
+                (at, str(result), detail, outcome, run_id),
             )
             if cursor.rowcount != 1:
                 raise JournalError(self._path, f"run '{run_id}' is unknown or already finished")
@@ -779,6 +921,7 @@ def _step_record(row: sqlite3.Row) -> StepRecord:
 
 
 def _run_record(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
+    outcome = json.loads(row["outcome"]) if row["outcome"] else {}
     return RunRecord(
         id=row["id"],
         office=row["office"],
@@ -797,4 +940,6 @@ def _run_record(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
         decision_reason=row["decision_reason"],
         plan=row["plan"],
         window_s=row["window_s"],
+        done=frozenset(outcome.get("done", ())),
+        pending=frozenset(outcome.get("pending", ())),
     )

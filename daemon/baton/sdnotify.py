@@ -55,4 +55,10 @@ class Notifier:
         return self.notify(reloading=1, monotonic_usec=time.monotonic_ns() // 1000)
 
     def stopping(self, status: str = "stopping") -> bool:
+        # The stop timeout must cover the drain: EXTEND_TIMEOUT_USEC only extends start/stop
+        # timeouts while it is being sent, so a long drain re-sends it (`extend_timeout`).
         return self.notify(stopping=1, status=status)
+
+    def extend_timeout(self, seconds: float) -> bool:
+        """Ask systemd for `seconds` more before the start (or stop) times out (systemd ≥ 236)."""
+        return self.notify(extend_timeout_usec=int(seconds * 1_000_000))

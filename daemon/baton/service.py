@@ -1,43 +1,41 @@
-"""`baton daemon`: the service loop — observe, decide, journal, act.
+"""`baton daemon`: the wiring — signals, tasks, and the parts that observe, decide and act.
 
-Theory of operation. One asyncio loop runs:
+Theory of operation. The service decides nothing; it connects the parts so that one event at a
+time flows one way:
 
-* the **monitor** (SNMP polls, NETCONF probes, traps), which turns each poll round into one
-  `OfficeObserved` event per office;
-* the **ticker**, once a second: a `Ticked` event per office (hold-down, declared `until`,
-  handback hold and anti-flap expiry are all decided on time passing), then metrics, then the
-  systemd watchdog ping — sent only after an iteration that really completed, so a wedged loop
-  is restarted by systemd rather than pinging on;
-* the **control API** (operator commands become events through the controller);
-* **runs**: a `StartRun` action becomes a task executing the playbook; its result comes back as a
-  `RunFinished` event, like everything else;
-* **catch-ups** (`baton.catchup`), decided on each tick: a HANDED_OVER office's devices that the
-  handover skipped as unreachable are handed over by a run of their own once the monitor judges
-  them UP. The office stays HANDED_OVER; a handback aborts a catch-up in progress first.
+    monitor (polls, traps) ─┐
+    ticker (every second) ──┤
+    API (operator commands) ┼─▶ Controller.apply: core.step → journal (one transaction) → act
+    runs (RunFinished) ─────┤                                             │
+    leadership (lease) ─────┘                                             ▼
+                                         RunManager: StartRun → playbook run → RunFinished
 
-Every event goes through `Controller.apply`: the pure core decides, the journal records, then
-actions are carried out. At start the journal is replayed (the last state of every office), and
-runs the journal shows unfinished are resumed or rolled back before anything new starts.
+The read model (`readmodel.ReadModel`) is what the API, the wallboard and the metrics read.
 
-Signals: SIGHUP reloads inventory, config and playbooks after validating all of them — a broken
-file is refused, its problems logged, and the running configuration stays. SIGTERM/SIGINT stop:
-no new device work starts, runs in flight are cancelled at a safe point (their confirmed commits
-are cancelled, or revert on their own), and the journal is closed last.
+Start: the configuration is loaded and validated; the state is restored from the journal and
+the configuration handed to the core (`ConfigLoaded`); the lease is reported; runs the journal
+shows unfinished are recovered (systemd's start timeout is extended while they are:
+EXTEND_TIMEOUT_USEC) and every run the core still waits on is reconciled; then the monitor,
+API and metrics start, and READY=1 follows the first poll round.
 
-Leadership is an interface: `LocalLeadership` always holds the lease (one vantage); etcd can take
-its place so that several vantages never act twice.
+Signals: SIGHUP reloads after validating everything — a broken file is refused, its problems
+logged, and the running configuration stays. SIGTERM/SIGINT stop: the core is told first
+(`Stopping`: it starts nothing it could not finish), runs in flight get the drain period to
+end, the monitor and API stop, the journal closes last. A journal that cannot record a decision
+stops the daemon loudly (exit 74): nothing is acted on that is not on disk.
+
+Leadership is an interface: `LocalLeadership` always holds the lease (one vantage).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,25 +44,20 @@ from aiohttp import web
 from baton import api
 from baton.adapters.snmp_access import PysnmpAccess
 from baton.adapters.traps import TrapReceiverError
-from baton.catchup import CatchUps
 from baton.config import Config
-from baton.controller import Controller, initial_state
-from baton.core.actions import AbortRun, StartRun
-from baton.core.events import LeaseChanged, RunFinished, Ticked
-from baton.core.model import Inventory, Phase, RunKind
-from baton.journal import Journal, JournalError
-from baton.loading import load_all
+from baton.controller import Controller, JournalFailed, config_event, restore
+from baton.core.events import Event, LeaseChanged, OfficeObserved, RunFinished, Stopping, Ticked
+from baton.core.model import DeviceVerdict, Inventory, RunKind
+from baton.journal import Journal, JournalError, WriteHook
+from baton.loading import Loaded, load_all
 from baton.logs import get_logger
 from baton.metrics import Metrics
 from baton.monitor import Monitor, trap_receiver_config
-from baton.playbook import dryrun
 from baton.playbook.choice import choose_playbook
-from baton.playbook.plan import RunPlan, plan_run
-from baton.playbook.recovery import recover
-from baton.playbook.render import RunInfo
-from baton.playbook.runner import RunOutcome, StepOutcome, execute
 from baton.playbook.schema import Playbook
 from baton.playbook.steps import Connectors
+from baton.readmodel import ReadModel
+from baton.runs import RunManager, RunSettings, chains_of
 from baton.sdnotify import Notifier
 from baton.secrets import resolve
 from baton.yamlsource import ConfigError
@@ -72,12 +65,15 @@ from baton.yamlsource import ConfigError
 log = get_logger()
 
 TICK_S = 1.0
-EXECUTOR_THREADS = 128
-STOP_GRACE_S = 60.0
+# Threads for the runs' NETCONF calls: their own pool, so probes of a dark office never delay a
+# commit (the monitor has its own; the journal writes on its own thread).
+RUN_THREADS = 128
+STOP_GRACE_S = 60.0  # runs in flight get this long to end on a stop (TimeoutStopSec covers it)
+EX_IOERR = 74
 
 
 class Leadership(Protocol):
-    """Who may act. `held` is read on every decision; `run` keeps (or seeks) the lease."""
+    """Who may act. `held` is read at start; `run` keeps (or seeks) the lease and reports changes."""
 
     @property
     def held(self) -> bool: ...
@@ -97,78 +93,16 @@ class LocalLeadership:
         await asyncio.Event().wait()  # hold it until cancelled
 
 
-@dataclass(frozen=True, slots=True)
-class RunResult:
-    ok: bool
-    detail: str
+def run_settings(loaded: Loaded) -> RunSettings:
+    config, inventory, playbooks = loaded.config, loaded.inventory, loaded.playbooks
 
+    def choose(kind: RunKind, office: str) -> Playbook | str:
+        known = inventory.offices.get(office)
+        if known is None:
+            return f"office {office} is not in the inventory"
+        return choose_playbook(kind, known.vars, config, playbooks)
 
-# What executes one run: the playbook runner, behind a callable so the loop stays small. The
-# event asks the run to stop and roll back (an operator's abort, or a lost lease).
-RunLauncher = Callable[[StartRun, asyncio.Event], Awaitable[RunResult]]
-
-
-class RunManager:
-    """Turns StartRun/AbortRun actions into tasks, and their results into RunFinished events."""
-
-    def __init__(self, launcher: RunLauncher, report: Callable[[RunFinished], None]) -> None:
-        self._launcher = launcher
-        self._report = report
-        self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._aborts: dict[str, asyncio.Event] = {}
-        self.accepting = True
-
-    @property
-    def running(self) -> tuple[str, ...]:
-        return tuple(self._tasks)
-
-    def start_run(self, action: StartRun) -> None:
-        if not self.accepting:
-            # Stopping: no new device work. The office stays HANDING_*; the restart recovers it.
-            log.warning("run.not_started", run_id=action.run_id, office=action.office, why="stopping")
-            return
-        abort = asyncio.Event()
-        self._aborts[action.run_id] = abort
-        task = asyncio.get_running_loop().create_task(self._run(action, abort), name=f"run {action.run_id}")
-        self._tasks[action.run_id] = task
-
-    def abort_run(self, action: AbortRun) -> None:
-        abort = self._aborts.get(action.run_id)
-        if abort is not None:
-            log.warning("run.abort", run_id=action.run_id, office=action.office, reason=action.reason)
-            abort.set()
-
-    async def _run(self, action: StartRun, abort: asyncio.Event) -> None:
-        bound = log.bind(run_id=action.run_id, office=action.office, kind=action.kind.value)
-        bound.info("run.started", alternate=action.alternate, reason=action.reason)
-        try:
-            result = await self._launcher(action, abort)
-        except asyncio.CancelledError:
-            # Shutdown past its grace: like a crash. The journal holds the truth and recovery
-            # finishes the run at the next start; pending confirmed commits revert on their own.
-            bound.warning("run.interrupted")
-            raise
-        except Exception as exc:  # a bug in a step must fail the run, never the daemon
-            bound.exception("run.crashed")
-            result = RunResult(False, f"run crashed: {type(exc).__name__}: {exc}")
-        finally:
-            self._tasks.pop(action.run_id, None)
-            self._aborts.pop(action.run_id, None)
-        bound.info("run.finished", ok=result.ok, detail=result.detail)
-        self._report(RunFinished(action.office, action.run_id, action.kind, result.ok, result.detail))
-
-    async def shutdown(self, grace_s: float) -> None:
-        """Start nothing new; let runs in flight finish (a safe point), cancel what outlasts `grace_s`."""
-        self.accepting = False
-        tasks = list(self._tasks.values())
-        if not tasks:
-            return
-        log.info("runs.draining", runs=len(tasks), grace_s=grace_s)
-        _, pending = await asyncio.wait(tasks, timeout=grace_s)
-        for task in pending:
-            task.cancel()
-        if pending:
-            await asyncio.wait(pending)
+    return RunSettings(inventory, choose, config.policy.confirm_window_s, config.policy.run_timeout_s)
 
 
 class Service:
@@ -178,30 +112,27 @@ class Service:
         self,
         config_path: Path,
         *,
-        launcher_factory: Callable[[Service], RunLauncher] | None = None,
         leadership: Leadership | None = None,
         notifier: Notifier | None = None,
         clock: Callable[[], float] = time.time,
+        journal_hook: WriteHook | None = None,
     ) -> None:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
         self.leadership: Leadership = leadership or LocalLeadership()
         self.clock = clock
         self.metrics = Metrics()
-        self._launcher_factory = launcher_factory
-        self._progress: dict[str, dict[str, dict[str, str]]] = {}
+        self._journal_hook = journal_hook
         self._stopping = asyncio.Event()
         self._reload_requested = False
-        self.started_at = clock()
-        self.last_loop_at: float | None = None
+        self._exit_code = 0
         # Set in run():
         self.config: Config
         self.inventory: Inventory
-        self.playbooks: dict[str, Playbook]
         self.journal: Journal
         self.controller: Controller
         self.runs: RunManager
-        self.catchups: CatchUps
+        self.read: ReadModel
         self.monitor: Monitor | None = None
 
     # --- life cycle --------------------------------------------------------------------------
@@ -214,38 +145,46 @@ class Service:
                 log.error("config.problem", problem=str(problem))
             log.error("daemon.refused", why=f"{len(exc.problems)} problem(s) in configuration")
             return 78
-        self.config, self.inventory, self.playbooks = loaded.config, loaded.inventory, loaded.playbooks
+        self.config, self.inventory = loaded.config, loaded.inventory
         for problem in loaded.warnings:
             log.warning("config.problem", problem=str(problem))
         try:
-            self.journal = Journal.open(self.config.journal_path)
+            self.journal = Journal.open(self.config.journal_path, write_hook=self._journal_hook)
         except JournalError as exc:
             log.error("daemon.refused", why=str(exc))
             return 73  # EX_CANTCREAT
         try:
-            return await self._serve()
+            return await self._serve(loaded)
+        except JournalFailed as exc:
+            log.critical("daemon.stopped_journal_failed", why=str(exc))
+            return EX_IOERR
         finally:
             self.journal.close()
 
-    async def _serve(self) -> int:
-        flags = self.journal.last_flags()
-        journaled = self.journal.last_states()
-        shadow = flags.shadow if self.journal.commands(limit=1) else self.config.shadow
-        state = initial_state(
-            self.inventory, journaled, paused=flags.paused, shadow=shadow, leader=self.leadership.held
+    async def _serve(self, loaded: Loaded) -> int:
+        run_pool = ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="baton-run")
+        snmp_access = PysnmpAccess(self.resolve)
+        connectors = Connectors(resolve=self.resolve, snmp=snmp_access, executor=run_pool)
+        settings = run_settings(loaded)
+        self.runs = RunManager(self.journal, connectors, settings, self._report_run, clock=self.clock)
+        self.controller = Controller(
+            restore(self.journal), self.config.policy, self.journal, self.runs, self.clock
         )
-        launcher = self._launcher_factory(self) if self._launcher_factory else self._launch
-        self.runs = RunManager(launcher, self._report_run)
-        self.controller = Controller(state, self.config.policy, self.journal, self.runs, self.clock)
-        self.catchups = CatchUps(self.journal, self._plan_catchup, self._run_catchup, clock=self.clock)
+        self.read = ReadModel(
+            config=self.config,
+            inventory=self.inventory,
+            settings=settings,
+            controller=self.controller,
+            journal=self.journal,
+            runs=self.runs,
+            connectors=connectors,
+            clock=self.clock,
+        )
+        self.apply(config_event(chains_of(self.inventory), self.config.shadow, self.config.policy))
+        self.apply(LeaseChanged(held=self.leadership.held))
         await self._recover()
 
         loop = asyncio.get_running_loop()
-        # ncclient is blocking: each NETCONF call holds a thread. The default pool (cores + 4)
-        # would queue probes and run steps behind each other.
-        loop.set_default_executor(
-            ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="baton-io")
-        )
         loop.add_signal_handler(signal.SIGHUP, self._request_reload)
         loop.add_signal_handler(signal.SIGTERM, self._request_stop, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._request_stop, "SIGINT")
@@ -262,25 +201,38 @@ class Service:
         )
         try:
             await self._first_round()
-            self.notifier.ready(self.summary())
+            self.notifier.ready(self.read.summary())
             await self._tick_loop()
         finally:
-            self.notifier.stopping("stopping: cancelling runs at a safe point")
+            self.notifier.stopping("stopping: runs in progress reach a safe point")
+            with contextlib.suppress(JournalFailed):
+                self.controller.apply(Stopping())
+            if self.monitor is not None:
+                await self.monitor.stop()
             await self.runs.shutdown(STOP_GRACE_S)
-            await self.catchups.shutdown(STOP_GRACE_S)
             lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease_task
-            if self.monitor is not None:
-                await self.monitor.stop()
             await listeners.close()
             await metrics_runner.cleanup()
-            if "connectors" in self.__dict__:  # created on first use (cached_property)
-                snmp_access = self.connectors.snmp
-                if isinstance(snmp_access, PysnmpAccess):
-                    snmp_access.close()
+            snmp_access.close()
+            run_pool.shutdown(wait=False, cancel_futures=True)
             log.info("daemon.stopped")
-        return 0
+        return self._exit_code
+
+    async def _recover(self) -> None:
+        """Finish what a previous process left: unfinished runs, and results not yet applied."""
+        unfinished = len(self.journal.unfinished_runs())
+        if unfinished:
+            # Recovery talks to devices before READY=1: tell systemd to wait (and again per run).
+            budget_s = STOP_GRACE_S + self.config.policy.confirm_window_s
+            self.notifier.extend_timeout(budget_s)
+            self.notifier.status(f"recovering {unfinished} unfinished run(s)")
+        for event in await self.runs.recover():
+            self.apply(event)
+        for event in self.runs.reconcile(self.controller.state):
+            log.warning("run.reconciled", run_id=event.run_id, office=event.office, ok=event.ok)
+            self.apply(event)
 
     async def _first_round(self) -> None:
         if self.monitor is None:
@@ -295,28 +247,39 @@ class Service:
             if self._reload_requested:
                 self._reload_requested = False
                 await self.reload()
-            self._tick()
-            self.last_loop_at = self.clock()
+            for office in list(self.controller.state.offices):
+                self.apply(Ticked(office))
+            self.notifier.status(self.read.summary())
+            self.read.last_loop_at = self.clock()
             self.notifier.watchdog()
             # systemd wants a ping within WATCHDOG_USEC: tick at least every half of it.
             tick_s = min(TICK_S, self.notifier.watchdog_interval_s or TICK_S)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), timeout=tick_s)
 
-    def _tick(self) -> None:
-        for office in list(self.controller.state.offices):
-            self.apply(Ticked(office))
-        self.catchups.tick(self.controller.state, self._device_verdicts)
-        self.notifier.status(self.summary())
-
-    def apply(self, event: Any) -> None:
-        """Feed one event to the controller; a journal failure is logged and counted, never fatal."""
+    def apply(self, event: Event) -> None:
+        """Feed one event to the controller. A journal that keeps failing stops the daemon."""
+        if isinstance(event, OfficeObserved):
+            event = self._with_answering(event)
         try:
             self.controller.apply(event)
-        except JournalError as exc:
-            # Not journaled means not acted on: the core's state did not change either.
+        except JournalFailed:
             self.metrics.journal_errors_total.inc()
-            log.error("journal.write_failed", error=str(exc), trigger=type(event).__name__)
+            self._exit_code = EX_IOERR
+            self._stopping.set()
+            raise
+
+    def _with_answering(self, event: OfficeObserved) -> OfficeObserved:
+        """The fact the core needs for catch-ups: which of its pending devices answer now."""
+        office = self.controller.state.offices.get(event.office)
+        if office is None or not office.pending or self.monitor is None:
+            return event
+        up = {
+            str(v["id"])
+            for v in self.monitor.device_views(event.office)
+            if v["verdict"] == DeviceVerdict.UP.value
+        }
+        return replace(event, answering=frozenset(office.pending & up))
 
     def _report_run(self, event: RunFinished) -> None:
         result = "ok" if event.ok else "failed"
@@ -331,11 +294,13 @@ class Service:
         if event.ok and event.kind is RunKind.HANDOVER and office is not None and office.closure is not None:
             # From the moment the office was judged closed to every device confirmed.
             self.metrics.handover_seconds.observe(max(0.0, now - office.closure.at))
-        self.apply(event)
+        with contextlib.suppress(JournalFailed):  # the stop is already under way
+            self.apply(event)
 
     def _lease_changed(self, held: bool) -> None:
         log.info("lease.changed", held=held)
-        self.apply(LeaseChanged(held=held))
+        with contextlib.suppress(JournalFailed):
+            self.apply(LeaseChanged(held=held))
 
     def _request_reload(self) -> None:
         self._reload_requested = True
@@ -358,7 +323,7 @@ class Service:
             log.error(
                 "reload.refused", problems=len(exc.problems), why="configuration invalid; keeping the old one"
             )
-            self.notifier.ready(self.summary())
+            self.notifier.ready(self.read.summary())
             return False
         config, inventory = loaded.config, loaded.inventory
         for problem in loaded.warnings:
@@ -370,33 +335,16 @@ class Service:
         ]
         if restart_needed:
             log.warning("reload.partial", needs_restart=restart_needed)
-        self.config, self.inventory, self.playbooks = config, inventory, loaded.playbooks
-        self.controller.reconfigure(inventory, config.policy)
+        self.config, self.inventory = config, inventory
+        settings = run_settings(loaded)
+        self.runs.settings = settings
+        self.read.config, self.read.inventory, self.read.settings = config, inventory, settings
+        self.apply(config_event(chains_of(inventory), config.shadow, config.policy))
         if self.monitor is not None:
             await self.monitor.reconfigure(inventory, config.policy)
         log.info("reload.done", offices=len(inventory.offices), devices=len(inventory.devices))
-        self.notifier.ready(self.summary())
+        self.notifier.ready(self.read.summary())
         return True
-
-    def summary(self) -> str:
-        """One line for systemd's STATUS= and `systemctl status`."""
-        state = self.controller.state
-        counts: dict[str, int] = {}
-        for office in state.offices.values():
-            counts[office.phase.value] = counts.get(office.phase.value, 0) + 1
-        phases = ", ".join(f"{n} {p}" for p, n in sorted(counts.items()))
-        flags = [
-            name
-            for name, on in (("PAUSED", state.paused), ("SHADOW", state.shadow), ("STORM", state.storm))
-            if on
-        ]
-        if not state.leader:
-            flags.append("NOT LEADER")
-        running = len(self.runs.running)
-        text = f"{len(state.offices)} offices: {phases}"
-        if running:
-            text += f"; {running} run(s) in progress"
-        return text + (f" [{' '.join(flags)}]" if flags else "")
 
     # --- parts started by run() ---------------------------------------------------------------
 
@@ -404,138 +352,10 @@ class Service:
         """Inventory credentials: `file:` references start at the inventory directory."""
         return resolve(ref, base_dir=self.config.inventory)
 
-    @functools.cached_property
-    def connectors(self) -> Connectors:
-        """How runs reach devices; one instance (and one SNMP access, whose engines are reused)."""
-        return Connectors(resolve=self.resolve, snmp=PysnmpAccess(self.resolve))
-
-    def _plan(
-        self, kind: RunKind, office: str, alternate: str, run_id: str, reason: str, who: str
-    ) -> RunPlan | str:
-        known = self.inventory.offices.get(office)
-        if known is None:
-            return f"office {office} is not in the inventory"
-        chosen = choose_playbook(kind, known.vars, self.config, self.playbooks)
-        if isinstance(chosen, str):
-            return chosen
-        info = RunInfo(id=run_id, kind=kind, reason=reason, who=who)
-        return plan_run(chosen, self.inventory, office, alternate, info)
-
-    async def _launch(self, action: StartRun, abort: asyncio.Event) -> RunResult:
-        if action.kind is RunKind.HANDBACK:
-            # Never two runs for one office: a catch-up in progress is aborted (rolled back) first.
-            await self.catchups.settle(action.office)
-        closure = self.controller.state.offices[action.office].closure
-        who = closure.who if closure is not None and closure.who else "baton"
-        plan = self._plan(action.kind, action.office, action.alternate, action.run_id, action.reason, who)
-        if isinstance(plan, str):
-            return RunResult(False, f"cannot plan the run: {plan}")
-        progress = self._progress.setdefault(action.run_id, {})
-
-        def on_step(outcome: StepOutcome) -> None:
-            progress[outcome.device] = {
-                "step": outcome.name,
-                "phase": outcome.phase,
-                "status": outcome.status.value,
-                "detail": outcome.detail,
-            }
-
-        try:
-            outcome: RunOutcome = await execute(
-                plan,
-                journal=self.journal,
-                connectors=self.connectors,
-                confirm_window_s=plan.playbook.window_for(self.config.policy.confirm_window_s),
-                run_timeout_s=self.config.policy.run_timeout_s,
-                progress=on_step,
-                abort=abort,
-                clock=self.clock,
-            )
-        finally:
-            # Keep the last runs' progress for `baton run ID`; the journal has it all anyway.
-            while len(self._progress) > 20:
-                self._progress.pop(next(iter(self._progress)))
-        return RunResult(outcome.ok, outcome.detail)
-
-    # --- catch-up of devices a handover left pending (baton.catchup) ---------------------------
-
-    def _device_verdicts(self, office: str) -> dict[str, str]:
-        if self.monitor is None:
-            return {}
-        return {str(v["id"]): str(v["verdict"]) for v in self.monitor.device_views(office)}
-
-    def _plan_catchup(
-        self, office: str, alternate: str, run_id: str, devices: frozenset[str]
-    ) -> RunPlan | str:
-        reason = f"catch-up: {', '.join(sorted(devices))} answer(s) again"
-        plan = self._plan(RunKind.HANDOVER, office, alternate, run_id, reason, "baton")
-        if isinstance(plan, str):
-            return plan
-        narrowed = plan.only(devices)
-        if not narrowed.devices:
-            return f"{', '.join(sorted(devices))} no longer targets of the handover playbook"
-        return narrowed
-
-    async def _run_catchup(self, plan: RunPlan, abort: asyncio.Event) -> RunOutcome:
-        return await execute(
-            plan,
-            journal=self.journal,
-            connectors=self.connectors,
-            confirm_window_s=plan.playbook.window_for(self.config.policy.confirm_window_s),
-            run_timeout_s=self.config.policy.run_timeout_s,
-            abort=abort,
-            clock=self.clock,
-        )
-
-    def run_progress(self, run_id: str) -> dict[str, Any] | None:
-        progress = self._progress.get(run_id)
-        return None if progress is None else dict(progress)
-
-    async def plan(self, office: str, to: str | None) -> dict[str, Any]:
-        """Dry-run of what a handover (or, for a handed-over office, a handback) would change."""
-        state = self.controller.state.offices.get(office)
-        if state is None:
-            raise KeyError(office)
-        if state.phase in (Phase.HANDED_OVER, Phase.HANDING_BACK, Phase.FAILED) and state.alternate:
-            kind, alternate = RunKind.HANDBACK, state.alternate
-        else:
-            kind = RunKind.HANDOVER
-            open_ = [
-                a for a in state.alternates if self.controller.state.offices.get(a, state).phase is Phase.OPEN
-            ]
-            alternate = to or (open_[0] if open_ else (state.alternates[0] if state.alternates else ""))
-        if not alternate:
-            return {"office": office, "kind": kind.value, "error": f"office {office} has no alternate office"}
-        plan = self._plan(kind, office, alternate, f"plan-{office}", "dry run", "baton")
-        if isinstance(plan, str):
-            return {"office": office, "kind": kind.value, "error": plan}
-        result = await dryrun.dry_run(plan, self.connectors)
-        return dryrun.as_dict(result)
-
-    async def _recover(self) -> None:
-        """Finish what a previous process left: unfinished runs are rolled back or completed."""
-        if not self.journal.unfinished_runs():
-            return
-
-        def plan_for(record: Any) -> RunPlan | None:
-            plan = self._plan(
-                record.kind, record.office, record.alternate, record.id, record.reason, record.who
-            )
-            return None if isinstance(plan, str) else plan
-
-        for outcome in await recover(
-            self.journal,
-            connectors=self.connectors,
-            inventory=self.inventory,
-            plan_for=plan_for,
-            clock=self.clock,
-        ):
-            log.warning("recovery.done", run_id=outcome.run_id, office=outcome.office, result=outcome.result)
-            self._report_run(outcome.to_event())
-
     async def _serve_metrics(self) -> web.AppRunner:
         async def metrics_handler(_request: web.Request) -> web.Response:
-            self._update_state_metrics()
+            self.metrics.update_state(self.controller.state, self.read.last_loop_at)
+            self.metrics.runs_in_progress.set(len(self.runs.running))
             return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
         app = web.Application()
@@ -547,23 +367,23 @@ class Service:
         await site.start()
         return runner
 
-    def _update_state_metrics(self) -> None:
-        self.metrics.update_state(self.controller.state, self.last_loop_at)
-        self.metrics.runs_in_progress.set(len(self.runs.running))
-
     async def _start_api(self) -> api.Listeners:
-        app = api.create_app(self, tokens=(), allow_peercred=True)
+        app = api.create_app(self.read, tokens=(), allow_peercred=True)
         # Config references are absolute already; tokens are loaded from them here, once.
         return await api.start_listeners(app, self.config.api, self.resolve)
 
     async def _start_monitor(self) -> None:
+        def deliver(event: OfficeObserved) -> None:
+            with contextlib.suppress(JournalFailed):  # the stop is already under way
+                self.apply(event)
+
         def make(with_traps: bool) -> Monitor:
             return Monitor(
                 self.inventory,
                 self.config.policy,
                 resolve=self.resolve,
                 metrics=self.metrics,
-                on_observed=self.apply,
+                on_observed=deliver,
                 traps=trap_receiver_config(self.config.traps) if with_traps else None,
             )
 
@@ -575,26 +395,4 @@ class Service:
             log.error("traps.unavailable", error=str(exc), port=self.config.traps.port)
             self.monitor = make(with_traps=False)
             await self.monitor.start()
-
-    # --- what the API reads ---------------------------------------------------------------------
-
-    def device_views(self, office: str) -> list[dict[str, Any]]:
-        views = [] if self.monitor is None else self.monitor.device_views(office)
-        pending = set(self.catchups.pending(office))
-        # pending: left unreachable by the handover, handed over when it answers (a catch-up).
-        return [{**view, "pending": view["id"] in pending} for view in views]
-
-    def status_extra(self) -> dict[str, Any]:
-        return {
-            "vantage": self.config.vantage.id,
-            "vantage_office": self.config.vantage.office,
-            "leader": self.controller.state.leader,
-            "uptime_s": self.clock() - self.started_at,
-            "last_loop_at": self.last_loop_at,
-            "runs_in_progress": list(self.runs.running),
-            "catchups_in_progress": list(self.catchups.running),
-            "pending_devices": self.catchups.all_pending(),  # office -> devices awaiting a catch-up
-        }
-
-    def offices_in(self, *phases: Phase) -> list[str]:
-        return [o.office for o in self.controller.state.offices.values() if o.phase in phases]
+        self.read.monitor = self.monitor

@@ -17,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -25,10 +26,10 @@ import structlog
 
 from baton.api import ApiSetupError, Listeners, create_app, start_listeners
 from baton.config import ApiSettings, Config, VantageSettings
-from baton.controller import Controller, initial_state
+from baton.controller import Controller, config_event
 from baton.core.actions import AbortRun, StartRun
-from baton.core.events import RunFinished
-from baton.core.model import Device, Inventory, Office, Policy, RunKind, SecretRef
+from baton.core.events import OfficeObserved, RunFinished
+from baton.core.model import Device, Inventory, Office, OfficeVerdict, Policy, RunKind, SecretRef, State
 from baton.journal import Journal, StepStatus
 from baton.logs import configure
 from baton.secrets import resolve
@@ -68,10 +69,7 @@ class RecordingRunner:
 
     def start_run(self, action: StartRun) -> None:
         self.started.append(action)
-        now = time.time()
-        self.journal.start_run(
-            action.run_id, action.office, action.kind, action.alternate, action.reason, "baton", now
-        )
+        now = time.time()  # the run's row came with the decision that started it
         progress = self.progress.setdefault(action.run_id, {})
         for device in self.inventory.devices_of(action.office):
             self.journal.step_intent(action.run_id, device.id, 0, "reroute-uplinks", now)
@@ -136,8 +134,8 @@ class ApiTestBackend:
 def make_backend(directory: Path) -> ApiTestBackend:
     journal = Journal.open(directory / "journal.sqlite3")
     runner = RecordingRunner(journal, INVENTORY)
-    state = initial_state(INVENTORY, {}, paused=False, shadow=False, leader=True)
-    controller = Controller(state, Policy(), journal, runner, time.time)
+    controller = Controller(State(offices=MappingProxyType({})), Policy(), journal, runner, time.time)
+    controller.apply(config_event({o.id: o.alternates for o in INVENTORY.offices.values()}, False, Policy()))
     config = Config(
         policy=Policy(),
         vantage=VantageSettings("vantage-seoul-1", "seoul-bangbae"),
@@ -421,6 +419,9 @@ async def test_refused_command_is_409_with_the_core_reason(served: Served) -> No
 
 async def test_accepted_handover_is_journaled_and_starts_the_run(served: Served) -> None:
     """An accepted handover: 202 with the run id, the command journaled with until/to, StartRun acted on."""
+    served.backend.controller.apply(
+        OfficeObserved("suwon-paldal", OfficeVerdict.HEALTHY, "3/3 up")
+    )  # --to needs it
     status, body = await call(
         served,
         "POST",

@@ -8,22 +8,26 @@ the closed office's own configuration).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
-from baton.catchup import CatchUps, is_catchup_of, pending_devices
-from baton.core.model import Inventory, OfficeState, Phase, RunKind, SecretRef, State
+from baton.controller import Controller, config_event
+from baton.core.events import LeaseChanged, OfficeObserved, RunFinished
+from baton.core.model import Inventory, OfficeState, OfficeVerdict, Phase, Policy, RunKind, SecretRef, State
 from baton.inventory.loader import load_inventory
 from baton.journal import Journal, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
 from baton.playbook.progress import skipped_unreachable as unreachable_devices
-from baton.playbook.runner import UNREACHABLE, DeviceStatus, RunOutcome, execute
+from baton.playbook.runner import UNREACHABLE, DeviceStatus, execute
 from baton.playbook.schema import Playbook, load_playbook
 from baton.playbook.steps import Connectors
+from baton.runs import RunManager, RunSettings, chains_of
 from baton.secrets import resolve
 from tests.integration.runner_helpers import PLAYBOOKS
 from tests.lab_fixtures import RunningLab
@@ -89,60 +93,83 @@ def handed_over(run_id: str) -> State:
     return State({CLOSED: office, ALTERNATE: OfficeState(ALTERNATE, (CLOSED,))})
 
 
+class Daemon:
+    """The core, the journal and the run manager, wired as the service wires them, on the lab."""
+
+    def __init__(self, site: Site, journal: Journal) -> None:
+        self.site = site
+        settings = RunSettings(site.inventory, self.choose, 300.0, None)
+        self.runs = RunManager(journal, site.connectors, settings, self.finished)
+        self.controller = Controller(
+            State(offices=MappingProxyType({})), Policy(), journal, self.runs, time.time
+        )
+        self.controller.apply(config_event(chains_of(site.inventory), False, Policy()))
+        self.controller.apply(LeaseChanged(held=True))
+        self.results: list[RunFinished] = []
+
+    @staticmethod
+    def choose(kind: RunKind, office: str) -> Playbook | str:
+        return handover() if kind is RunKind.HANDOVER else handback()
+
+    def finished(self, event: RunFinished) -> None:
+        self.results.append(event)
+        self.controller.apply(event)
+
+    def office(self) -> OfficeState:
+        return self.controller.state.offices[CLOSED]
+
+    async def idle(self, timeout_s: float = 120.0) -> None:
+        """Until no run is in progress (a safety net, not a timing assertion)."""
+        deadline = time.monotonic() + timeout_s
+        while self.runs.running:
+            assert time.monotonic() < deadline, "runs never ended"
+            await asyncio.sleep(0.05)
+
+    def observe(self, *answering: str) -> None:
+        self.controller.apply(OfficeObserved(CLOSED, OfficeVerdict.DOWN, "test", frozenset(answering)))
+
+
 async def test_unreachable_device_is_skipped_then_caught_up(site: Site, journal: Journal) -> None:
-    """A powered-off router is skipped (pending), the other handed over; back UP, a catch-up hands it over."""
+    """A powered-off router is skipped (pending), the other handed over; back UP, the core starts a
+    catch-up that hands it over; the handback returns both."""
     assert "skip" == handover().unreachable
+    daemon = Daemon(site, journal)
     site.down(AGG)
     try:
-        outcome = await execute(site.plan(handover(), "run-1"), journal=journal, connectors=site.connectors)
+        daemon.controller.declare_closure(CLOSED, who="pytest", reason="power cut")
+        await daemon.idle()
     finally:
         site.up(AGG)
-
-    assert "ok" == outcome.result, outcome.detail
-    assert "ok: 1 device(s) handed over, 1 unreachable (pending)" == outcome.detail
-    assert (AGG,) == outcome.unreachable
-    assert DeviceStatus.CONFIRMED == outcome.device(CORE).status
+    [first] = daemon.results
+    assert (True, frozenset({AGG})) == (first.ok, first.pending)
+    assert "ok: 1 device(s) handed over, 1 unreachable (pending)" == first.detail
+    assert (Phase.HANDED_OVER, frozenset({AGG})) == (daemon.office().phase, daemon.office().pending)
     assert [True, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
-    record = journal.run("run-1")
+    record = journal.run(first.run_id)
     assert record is not None
     assert {StepStatus.SKIPPED} == {s.status for s in record.steps if s.device == AGG}
     assert all(s.detail.startswith(UNREACHABLE) for s in record.steps if s.device == AGG)
     assert frozenset({AGG}) == unreachable_devices(record.steps)
-    assert frozenset({AGG}) == pending_devices(journal, CLOSED, "run-1")
 
-    async def run_catchup(plan: RunPlan, abort: asyncio.Event) -> RunOutcome:
-        return await execute(plan, journal=journal, connectors=site.connectors, abort=abort)
-
-    def plan_catchup(office: str, alternate: str, run_id: str, devices: frozenset[str]) -> RunPlan:
-        assert (CLOSED, ALTERNATE) == (office, alternate)
-        return site.plan(handover(), run_id).only(devices)
-
-    catchups = CatchUps(journal, plan_catchup, run_catchup)
-    state = handed_over("run-1")
-    # Still DOWN in the monitor's eyes: nothing starts, the device shows as pending.
-    assert [] == catchups.tick(state, lambda office: {AGG: "DOWN", CORE: "UP"})
-    assert (AGG,) == catchups.pending(CLOSED)
-    started = catchups.tick(state, lambda office: {AGG: "UP", CORE: "UP"})
-    assert 1 == len(started)
-    assert is_catchup_of(started[0], CLOSED)
-    # Never two catch-ups for one office at once.
-    assert [] == catchups.tick(state, lambda office: {AGG: "UP", CORE: "UP"})
-    task = catchups.task_of(CLOSED)
-    assert task is not None
-    await task
-
-    catchup = journal.run(started[0])
+    daemon.observe()  # still silent: nothing starts
+    assert not daemon.runs.running
+    daemon.observe(AGG)  # it answers: a catch-up of that device alone
+    catchup_id = daemon.office().catchup_id
+    assert catchup_id is not None
+    assert catchup_id.startswith(f"catchup-{CLOSED}-")
+    daemon.observe(AGG)  # never two runs for one office
+    assert (catchup_id,) == daemon.runs.running
+    await daemon.idle()
+    catchup = journal.run(catchup_id)
     assert catchup is not None
     assert ("ok", RunKind.HANDOVER, CLOSED) == (catchup.result, catchup.kind, catchup.office)
     assert {AGG} == {s.device for s in catchup.steps}
     assert [True, True] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
-    assert frozenset() == pending_devices(journal, CLOSED, "run-1")
-    assert () == catchups.pending(CLOSED)
+    assert (frozenset(), None) == (daemon.office().pending, daemon.office().catchup_id)
 
-    back = await execute(
-        site.plan(handback(), "run-2", RunKind.HANDBACK), journal=journal, connectors=site.connectors
-    )
-    assert "ok" == back.result, back.detail
+    daemon.controller.request_handback(CLOSED, who="pytest", reason="power back")
+    await daemon.idle()
+    assert Phase.OPEN is daemon.office().phase
     assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
 
 
@@ -198,7 +225,7 @@ async def test_a_device_refusing_commits_still_fails_with_skip(site: Site, journ
     assert DeviceStatus.UNREACHABLE == outcome.device(AGG).status
     assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
     # A failed handover leaves nothing pending: the office is FAILED, not HANDED_OVER.
-    assert frozenset() == pending_devices(journal, CLOSED, "run-1")
+    assert frozenset() == outcome.to_event().done
 
 
 async def test_no_device_reachable_is_ok_with_all_pending(site: Site, journal: Journal) -> None:
@@ -213,44 +240,38 @@ async def test_no_device_reachable_is_ok_with_all_pending(site: Site, journal: J
 
     assert "ok" == outcome.result, outcome.detail
     assert "ok: 0 device(s) handed over, 2 unreachable (pending)" == outcome.detail
-    assert frozenset({AGG, CORE}) == pending_devices(journal, CLOSED, "run-1")
+    assert frozenset({AGG, CORE}) == outcome.to_event().pending
+    record = journal.run("run-1")
+    assert record is not None
+    assert frozenset({AGG, CORE}) == record.pending  # kept with the run: reconciled after a restart
     assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
 
 
-async def test_handback_aborts_a_catchup_in_progress(site: Site, journal: Journal) -> None:
-    """`settle` (what a handback does first) aborts a catch-up in progress; it rolls back."""
+async def test_a_handback_waits_for_the_catch_up_it_stops(site: Site, journal: Journal) -> None:
+    """A handback asked while a catch-up runs: the catch-up is aborted (rolled back), then the
+    handback runs — one run at a time for the office."""
+    daemon = Daemon(site, journal)
     site.down(AGG)
     try:
-        over = await execute(site.plan(handover(), "run-1"), journal=journal, connectors=site.connectors)
+        daemon.controller.declare_closure(CLOSED, who="pytest", reason="power cut")
+        await daemon.idle()
     finally:
         site.up(AGG)
-    assert "ok" == over.result, over.detail
-    began = asyncio.Event()
-
-    async def run_catchup(plan: RunPlan, abort: asyncio.Event) -> RunOutcome:
-        return await execute(
-            plan, journal=journal, connectors=site.connectors, abort=abort, progress=lambda _: began.set()
-        )
-
-    catchups = CatchUps(
-        journal, lambda o, a, r, d: site.plan(handover(), r).only(d), run_catchup, base_backoff_s=3600
-    )
-    started = catchups.tick(handed_over("run-1"), lambda office: {AGG: "UP"})
-    assert 1 == len(started)
-    await asyncio.wait_for(began.wait(), 30)  # a safety net, not a timing assertion
-    await catchups.settle(CLOSED)
-
-    record = journal.run(started[0])
-    assert record is not None
-    assert record.result in ("rolled_back", "failed")
-    assert "ok" != record.result
-    assert frozenset({AGG}) == pending_devices(journal, CLOSED, "run-1")
-    assert (AGG,) == catchups.pending(CLOSED)
-    # A failed catch-up backs off: not retried at once.
-    assert [] == catchups.tick(handed_over("run-1"), lambda office: {AGG: "UP"})
-
-    back = await execute(
-        site.plan(handback(), "run-2", RunKind.HANDBACK), journal=journal, connectors=site.connectors
-    )
-    assert "ok" == back.result, back.detail
+    site.running.call(lambda lab: lab.slow(AGG, 2.0))  # the catch-up is still running when asked
+    try:
+        daemon.observe(AGG)
+        catchup_id = daemon.office().catchup_id
+        assert catchup_id is not None
+        await asyncio.sleep(0.5)
+        outcome = daemon.controller.request_handback(CLOSED, who="pytest", reason="power back")
+        assert "stopping catch-up run" in outcome.reason
+        await daemon.idle()
+    finally:
+        site.running.call(lambda lab: lab.slow(AGG, 0.0))
+    catchup = journal.run(catchup_id)
+    assert catchup is not None
+    assert "ok" != catchup.result
+    kinds = [(r.kind, r.ok) for r in daemon.results]
+    assert [(RunKind.HANDOVER, True), (RunKind.HANDOVER, False), (RunKind.HANDBACK, True)] == kinds
+    assert Phase.OPEN is daemon.office().phase
     assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]

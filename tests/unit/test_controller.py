@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from types import MappingProxyType
 
 import pytest
 
-from baton.controller import Controller, initial_state
+from baton.controller import Controller, config_event, restore
 from baton.core.actions import AbortRun, StartRun
-from baton.core.events import OfficeObserved, RunFinished
-from baton.core.model import Inventory, Office, OfficeState, OfficeVerdict, Phase, Policy, RunKind
+from baton.core.events import LeaseChanged, OfficeObserved, RunFinished
+from baton.core.model import Inventory, Office, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
 from baton.journal import Journal
 
 
@@ -23,7 +24,9 @@ class RecordingActuator:
         self.aborted: list[AbortRun] = []
 
     def start_run(self, action: StartRun) -> None:
-        assert self.journal.last_states()[action.office].phase is Phase.HANDING_OVER
+        # Journaled first, in one transaction: the office's phase, and the run's own row.
+        assert self.journal.last_state()[1][action.office].phase is Phase.HANDING_OVER
+        assert self.journal.run(action.run_id) is not None
         self.started.append(action)
 
     def abort_run(self, action: AbortRun) -> None:
@@ -55,11 +58,17 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     j.close()
 
 
+def chains(inventory: Inventory) -> dict[str, tuple[str, ...]]:
+    return {o.id: o.alternates for o in inventory.offices.values()}
+
+
 def make(journal: Journal) -> tuple[Controller, RecordingActuator, Clock]:
     clock = Clock()
     actuator = RecordingActuator(journal)
-    state = initial_state(INVENTORY, {}, paused=False, shadow=False, leader=True)
-    return Controller(state, Policy(), journal, actuator, clock), actuator, clock
+    controller = Controller(State(offices=MappingProxyType({})), Policy(), journal, actuator, clock)
+    controller.apply(config_event(chains(INVENTORY), False, Policy()))
+    controller.apply(LeaseChanged(held=True))
+    return controller, actuator, clock
 
 
 def test_declared_closure_is_journaled_then_starts_one_run(journal: Journal) -> None:
@@ -71,7 +80,7 @@ def test_declared_closure_is_journaled_then_starts_one_run(journal: Journal) -> 
     assert outcome.run_id == actuator.started[0].run_id
     [command] = journal.commands()
     assert ("alice", "handover", "sealed for disinfection") == (command.who, command.command, command.reason)
-    assert Phase.HANDING_OVER == journal.last_states()["gc"].phase
+    assert Phase.HANDING_OVER == journal.last_state()[1]["gc"].phase
 
 
 def test_refused_command_changes_nothing_and_says_why(journal: Journal) -> None:
@@ -91,7 +100,7 @@ def test_run_result_moves_the_office_and_replay_restores_it(journal: Journal) ->
     run_id = actuator.started[0].run_id
     clock.now += 5
     controller.apply(RunFinished("gc", run_id, RunKind.HANDOVER, ok=True, detail="3/3 devices confirmed"))
-    replayed = initial_state(INVENTORY, journal.last_states(), paused=False, shadow=False, leader=True)
+    replayed = restore(journal)
     assert Phase.HANDED_OVER == replayed.offices["gc"].phase
     assert "bb" == replayed.offices["gc"].alternate
 
@@ -120,7 +129,20 @@ def test_inventory_reload_keeps_phases_and_adopts_new_chains(journal: Journal) -
     offices = dict(INVENTORY.offices)
     offices["gc"] = Office("gc", "Geumcheon", "seoul", ("sw",))
     offices["gw"] = Office("gw", "Gwacheon", "seoul", ())
-    controller.reconfigure(Inventory(offices=offices, devices={}), Policy())
+    controller.apply(config_event(chains(Inventory(offices=offices, devices={})), False, Policy()))
     assert Phase.HANDING_OVER == controller.state.offices["gc"].phase
     assert ("sw",) == controller.state.offices["gc"].alternates
     assert OfficeState(office="gw") == controller.state.offices["gw"]
+
+
+def test_a_decision_is_one_row_with_its_input_and_the_run_it_starts(journal: Journal) -> None:
+    """The decision row holds the event, the reason, the actions; the run row came with it."""
+    controller, actuator, _ = make(journal)
+    controller.declare_closure("gc", who="alice", reason="fire")
+    last = journal.decisions()[-1]
+    assert '"type":"ClosureDeclared"' in last.event
+    assert "StartRun" in last.actions
+    assert "office gc declared closed by alice (fire); handing over to bb" == last.reason
+    run = journal.run(actuator.started[0].run_id)
+    assert run is not None
+    assert ("gc", "bb", "alice") == (run.office, run.alternate, run.who)

@@ -852,8 +852,64 @@ def _cascade(trigger: Event) -> list[tuple[float, Event]]:
     ]
 
 
+def _not_started(run_id: str, kind: RunKind = HANDOVER) -> RunFinished:
+    return RunFinished("a", run_id, kind, ok=False, detail="restart", started=False)
+
+
+_HANDING_BACK = [*_to_handed_over(), (50.0, HandbackRequested("a", "bob", "x"))]
+_QUICK = Policy(auto_handback=True, anti_flap_block_s=0.0, handback_hold_s=0.0)
+
 # (policy, initial state, events): together they make every phase change in TRANSITIONS.
 SCENARIOS: list[tuple[Policy, State, list[tuple[float, Event]]]] = [
+    # runs decided but never started (the process died first): decided again from now
+    (
+        P,
+        make_state(),
+        [
+            (0.0, obs("a", D)),
+            (30.0, Ticked("a")),
+            (31.0, PauseSet(True, "b")),
+            (32.0, _not_started("handover-a-30000")),
+        ],
+    ),
+    (P, make_state(), [(0.0, obs("a", D)), (30.0, Ticked("a")), (32.0, _not_started("handover-a-30000"))]),
+    (
+        P,
+        make_state(),
+        [
+            (0.0, obs("a", D)),
+            (30.0, Ticked("a")),
+            (31.0, obs("a", H)),
+            (32.0, _not_started("handover-a-30000")),
+        ],
+    ),
+    (
+        P,
+        make_state(),
+        [*_cascade(Ticked("a")), (82.0, PauseSet(True, "x")), (83.0, _not_started("handover-a-81000"))],
+    ),
+    (P, make_state(), [*_HANDING_BACK, (51.0, _not_started("handback-a-50000", HANDBACK))]),
+    (
+        _QUICK,
+        make_state(),
+        [
+            *_to_handed_over(),
+            (50.0, obs("a", H)),
+            (51.0, obs("a", H)),
+            (52.0, _not_started("handback-a-50000", HANDBACK)),
+        ],
+    ),
+    (
+        P,
+        make_state(),
+        [
+            *_HANDING_BACK,
+            (50.0, obs("c", H)),
+            (50.0, obs("b", D)),
+            (80.0, Ticked("b")),
+            (81.0, _not_started("handback-a-50000", HANDBACK)),
+        ],
+    ),
     # cascades, by observation and by tick
     (P, make_state(), _cascade(obs("a", H))),
     (P, make_state(), _cascade(Ticked("a"))),

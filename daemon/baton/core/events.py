@@ -81,6 +81,8 @@ class RunFinished:
     detail: str = ""
     pending: frozenset[str] = frozenset()  # devices skipped as unreachable (left for a catch-up)
     done: frozenset[str] = frozenset()  # devices the run handed over (or back) for good
+    # False: the process died between the decision and the run's first step; nothing changed
+    started: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -115,6 +115,9 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         *((Phase.CLOSED, e, Phase.OPEN) for e in (ShadowSet.__name__, ConfigLoaded.__name__)),
         # run results
         (Phase.HANDED_OVER, _FINISHED, Phase.HANDING_BACK),  # a catch-up ended, a handback waited
+        # a run that never started (the process died first): decided again at once
+        *((Phase.HANDING_OVER, _FINISHED, q) for q in (Phase.CLOSED, Phase.HANDED_OVER, Phase.OPEN)),
+        *((Phase.HANDING_BACK, _FINISHED, q) for q in (Phase.HANDED_OVER, Phase.HANDING_OVER)),
         (Phase.HANDING_OVER, _FINISHED, Phase.HANDED_OVER),
         (Phase.HANDING_BACK, _FINISHED, Phase.OPEN),
         *((p, _FINISHED, Phase.FAILED) for p in (Phase.HANDING_OVER, Phase.HANDING_BACK)),
@@ -703,6 +706,16 @@ def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
     )
 
 
+def choose_alternate(state: State, office_id: str, to: str | None = None) -> tuple[str | None, str]:
+    """The alternate a handover of `office_id` would go to now (the operator's `to`, if any),
+    or None and why: the same rule the machine decides with (dry runs ask this)."""
+    office = state.offices.get(office_id)
+    if office is None:
+        return None, f"{office_id} is not a known office"
+    closure = Closure(kind="declared", at=0.0, reason="plan", to=to)
+    return _choose_alternate(_Ctx(state, Policy(), 0.0), replace(office, closure=closure))
+
+
 def _choose_alternate(
     ctx: _Ctx, office: OfficeState, exclude: frozenset[str] | set[str] = frozenset()
 ) -> tuple[str | None, str]:
@@ -889,6 +902,8 @@ def _on_run_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Out
             f"result of {run} ignored: not the run in progress ({office.phase}, run {office.run_id})",
         )
     detail = f" ({event.detail})" if event.detail else ""
+    if not event.started:
+        return _not_started(ctx, office, f"{run} never touched a device{detail}")
     if not event.ok:
         reason = f"{run} failed{detail} and was rolled back; FAILED, needs an operator"
         failed, raised = _raise(replace(office, phase=Phase.FAILED, since=ctx.now), Alert.RUN_FAILED, reason)
@@ -925,6 +940,25 @@ def _on_run_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Out
             previous_alternate=None,
         ),
     )
+
+
+def _not_started(ctx: _Ctx, office: OfficeState, why: str) -> _Outcome:
+    """A run decided but never begun (the process died in between): back where the office was,
+    and decided again from the facts of now, by the same rules and guards."""
+    if office.phase is Phase.HANDING_BACK:
+        back = replace(office, phase=Phase.HANDED_OVER, since=ctx.now)
+    elif office.previous_alternate is not None:  # a re-home: still with the office it was leaving
+        back = replace(
+            office,
+            phase=Phase.HANDED_OVER,
+            since=ctx.now,
+            alternate=office.previous_alternate,
+            previous_alternate=None,
+        )
+    else:
+        back = replace(office, phase=Phase.CLOSED, since=ctx.now, alternate=None)
+    decided = _settle(ctx, back)
+    return replace(decided, reason=f"{why}; {back.phase} again, deciding afresh: {decided.reason}")
 
 
 def _on_catchup_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> _Outcome:

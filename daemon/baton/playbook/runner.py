@@ -995,7 +995,9 @@ async def _finish(
     outcomes = state.outcomes()
     plan = state.plan
     detail = summarize(result, outcomes, reason, plan.run.kind)
-    await journal.call(journal.finish_run, plan.run.id, result, detail, clock())
+    done = frozenset(d.device for d in outcomes if d.status is DeviceStatus.CONFIRMED)
+    pending = frozenset(d.device for d in outcomes if d.status is DeviceStatus.UNREACHABLE)
+    await journal.call(journal.finish_run, plan.run.id, result, detail, clock(), done=done, pending=pending)
     duration = time.monotonic() - state.started
     bound.info("runner.finished", result=result, detail=detail, duration_s=round(duration, 3))
     return RunOutcome(
