@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -47,6 +48,7 @@ from typing import Any, Protocol, cast
 
 import structlog
 
+from baton.adapters.connecting import is_no_answer
 from baton.adapters.netconf import NetconfProbe, thread_pool
 from baton.adapters.snmp import PollScheduler, SecretResolver, SnmpPoller, SnmpReading, phase_offset
 from baton.adapters.traps import (
@@ -102,6 +104,35 @@ class HealthProbe(Protocol):
 
 
 ProbeFactory = Callable[[Device], HealthProbe]
+# Does anything answer at the device's NETCONF port? None if so, else the reason it does not.
+NetconfGate = Callable[[Device], Awaitable[str | None]]
+
+
+async def tcp_gate(device: Device) -> str | None:
+    """A TCP connect to the device's NETCONF port on the event loop (no worker thread), within
+    its `netconf.timeout_s`. None when the connect succeeded (closed at once: the probe makes
+    its own session) or the failure is not the device's silence (a name that does not resolve,
+    no file descriptor left: the probe says why); else the reason, worded
+    as the NETCONF adapter words a failed connect ("TCP connect to 10.0.0.1:830 timed out after
+    10 s", "...: connection refused")."""
+    settings = device.netconf
+    host = f"[{device.address}]" if ":" in device.address else device.address
+    endpoint = f"{host}:{settings.port}"
+    try:
+        async with asyncio.timeout(settings.timeout_s):
+            _, writer = await asyncio.open_connection(device.address, settings.port)
+    except TimeoutError:
+        return f"TCP connect to {endpoint} timed out after {settings.timeout_s:g} s"
+    except OSError as exc:
+        if not is_no_answer(exc):  # our own trouble (EMFILE...) or DNS: the probe will tell
+            return None
+        # asyncio words it "Connect call failed (...)": say what the kernel said, as the adapter
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        return f"TCP connect to {endpoint}: {reason.lower()}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    return None
 
 
 # --- pure pieces ---------------------------------------------------------------------------
@@ -312,6 +343,15 @@ class Monitor:
     queue (the default), which the monitor drains. The NETCONF probes it builds run their
     blocking calls in `probe_executor`, or in a pool the monitor owns (`probe_threads` workers,
     sized at start; shut down when it stops).
+
+    Dark devices. A device whose last NETCONF probe did not succeed (or that was never probed)
+    first passes `netconf_gate` (default `tcp_gate` with the monitor's own probes, none with an
+    injected `netconf_probe` unless given): a TCP connect on the event loop, no worker thread.
+    Only when something answers does the real probe (SSH, NETCONF, in a worker) run; when
+    nothing does, the gate's reason is the failed observation. So a powered-off device, whose
+    connect times out, holds a socket and a timer, never one of the pool's workers, and live
+    devices' probes never wait for a worker behind dark ones (bench/dark.py). A device with a
+    session open (its last probe succeeded) is probed directly.
     """
 
     def __init__(
@@ -326,6 +366,7 @@ class Monitor:
         trap_receiver: TrapReceiver | None = None,
         poller: SnmpPoller | None = None,
         netconf_probe: ProbeFactory | None = None,
+        netconf_gate: NetconfGate | None = None,
         probe_executor: Executor | None = None,
         trap_repoll_spacing_s: float = 1.0,
         clock: Clock = time.monotonic,
@@ -341,6 +382,8 @@ class Monitor:
         self._own_poller = poller is None
         self._poller = poller if poller is not None else SnmpPoller(resolve, metrics=metrics)
         self._netconf_factory: ProbeFactory = netconf_probe or self._default_netconf_probe
+        self._netconf_gate = netconf_gate if netconf_gate is not None or netconf_probe else tcp_gate
+        self._netconf_ok: dict[str, bool] = {}  # device -> did its last NETCONF probe succeed
         self._probe_executor = probe_executor
         self._own_probe_pool: ThreadPoolExecutor | None = None
         self._receiver = trap_receiver
@@ -704,6 +747,7 @@ class Monitor:
             async with lock if lock is not None else contextlib.nullcontext():
                 with contextlib.suppress(Exception):
                     await probe.close()
+        self._netconf_ok.pop(device_id, None)  # a new probe (or none): its session is gone
         if device_id not in self._inventory.devices:
             self._netconf_locks.pop(device_id, None)
 
@@ -728,12 +772,26 @@ class Monitor:
             return
         async with lock:  # one session per device: probes of a device never overlap
             started = time.perf_counter()
-            obs = await probe.probe()
+            obs = await self._gated(device_id)
+            if obs is None:
+                obs = await probe.probe()
+            self._netconf_ok[device_id] = obs.ok
             duration = time.perf_counter() - started
         self.metrics.observe_probe(
             ProbeProtocol.NETCONF.value, duration, None if obs.ok else netconf_failure_class(obs.reason)
         )
         self._fold(obs)
+
+    async def _gated(self, device_id: str) -> Observation | None:
+        """The failed observation when the gate says nothing answers; None: probe for real."""
+        device = self._inventory.devices.get(device_id)
+        if self._netconf_gate is None or device is None or self._netconf_ok.get(device_id, False):
+            return None
+        at = time.time()
+        why = await self._netconf_gate(device)
+        if why is None:
+            return None
+        return Observation(device=device_id, protocol=ProbeProtocol.NETCONF, ok=False, at=at, reason=why)
 
     # --- traps -----------------------------------------------------------------------------
 

@@ -489,11 +489,30 @@ class _Limiter:
         self._free += 1
 
 
+class _Slot:
+    """One poll's hold on the limiter, given back once: when the poll ends or has waited its
+    `slot_hold_s`, whichever comes first."""
+
+    __slots__ = ("_limiter",)
+
+    def __init__(self, limiter: _Limiter) -> None:
+        self._limiter: _Limiter | None = limiter
+
+    def give_back(self) -> None:
+        limiter, self._limiter = self._limiter, None
+        if limiter is not None:
+            limiter.release()
+
+
 class SnmpPoller:
     """Polls devices over SNMP v2c/v3. Never raises for a device's failure: it is in the reading.
 
     `resolve` turns a `SecretRef` into its value (e.g. `functools.partial(baton.secrets.resolve,
-    base_dir=...)`); `max_concurrency` bounds the polls in flight; `clock` stamps readings.
+    base_dir=...)`); `max_concurrency` bounds the polls starting together (a burst of re-polls, a
+    reload): a poll holds one of those slots until it ends or has waited `slot_hold_s`, whichever
+    comes first, so polls of dark devices, waiting out their timeouts, never hold the slots live
+    devices' polls need (a poll in flight costs a timer and a table entry; the scheduler never
+    has two of one device's polls in flight); `clock` stamps readings.
     `fast_v2c` (default) polls v2c devices through `snmp_fast` (pre-encoded GET, strict BER
     reader, ~10× less CPU than pysnmp); False sends them through pysnmp. `fast_v3` (default)
     polls v3 authNoPriv/authPriv devices with MD5/SHA/SHA-2 auth and AES-128/192/256 privacy
@@ -506,13 +525,17 @@ class SnmpPoller:
         resolve: SecretResolver,
         *,
         max_concurrency: int = 500,
+        slot_hold_s: float = 0.25,
         metrics: Metrics | None = None,
         clock: Clock = time.time,
         fast_v2c: bool = True,
         fast_v3: bool = True,
     ) -> None:
+        if slot_hold_s <= 0:
+            raise ValueError("slot_hold_s must be > 0")
         self._resolve = resolve
         self._limiter = _Limiter(max_concurrency)
+        self._slot_hold_s = slot_hold_s
         self._metrics = metrics
         self._clock = clock
         self._slots: list[EngineSlot] = []
@@ -581,6 +604,8 @@ class SnmpPoller:
     async def poll(self, device: Device) -> SnmpReading:
         """Poll one device: sysUpTime, critical ifOperStatus (or the column), extra OIDs."""
         await self._limiter.acquire()
+        slot = _Slot(self._limiter)
+        timer = asyncio.get_running_loop().call_later(self._slot_hold_s, slot.give_back)
         try:
             at = self._clock()
             started = time.perf_counter()
@@ -597,7 +622,8 @@ class SnmpPoller:
                     time.perf_counter() - started,
                 )
         finally:
-            self._limiter.release()
+            timer.cancel()
+            slot.give_back()
         self._record(device, reading)
         return reading
 

@@ -1,0 +1,405 @@
+"""Dark devices: do probes of powered-off devices delay the polls of live ones?
+
+    .venv/bin/python bench/dark.py [--live 1000] [--dark 0,1000,2000,4000] [--duration 60]
+                                   [--live-netconf 20] [--baton-src DIR]
+
+Needs root (a network namespace) and snmpd. Everything runs in a fresh network namespace
+`baton-dark-<pid>` (deleted at the end) whose only interface is its own loopback: an nftables
+rule in its input hook drops every packet to 127.66.0.0/16, so a device there behaves as a
+powered-off one: SNMP requests time out, TCP connects (NETCONF) time out, nothing is refused.
+Inside it (this file re-run with `--inner`):
+
+* `--live` devices answer SNMP v2c from K real snmpd agents (`--agents`, 250 device
+  addresses each, 127.30.x.y), default SNMP settings (timeout 2 s, 1 retry);
+* `--live-netconf` devices of a `baton lab` network (one office, its own process) answer SNMP
+  and NETCONF (sessions kept between probes, as the monitor does);
+* N dark devices (127.66.x.y) per `--dark` figure, each with SNMP v2c and NETCONF enabled
+  (default timeouts: SNMP 2 s × 2 tries, NETCONF connect 10 s).
+
+For each N, the daemon's `Monitor` (its own `SnmpPoller` with the daemon's defaults, its own
+NETCONF probe pool, poll interval `--interval` 10 s) runs for `--duration` s, and every probe is
+recorded. Reported: live SNMP polls due (from each device's phase, as the scheduler lays them
+out) until `--settle` s before the end, how many started within 1 s of their due time and
+answered ("on time"), the lag of their start (p50/p99/max), live NETCONF probes (ok/failed and
+why), dark SNMP polls and NETCONF probes made, the process's peak
+thread count, CPU, RSS. "Live polls kept" = every due live SNMP poll on time and every live
+NETCONF probe ok. `--baton-src DIR` runs the monitor from another tree (before/after).
+Everything started is stopped at the end, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import contextlib
+import os
+import resource
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMUNITY = "bench-dark"
+PER_AGENT = 250
+DARK_NET = "127.66.0.0/16"
+LAB_SNMP_PORT, LAB_SSH_PORT = 17161, 17830
+
+
+def live_address(n: int) -> str:
+    return f"127.30.{n // 250}.{n % 250 + 1}"
+
+
+def dark_address(n: int) -> str:
+    return f"127.66.{n // 250}.{n % 250 + 1}"
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+# --- outside: the namespace ----------------------------------------------------------------------
+
+
+def outer(args: argparse.Namespace) -> int:
+    for tool in ("ip", "nft", "snmpd"):
+        if shutil.which(tool) is None:
+            sys.exit(f"{tool} not installed")
+    if os.geteuid() != 0:
+        sys.exit("needs root (a network namespace with an nftables drop rule)")
+    ns = f"baton-dark-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        rules = (
+            "table inet baton_dark {\n  chain input {\n"
+            "    type filter hook input priority 0; policy accept;\n"
+            f"    ip daddr {DARK_NET} drop\n  }}\n}}\n"
+        )
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=rules, text=True, check=True)
+        argv = [sys.executable, __file__, "--inner", *sys.argv[1:]]
+        return subprocess.run(["ip", "netns", "exec", ns, *argv], check=False).returncode
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+# --- inside ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def snmpd_agents(count: int, devices: int, workdir: Path) -> Iterator[list[int]]:
+    procs: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    try:
+        for k in range(min(count, (devices + PER_AGENT - 1) // PER_AGENT)):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+                probe.bind((live_address(k * PER_AGENT), 0))
+                port = probe.getsockname()[1]
+            d = workdir / f"agent{k}"
+            (d / "persist").mkdir(parents=True)
+            (d / "snmpd.conf").write_text(
+                f"rocommunity {COMMUNITY} 127.0.0.0/8\nsysName bench-{k}\ndontLogTCPWrappersConnects yes\n"
+            )
+            listen = [f"udp:{live_address(n)}:{port}" for n in range(devices) if n // PER_AGENT % count == k]
+            argv = ["snmpd", "-C", "-c", str(d / "snmpd.conf"), "-f", "-Lo", "-m", "", "-I", "-smux", *listen]
+            env = {**os.environ, "SNMP_PERSISTENT_DIR": str(d / "persist")}
+            procs.append(
+                subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            )
+            ports.append(port)
+        time.sleep(1.0)
+        yield ports
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextlib.contextmanager
+def lab_running(devices: int, workdir: Path) -> Iterator[Path | None]:
+    """A `baton lab` of one office with `devices` devices; yields its inventory directory."""
+    if devices <= 0:
+        yield None
+        return
+    argv = [
+        str(ROOT / ".venv" / "bin" / "baton"),
+        "lab",
+        "run",
+        "--dir",
+        str(workdir / "lab"),
+        "--offices",
+        "1",
+        "--devices-per-office",
+        str(devices),
+        "--snmp-port",
+        str(LAB_SNMP_PORT),
+        "--ssh-port",
+        str(LAB_SSH_PORT),
+    ]
+    log = (workdir / "lab.log").open("w")
+    proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        inventory = workdir / "lab" / "inventory"
+        deadline = time.monotonic() + 120
+        while not (workdir / "lab.log").read_text().count("baton lab:"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"lab did not start: {(workdir / 'lab.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield inventory
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def build_inventory(args: argparse.Namespace, ports: list[int], lab_inventory: Path | None, dark: int) -> Any:
+    from baton.core.model import Device, Inventory, NetconfSettings, Office, SecretRef, SnmpSettings
+    from baton.inventory import load_inventory
+
+    offices: dict[str, Office] = {}
+    devices: dict[str, Device] = {}
+    host_key = None
+    key_ref = SecretRef("env", "NONE")
+    if lab_inventory is not None:
+        lab = load_inventory(lab_inventory)
+        offices.update(lab.offices)
+        for device in lab.devices.values():
+            devices[device.id] = replace(device, netconf=replace(device.netconf, enabled=True))
+            host_key = host_key or device.host_key
+            key_ref = device.netconf.private_key or key_ref
+    for k in range(max(1, args.live // 20)):
+        offices[f"live-{k:03d}"] = Office(f"live-{k:03d}", f"Live {k}", "bench")
+    for k in range(max(1, dark // 20)):
+        offices[f"dark-{k:03d}"] = Office(f"dark-{k:03d}", f"Dark {k}", "bench")
+    community = SecretRef("env", "BENCH_COMMUNITY")
+    for n in range(args.live):
+        port = ports[n // PER_AGENT % len(ports)]
+        devices[f"live{n:05d}"] = Device(
+            f"live{n:05d}",
+            f"live-{n // 20:03d}",
+            "router",
+            live_address(n),
+            critical=True,
+            snmp=SnmpSettings(community=community, port=port),
+        )
+    netconf = NetconfSettings(enabled=True, port=830, username="baton", private_key=key_ref)
+    for n in range(dark):
+        devices[f"dark{n:05d}"] = Device(
+            f"dark{n:05d}",
+            f"dark-{n // 20:03d}",
+            "router",
+            dark_address(n),
+            critical=True,
+            host_key=host_key
+            or "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMDiP6I9JyxJTypCB1No3v/A6ody1uSD4Li9QbMqiIP8",
+            snmp=SnmpSettings(community=community, port=161),
+            netconf=netconf,
+        )
+    return Inventory(offices=offices, devices=devices)
+
+
+async def run_scenario(
+    args: argparse.Namespace, inventory: Any, lab_inventory: Path | None
+) -> dict[str, Any]:
+    from baton.adapters.snmp import SnmpPoller
+    from baton.core.model import Policy
+    from baton.metrics import Metrics
+    from baton.monitor import Monitor
+    from baton.secrets import resolve
+
+    def resolver(ref: Any) -> str:
+        if ref.name == "BENCH_COMMUNITY":
+            return COMMUNITY
+        return resolve(ref, base_dir=lab_inventory)
+
+    interval = args.interval
+    metrics = Metrics()
+    poller = SnmpPoller(resolver, metrics=metrics, clock=time.monotonic)  # the daemon's defaults
+    snmp: dict[str, list[tuple[float, bool, float]]] = {d: [] for d in inventory.devices}  # (at, ok, s)
+    netconf: dict[str, list[tuple[float, bool, str]]] = {d: [] for d in inventory.devices}
+    original_poll = poller.poll
+
+    async def poll(device: Any) -> Any:
+        reading = await original_poll(device)
+        snmp[device.id].append((reading.at, reading.ok, reading.latency_s or 0.0))
+        return reading
+
+    poller.poll = poll  # type: ignore[method-assign]
+    monitor = Monitor(
+        inventory,
+        Policy(poll_interval_s=interval, hold_down_s=max(30.0, 3 * interval)),
+        resolve=resolver,
+        metrics=metrics,
+        on_observed=lambda event: None,
+        poller=poller,  # the daemon's own, with a monotonic clock to match due times
+    )
+    fold = monitor._fold
+
+    def record(obs: Any) -> None:  # every observation; NETCONF ones recorded when they land
+        if obs.protocol == "netconf":
+            netconf[obs.device].append((time.monotonic(), obs.ok, obs.reason))
+        fold(obs)
+
+    monitor._fold = record
+    threads_peak = threading.active_count()
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await monitor.start()
+    first_due = {device: due for due, device in monitor._scheduler._heap}
+    start = time.monotonic()
+    end = start + args.duration
+    while time.monotonic() < end:
+        await asyncio.sleep(0.5)
+        threads_peak = max(threads_peak, threading.active_count())
+    await monitor.stop()
+    poller.close()
+    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
+
+    cutoff = end - args.settle
+    due = on_time = late_polls = failed_live = 0
+    lags: list[float] = []
+    for device in inventory.devices.values():
+        if not device.id.startswith("live"):
+            continue
+        starts = sorted((at, ok) for at, ok, _ in snmp[device.id])
+        times = [at for at, _ in starts]
+        at = first_due[device.id]
+        while at < cutoff:
+            due += 1
+            i = bisect.bisect_left(times, at - 0.001)
+            if i < len(times):
+                lag = times[i] - at
+                lags.append(lag)
+                if lag < 1.0 and starts[i][1]:
+                    on_time += 1
+                elif lag >= 1.0:
+                    late_polls += 1
+                else:
+                    failed_live += 1
+            else:
+                late_polls += 1
+            at += interval
+    nc_live = [
+        (started, ok, reason)
+        for device_id, rows in netconf.items()
+        if not device_id.startswith("dark")
+        for started, ok, reason in rows
+        if started < cutoff
+    ]
+    nc_fail = [reason for _, ok, reason in nc_live if not ok]
+    dark_snmp = sum(len(rows) for d, rows in snmp.items() if d.startswith("dark"))
+    dark_nc = sum(len(rows) for d, rows in netconf.items() if d.startswith("dark"))
+    return {
+        "due": due,
+        "on_time": on_time,
+        "late": late_polls,
+        "failed": failed_live,
+        "lag_p50_ms": 1000 * percentile(lags, 0.5),
+        "lag_p99_ms": 1000 * percentile(lags, 0.99),
+        "lag_max_ms": 1000 * max(lags, default=0.0),
+        "netconf_live": len(nc_live),
+        "netconf_live_failed": len(nc_fail),
+        "netconf_fail_reasons": sorted({r[:90] for r in nc_fail})[:3],
+        "dark_snmp_polls": dark_snmp,
+        "dark_netconf_probes": dark_nc,
+        "threads_peak": threads_peak,
+        "cpu_s": cpu,
+        "wall_s": wall,
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def inner(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(args.baton_src.resolve() / "daemon"))
+    import logging
+
+    from baton import logs
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # as a unit with LimitNOFILE= would
+    with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory(prefix="baton-bench-dark-") as tmp:
+        logs.configure(level="info", stream=devnull)
+        logging.getLogger().setLevel(logging.WARNING)
+        workdir = Path(tmp)
+        with (
+            snmpd_agents(args.agents, args.live, workdir) as ports,
+            lab_running(args.live_netconf, workdir) as lab_inventory,
+        ):
+            print(
+                f"monitor from {args.baton_src.resolve()}; "
+                f"{args.live} live SNMP devices ({len(ports)} snmpd), "
+                f"{args.live_netconf} live lab devices (SNMP + NETCONF), interval {args.interval:g} s, "
+                f"{args.duration:g} s per run; RLIMIT_NOFILE {hard} (was {soft}); "
+                f"load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+                flush=True,
+            )
+            results = []
+            for dark in [int(x) for x in args.dark.split(",")]:
+                for rep in range(args.repeat):
+                    inventory = build_inventory(args, ports, lab_inventory, dark)
+                    r = asyncio.run(run_scenario(args, inventory, lab_inventory))
+                    kept = r["on_time"] == r["due"] and r["netconf_live_failed"] == 0
+                    results.append((dark, r, kept))
+                    print(
+                        f"dark={dark} run {rep + 1}: live SNMP on time {r['on_time']}/{r['due']} "
+                        f"(late {r['late']}, failed {r['failed']}), start lag p50 {r['lag_p50_ms']:.1f} ms "
+                        f"p99 {r['lag_p99_ms']:.1f} ms max {r['lag_max_ms']:.0f} ms; "
+                        f"live NETCONF {r['netconf_live'] - r['netconf_live_failed']}/{r['netconf_live']} ok"
+                        f"{' ' + str(r['netconf_fail_reasons']) if r['netconf_fail_reasons'] else ''}; "
+                        f"dark: {r['dark_snmp_polls']} SNMP polls, "
+                        f"{r['dark_netconf_probes']} NETCONF probes; threads peak {r['threads_peak']}, "
+                        f"CPU {r['cpu_s']:.1f} s / {r['wall_s']:.0f} s, max RSS {r['rss_mb']:.0f} MB; "
+                        f"live polls {'KEPT' if kept else 'NOT kept'}",
+                        flush=True,
+                    )
+            by_dark: dict[int, list[bool]] = {}
+            for dark, _, kept in results:
+                by_dark.setdefault(dark, []).append(kept)
+            print(
+                "summary: "
+                + ", ".join(f"dark={d}: kept {sum(k)}/{len(k)}" for d, k in by_dark.items())
+                + f"; median CPU {statistics.median(r['cpu_s'] for _, r, _ in results):.1f} s"
+            )
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--live", type=int, default=1000)
+    parser.add_argument("--live-netconf", type=int, default=20)
+    parser.add_argument("--dark", default="0,1000,2000,4000", help="dark device counts, one run each")
+    parser.add_argument("--agents", type=int, default=4)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--duration", type=float, default=60.0)
+    parser.add_argument(
+        "--settle", type=float, default=5.0, help="polls due this close to the end are not judged"
+    )
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--baton-src", type=Path, default=ROOT)
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    return inner(args) if args.inner else outer(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
