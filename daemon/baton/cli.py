@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "baton.commands.lab",
     "baton.commands.operator",
     "baton.commands.demo",
+    "baton.commands.replay",
 )
 
 

@@ -16,7 +16,7 @@ from pydantic import TypeAdapter
 
 from baton.core import actions as core_actions
 from baton.core import events as core_events
-from baton.core.model import OfficeState, State
+from baton.core.model import OfficeState, Policy, State
 
 _EVENTS: dict[str, type[Any]] = {
     cls.__name__: cls
@@ -44,7 +44,7 @@ _ACTIONS: dict[str, type[Any]] = {
     )
 }
 _ADAPTERS: dict[type[Any], TypeAdapter[Any]] = {
-    cls: TypeAdapter(cls) for cls in (*_EVENTS.values(), *_ACTIONS.values(), OfficeState)
+    cls: TypeAdapter(cls) for cls in (*_EVENTS.values(), *_ACTIONS.values(), OfficeState, Policy)
 }
 
 
@@ -89,6 +89,15 @@ def office_to_dict(office: OfficeState) -> dict[str, Any]:
 def office_from_dict(data: Mapping[str, Any]) -> OfficeState:
     office: OfficeState = _ADAPTERS[OfficeState].validate_python(dict(data))
     return office
+
+
+def policy_to_dict(policy: Policy) -> dict[str, Any]:
+    return _dump(policy)
+
+
+def policy_from_dict(data: Mapping[str, Any]) -> Policy:
+    policy: Policy = _ADAPTERS[Policy].validate_python(dict(data))
+    return policy
 
 
 def flags_to_dict(state: State) -> dict[str, Any]:

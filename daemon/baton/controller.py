@@ -148,7 +148,12 @@ class Controller:
         }
         dropped = [office_id for office_id in before.offices if office_id not in after.offices]
         flags_before, flags_after = codec.flags_to_dict(before), codec.flags_to_dict(after)
-        if changed or dropped or transition.actions or command is not None or flags_before != flags_after:
+        # Stopping changes only a process's flag, but what is decided after it depends on it.
+        stopping = before.stopping != after.stopping
+        # A new policy changes nothing yet, but every later decision is made with it.
+        repolicy = isinstance(event, ConfigLoaded) and event.policy != self._policy
+        inputs = stopping or repolicy or command is not None
+        if changed or dropped or transition.actions or flags_before != flags_after or inputs:
             self._journal_decision(event, transition, before, changed, dropped, who, command, now)
         self._state = after
         if isinstance(event, ConfigLoaded):

@@ -354,9 +354,9 @@ assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 P = ParamSpec("P")
 T = TypeVar("T")
-# Called around every write transaction with ("before" | "after", the write's number from 1):
-# crash tests kill the process there. Production passes none.
-WriteHook = Callable[[str, int], None]
+# Called around every write transaction with ("before" | "after", the write's number from 1,
+# the method that writes): crash tests kill the process there. Production passes none.
+WriteHook = Callable[[str, int, str], None]
 
 
 class Journal:
@@ -427,12 +427,12 @@ class Journal:
         self.close()
 
     @contextmanager
-    def _write(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = True, label: str = "write") -> Iterator[sqlite3.Connection]:
         with self._lock:
             conn = self._conn
             self._writes += 1
             if self._write_hook is not None:
-                self._write_hook("before", self._writes)
+                self._write_hook("before", self._writes, label)
             try:
                 if durable != self._durable:
                     # WAL: NORMAL still commits atomically; FULL also fsyncs (and so makes every
@@ -451,7 +451,7 @@ class Journal:
                     conn.execute("ROLLBACK")
                 raise JournalError(self._path, _cause(exc)) from exc
             if self._write_hook is not None:
-                self._write_hook("after", self._writes)
+                self._write_hook("after", self._writes, label)
 
     def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
         with self._lock:
@@ -470,7 +470,7 @@ class Journal:
         that a restart finds either all of it or none of it (never a HANDING_* office without
         its run). Decisions with no actions may skip the fsync (`durable=False`): a power loss
         then loses a suffix of them, which leaves the journal at an earlier consistent state."""
-        with self._write(durable=decision.durable) as conn:
+        with self._write(label="record_decision", durable=decision.durable) as conn:
             cursor = conn.execute(
                 "INSERT INTO decisions (at, event, reason, actions, flags, offices)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -543,28 +543,47 @@ class Journal:
             for r in self._read(sql, params)
         ]
 
-    def compact(self, before: float, snapshot: Decision) -> int:
-        """Delete the decisions older than `before`, after writing `snapshot` (the whole state at
-        that point, as a decision whose input is a snapshot) so replay can start from it.
-        Returns how many rows went."""
-        with self._write() as conn:
-            first = conn.execute("SELECT MIN(id) FROM decisions WHERE at >= ?", (before,)).fetchone()[0]
-            cursor = conn.execute("DELETE FROM decisions WHERE at < ?", (before,))
-            deleted = cursor.rowcount
+    def compact(self, before: float) -> int:
+        """Delete the decisions older than `before`, replacing them by one snapshot row (the
+        state they add up to, and the policy then in force), so `baton replay` still starts
+        from a known state. Returns how many rows went."""
+        with self._write(label="compact") as conn:
+            rows = conn.execute(
+                "SELECT id, at, event, flags, offices FROM decisions WHERE at < ? ORDER BY id", (before,)
+            ).fetchall()
+            if not rows:
+                return 0
+            offices: dict[str, str | None] = {}
+            policy: Any = None
+            stopping = False  # a process's flag, not in the rows' flags: followed from the inputs
+            for _, _, event, _, changed in rows:
+                data = json.loads(event)
+                kind = data.get("type")
+                if kind in ("Snapshot", "ConfigLoaded"):
+                    policy = data.get("policy", policy)
+                    stopping = bool(data.get("stopping", False))
+                    if kind == "Snapshot":
+                        offices = {}
+                elif kind == "Stopping":
+                    stopping = True
+                offices.update(json.loads(changed))
+            last_id, last_at, _, flags, _ = rows[-1]
+            conn.execute("DELETE FROM decisions WHERE id <= ?", (last_id,))
+            snapshot = {"type": "Snapshot", "policy": policy or {}, "stopping": stopping}
             conn.execute(
                 "INSERT INTO decisions (id, at, event, reason, actions, flags, offices)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
-                    (first - 1) if first is not None else None,
-                    snapshot.at,
-                    snapshot.event,
-                    snapshot.reason,
-                    snapshot.actions,
-                    snapshot.flags,
-                    json.dumps(dict(snapshot.offices), sort_keys=True),
+                    last_id,
+                    last_at,
+                    dumps(snapshot),
+                    f"snapshot of {len(rows)} decision(s) before {before:.0f}",
+                    "[]",
+                    flags,
+                    json.dumps({k: v for k, v in offices.items() if v is not None}, sort_keys=True),
                 ),
             )
-        return deleted
+        return len(rows)
 
     def record_transition(
         self, before: OfficeState | None, after: OfficeState, reason: str, at: float
@@ -573,7 +592,7 @@ class Journal:
         if before is not None and before.office != after.office:
             raise ValueError(f"transition between two offices: {before.office} → {after.office}")
         state = state_to_json(after)
-        with self._write() as conn:
+        with self._write(label="record_transition") as conn:
             cursor = conn.execute(
                 "INSERT INTO transitions (office, from_phase, to_phase, reason, at, state)"
                 " VALUES (?, ?, ?, ?, ?, ?)",
@@ -589,7 +608,7 @@ class Journal:
             return _rowid(cursor)
 
     def record_flags(self, paused: bool, shadow: bool, who: str, reason: str, at: float) -> int:
-        with self._write() as conn:
+        with self._write(label="record_flags") as conn:
             cursor = conn.execute(
                 "INSERT INTO flags (paused, shadow, who, reason, at) VALUES (?, ?, ?, ?, ?)",
                 (int(paused), int(shadow), who, reason, at),
@@ -606,7 +625,7 @@ class Journal:
     def record_command(self, who: str, command: str, args: Mapping[str, Any], reason: str, at: float) -> int:
         """Journal an operator command. `args` must be JSON-able and never hold a credential."""
         encoded = self._args_json(command, args)
-        with self._write() as conn:
+        with self._write(label="record_command") as conn:
             cursor = conn.execute(
                 "INSERT INTO commands (who, at, command, args, reason) VALUES (?, ?, ?, ?, ?)",
                 (who, at, command, encoded, reason),
@@ -614,7 +633,7 @@ class Journal:
             return _rowid(cursor)
 
     def record_alert(self, alert: str, office: str | None, raised: bool, message: str, at: float) -> int:
-        with self._write() as conn:
+        with self._write(label="record_alert") as conn:
             cursor = conn.execute(
                 "INSERT INTO alerts (alert, office, raised, message, at) VALUES (?, ?, ?, ?, ?)",
                 (str(alert), office, int(raised), message, at),
@@ -637,7 +656,7 @@ class Journal:
         plan: str | None = None,
         window_s: float | None = None,
     ) -> None:
-        with self._write() as conn:
+        with self._write(label="start_run") as conn:
             self._insert_run(
                 conn, run_id, office, kind, alternate, reason, who, at, confirm_deadline, persist_id
             )
@@ -665,7 +684,7 @@ class Journal:
 
     def set_plan(self, run_id: str, plan: str, window_s: float) -> None:
         """Journal the rendered plan and the window the run uses, before it touches a device."""
-        with self._write() as conn:
+        with self._write(label="set_plan") as conn:
             cursor = conn.execute(
                 "UPDATE runs SET plan = ?, window_s = ? WHERE id = ? AND finished IS NULL",
                 (plan, window_s, run_id),
@@ -679,7 +698,7 @@ class Journal:
         other way round."""
         if decision not in ("forward", "back"):
             raise ValueError(f"a run's decision is forward or back, not {decision!r}")
-        with self._write() as conn:
+        with self._write(label="decide") as conn:
             row = conn.execute("SELECT decision, finished FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None or row[1] is not None:
                 raise JournalError(self._path, f"no unfinished run '{run_id}'")
@@ -691,7 +710,7 @@ class Journal:
 
     def set_confirm(self, run_id: str, confirm_deadline: float | None, persist_id: str | None) -> None:
         """Journal the confirmed-commit window (before committing), so a restart can confirm or cancel."""
-        with self._write() as conn:
+        with self._write(label="set_confirm") as conn:
             cursor = conn.execute(
                 "UPDATE runs SET confirm_deadline = ?, persist_id = ? WHERE id = ?",
                 (confirm_deadline, persist_id, run_id),
@@ -711,7 +730,7 @@ class Journal:
         facts: Mapping[str, Any] | None = None,
     ) -> int:
         """Journal that a step is about to run; returns the step id for `step_result`."""
-        with self._write() as conn:
+        with self._write(label="step_intent") as conn:
             row = conn.execute("SELECT finished FROM runs WHERE id = ?", (run_id,)).fetchone()
             if row is None:
                 raise JournalError(self._path, f"step for unknown run '{run_id}'")
@@ -746,7 +765,7 @@ class Journal:
         status = StepStatus(status)
         if status is StepStatus.INTENT:
             raise ValueError("a step result cannot be 'intent'")
-        with self._write() as conn:
+        with self._write(label="step_result") as conn:
             row = conn.execute("SELECT facts FROM steps WHERE id = ?", (step_id,)).fetchone()
             merged = {**(json.loads(row[0]) if row is not None else {}), **(facts or {})}
             cursor = conn.execute(
@@ -770,7 +789,7 @@ class Journal:
         """Journal how a run ended, with the devices it handed over (or back) for good and those
         it left pending: what the core is told (`RunFinished`), even after a restart."""
         outcome = json.dumps({"done": sorted(done), "pending": sorted(pending)})
-        with self._write() as conn:
+        with self._write(label="finish_run") as conn:
             cursor = conn.execute(
                 "UPDATE runs SET finished = ?, result = ?, detail = ?, outcome = ?"
                 " WHERE id = ? AND finished IS NULL",

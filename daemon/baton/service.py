@@ -69,6 +69,10 @@ TICK_S = 1.0
 # commit (the monitor has its own; the journal writes on its own thread).
 RUN_THREADS = 128
 STOP_GRACE_S = 60.0  # runs in flight get this long to end on a stop (TimeoutStopSec covers it)
+# The journal keeps the inputs of the last 30 days' decisions (`baton replay`); older ones are
+# compacted into one snapshot row at start and once a day.
+JOURNAL_KEEP_S = 30 * 86400.0
+COMPACT_EVERY_S = 86400.0
 EX_IOERR = 74
 
 
@@ -126,6 +130,7 @@ class Service:
         self._stopping = asyncio.Event()
         self._reload_requested = False
         self._exit_code = 0
+        self._compacted_at = 0.0
         # Set in run():
         self.config: Config
         self.inventory: Inventory
@@ -249,6 +254,11 @@ class Service:
                 await self.reload()
             for office in list(self.controller.state.offices):
                 self.apply(Ticked(office))
+            if self.clock() - self._compacted_at >= COMPACT_EVERY_S:
+                self._compacted_at = self.clock()
+                gone = await self.journal.call(self.journal.compact, self._compacted_at - JOURNAL_KEEP_S)
+                if gone:
+                    log.info("journal.compacted", decisions=gone, kept_days=JOURNAL_KEEP_S / 86400)
             self.notifier.status(self.read.summary())
             self.read.last_loop_at = self.clock()
             self.notifier.watchdog()

@@ -64,3 +64,17 @@ def relative(when: float | None, now: float) -> str:
 
 
 __all__ = ["duration", "relative", "render_table"]
+
+
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f")
+
+
+def safe_text(text: str) -> str:
+    """`text` for a terminal: control characters (NUL, ESC, BEL...) and bidirectional overrides
+    shown escaped, so nothing journaled can move the cursor or reorder what an operator reads."""
+    if text.isprintable() and not _BIDI.intersection(text):
+        return text
+    return "".join(
+        ch if (ch.isprintable() and ch not in _BIDI) or ch == " " else ch.encode("unicode_escape").decode()
+        for ch in text
+    )

@@ -84,6 +84,11 @@ def _commands(lab: Lab) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
         "link_up": lambda r: lab.link_up(_arg(r, "device", str), _arg(r, "if_index", int)),
         "slow": lambda r: lab.slow(_arg(r, "device", str), _arg(r, "seconds", float)),
         "refuse_commits": lambda r: lab.refuse_commits(_arg(r, "device", str), _arg(r, "on", bool)),
+        "set_confirmed_commit": lambda r: lab.set_confirmed_commit(
+            _arg(r, "device", str), _arg(r, "on", bool)
+        ),
+        "reset_config": lambda r: lab.reset_config(_arg(r, "device", str)),
+        "load_config": lambda r: lab.load_config(_arg(r, "device", str), _arg(r, "running", str)),
         "drop_mid_rpc": lambda r: lab.drop_mid_rpc(_arg(r, "device", str), _on(r)),
         "drop_after_commit": lambda r: lab.drop_after_commit(_arg(r, "device", str), _on(r)),
         "no_reply": lambda r: lab.no_reply(_arg(r, "device", str), _on(r), _rpc(r)),

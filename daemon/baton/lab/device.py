@@ -108,6 +108,10 @@ class LabDevice:
     interfaces: list[Interface] = field(default_factory=list)
     boot_time: float = 0.0  # monotonic time of the last (simulated) boot: sysUpTime counts from it
     faults: Faults = field(default_factory=Faults)
+    # A model without :confirmed-commit (its hello leaves it out, and <confirmed/> is refused):
+    # what a playbook's `compensate` steps exist for.
+    confirmed_commit: bool = True
+    history: list[str] = field(default_factory=list)  # announce/retract commands run on its CLI
 
     @property
     def mgmt(self) -> MgmtView:

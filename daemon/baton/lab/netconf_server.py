@@ -349,10 +349,12 @@ def _param(op: Element, name: str) -> Element | None:
     return op.find(name) if el is None else el
 
 
-def _hello(session_id: int) -> bytes:
+def _hello(session_id: int, confirmed_commit: bool = True) -> bytes:
     hello = etree.Element(_q("hello"), nsmap={None: NC_NS})
     caps = etree.SubElement(hello, _q("capabilities"))
     for cap in CAPABILITIES:
+        if not confirmed_commit and ":confirmed-commit" in cap:
+            continue
         etree.SubElement(caps, _q("capability")).text = cap
     etree.SubElement(hello, _q("session-id")).text = str(session_id)
     return b'<?xml version="1.0" encoding="UTF-8"?>' + bytes(etree.tostring(hello))
@@ -419,7 +421,8 @@ class _NetconfSession:
     async def run(self) -> None:
         device = self._server.device
         try:
-            self._process.stdout.write(frame(_hello(self._info.id), chunked=False))
+            hello = _hello(self._info.id, self._server.device.confirmed_commit)
+            self._process.stdout.write(frame(hello, chunked=False))
             hello_seen = False
             while not self._closing:
                 data = await self._process.stdin.read(65536)
@@ -604,6 +607,10 @@ class _NetconfSession:
         if device.faults.refuse_commits:
             raise RpcError("operation-failed", "commit refused (lab fault)")
         confirmed = _param(op, "confirmed") is not None
+        if confirmed and not device.confirmed_commit:
+            raise RpcError(
+                "operation-not-supported", "this device has no :confirmed-commit", error_type="protocol"
+            )
         timeout_text = _opt_text(op, "confirm-timeout")
         try:
             timeout_s = int(timeout_text) if timeout_text is not None else 600

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import structlog
+from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 
 from baton.lab.datastore import Datastore, management_xml
 from baton.lab.device import Interface, LabDevice, TrapTarget
@@ -570,6 +571,32 @@ class Lab:
         log.info("lab.slow", device=device_id, slow_s=seconds)
         return f"device {device_id} answers after {seconds:g} s"
 
+    async def set_confirmed_commit(self, device_id: str, on: bool) -> str:
+        """Make the device a model with (or without) :confirmed-commit, for new sessions."""
+        self.device(device_id).confirmed_commit = on
+        log.info("lab.confirmed_commit", device=device_id, on=on)
+        return f"device {device_id} {'has' if on else 'lacks'} :confirmed-commit"
+
+    async def reset_config(self, device_id: str) -> str:
+        """The device's configuration as the lab started it: running and candidate, nothing
+        pending, no locks (its open sessions are dropped)."""
+        device = self.device(device_id)
+        self._drop_sessions([device])
+        device.datastore = Datastore(self._initial_mgmt(self.plan.office(device.office)))
+        device.history.clear()
+        log.info("lab.reset_config", device=device_id)
+        return f"device {device_id} configuration reset"
+
+    async def load_config(self, device_id: str, running: str) -> str:
+        """Set the device's running (and candidate) configuration to `running` (XML of its
+        top-level nodes, as `show` gives it): a test puts a device in a known state at once."""
+        device = self.device(device_id)
+        self._drop_sessions([device])
+        root = etree.fromstring(f"<config>{running}</config>".encode())
+        device.datastore = Datastore([etree.tostring(node, encoding="unicode") for node in root])
+        log.info("lab.load_config", device=device_id)
+        return f"device {device_id} configuration loaded"
+
     async def refuse_commits(self, device_id: str, on: bool) -> str:
         self.device(device_id).faults.refuse_commits = on
         log.info("lab.refuse_commits", device=device_id, on=on)
@@ -687,6 +714,10 @@ class Lab:
                 for i in device.interfaces
             ],
             "host_key": self.host_key(device_id),
+            "running": device.datastore.running_xml(),
+            "confirm_pending": device.datastore.confirm_pending,
+            "confirmed_commit": device.confirmed_commit,
+            "history": list(device.history),
             "mgmt": {
                 "acl": [
                     {"name": name, "prefix": str(net)}

@@ -31,6 +31,7 @@ configure management acl add OFFICE PREFIX
 configure management acl remove OFFICE
 configure aaa server add ADDR
 configure contact TEXT
+announce TEXT | retract TEXT
 exit"""
 
 
@@ -114,6 +115,11 @@ def execute(server: DeviceServer, session_id: int, line: str) -> tuple[str, int]
             case ["configure", *rest]:
                 out = _configure(server, session_id, rest)
                 return out, 1 if out.startswith("%") else 0
+            case ["announce" | "retract" as verb, *text] if text:
+                # A command with an effect but no configuration (a notice to the NOC): the lab
+                # remembers each one, so a test can tell a step that ran twice.
+                server.device.history.append(f"{verb} {' '.join(text)}")
+                return f"{verb}d: {' '.join(text)}", 0
             case ["help" | "?"]:
                 return HELP, 0
             case _:

@@ -1,0 +1,283 @@
+"""The crash-point campaign: a handover and a handback killed at every journal write in turn.
+
+The office mixes what makes recovery hard: a router with :confirmed-commit (1.1), a router
+without it (its edits are undone by compensating steps), a router that is powered off (skipped,
+pending), and a step outside the candidate that must never run twice (an `announce` on each
+router's CLI, undone by `retract`). A first, uninterrupted run counts the journal writes the run
+makes (K). Then for k = 1 … K the daemon is started with a hook that SIGKILLs it right after
+write k (and, for the writes that close a call to a device, right before it: the call happened,
+its result was not journaled), the command is given, the daemon dies, a normal daemon starts on
+the same journal, and once it has settled the devices themselves are checked:
+
+* every device handed over (running byte for byte as the uninterrupted run left it, nothing
+  pending) and the office HANDED_OVER (after a handback: OPEN, every device as before); or
+  every device exactly as before and the office not handed over (after a handback: still
+  handed over, FAILED);
+* no run left unfinished in the journal;
+* no `announce` of a run ran twice, and every announce of a run that was rolled back was
+  retracted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import PLAYBOOKS, REPO, Daemon, LabProcess, cli, wait_for
+from tests.peers.util import PeerProcess
+
+pytestmark = pytest.mark.slow
+
+OFFICE = "seoul-geumcheon"
+ALTERNATE = "seoul-bangbae"
+CORE = f"{OFFICE}-core1"  # :confirmed-commit 1.1
+NOCC = f"{OFFICE}-agg1"  # no :confirmed-commit: compensating steps
+DARK = f"{OFFICE}-agg2"  # powered off: skipped, pending
+ROUTERS = (CORE, NOCC, DARK)
+SETTLE_TIMEOUT_S = 90.0
+RUNNING = ("HANDING_OVER", "HANDING_BACK")
+
+
+def _with_announce(name: str, kind: str) -> dict[str, Any]:
+    playbook: dict[str, Any] = yaml.safe_load((PLAYBOOKS / f"{kind}.yaml").read_text())
+    playbook["steps"].insert(
+        1,
+        {
+            "name": "announce",
+            "kind": "ssh.command",
+            "phase": 0,
+            "timeout_s": 10,
+            "command": f"announce {kind} {{{{ run.id }}}}",
+            "expect": ["announced"],
+            "compensate": {"kind": "ssh.command", "command": f"retract {kind} {{{{ run.id }}}}"},
+        },
+    )
+    playbook["name"] = name
+    return playbook
+
+
+class CrashingDaemon(Daemon):
+    """The daemon under `tests.e2e.crashing_daemon`: dies at the chosen journal write."""
+
+    def spawn(self) -> None:
+        self.starts += 1
+        log = self.log_dir / f"daemon-{self.starts}.log"
+        self.logs.append(log)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": f"{REPO}:{REPO / 'daemon'}", **self.env}
+        argv = [sys.executable, "-m", "tests.e2e.crashing_daemon", str(self.config_path)]
+        self.process = PeerProcess("crashing baton daemon", argv, log, env=env)
+        self.process.spawn()
+
+    def exited(self) -> bool:
+        return self.process is not None and not self.process.is_running()
+
+
+@dataclass
+class Site:
+    lab: LabProcess
+    base: Path
+    config: dict[str, Any]
+    original: dict[str, str]  # device -> running config before any run
+    handed: dict[str, str] | None = None  # device -> running config after an uninterrupted handover
+    handed_journal: Path | None = None  # a journal of that handover, for the handback campaign
+
+    def show(self, device: str) -> dict[str, Any]:
+        shown: dict[str, Any] = self.lab("show", device=device)
+        return shown
+
+    def reset(self, state: str) -> None:
+        """Every router as before any run ("original") or as handed over ("handed")."""
+        for device in ROUTERS:
+            if state == "handed" and self.handed is not None and device != DARK:
+                self.lab("load_config", device=device, running=self.handed[device])
+            else:
+                self.lab("reset_config", device=device)
+        self.lab("set_confirmed_commit", device=NOCC, on=False)
+
+    def config_for(self, journal: Path) -> Path:
+        path = self.lab.dir / f"baton-{journal.stem}.yaml"  # relative paths start at the lab's
+        path.write_text(yaml.safe_dump({**self.config, "journal_path": str(journal)}, sort_keys=False))
+        return path
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    base = tmp_path_factory.mktemp("campaign")
+    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 6)
+    lab.start()
+    try:
+        lab.configure()  # (one router dark of three critical ones: DEGRADED, never closed on its own)
+        config = yaml.safe_load(lab.config_path.read_text())
+        playbooks = base / "playbooks"
+        playbooks.mkdir()
+        for kind in ("handover", "handback"):
+            name = f"lab-{kind}"
+            (playbooks / f"{kind}.yaml").write_text(
+                yaml.safe_dump(_with_announce(name, kind), sort_keys=False)
+            )
+        config["playbooks"] = str(playbooks)
+        config["handover_playbook"], config["handback_playbook"] = "lab-handover", "lab-handback"
+        lab("device_down", device=DARK)
+        lab("set_confirmed_commit", device=NOCC, on=False)
+        original = {d: lab("show", device=d)["running"] for d in ROUTERS}
+        yield Site(lab, base, config, original)
+    finally:
+        lab.stop()
+
+
+def _settle(daemon: Daemon, journal: Path) -> dict[str, Any]:
+    """Until recovery is done and the office is not in a running phase, twice in a row."""
+    seen: list[str] = []
+
+    def settled() -> dict[str, Any] | None:
+        status = cli(daemon.socket, "status", "--json")
+        if status.code != 0:
+            return None
+        office = daemon.office(OFFICE)
+        runs = status.json().get("daemon", {}).get("runs_in_progress", [])
+        unfinished = daemon.journal.rows("SELECT id FROM runs WHERE finished IS NULL")
+        if office["phase"] in RUNNING or runs or unfinished:
+            seen.clear()
+            return None
+        seen.append(office["phase"])
+        return office if len(seen) >= 2 else None
+
+    return wait_for(settled, SETTLE_TIMEOUT_S, "the office settled", interval_s=0.25)
+
+
+def _check(site: Site, kind: str, office: dict[str, Any], daemon: Daemon) -> str:
+    """The invariant on the devices themselves; returns which way the office went."""
+    shown = {d: site.show(d) for d in ROUTERS}
+    assert site.handed is not None
+    assert not any(s["confirm_pending"] for s in shown.values()), "a confirmed commit left pending"
+    assert shown[DARK]["running"] == site.original[DARK], "the powered-off router was touched"
+    live = (CORE, NOCC)
+    handed = all(shown[d]["running"] == site.handed[d] for d in live)
+    original = all(shown[d]["running"] == site.original[d] for d in live)
+    assert handed or original, f"mixed: {[(d, shown[d]['running']) for d in live]}"
+    if kind == "handover":
+        assert ("HANDED_OVER" == office["phase"]) == handed, (office["phase"], office["reason"])
+    else:
+        assert ("OPEN" == office["phase"]) == original, (office["phase"], office["reason"])
+    for device in live:
+        history = shown[device]["history"]
+        for line, n in Counter(history).items():
+            assert n == 1, f"{device} ran '{line}' {n} times: {history}"
+    unfinished = daemon.journal.rows("SELECT id FROM runs WHERE finished IS NULL")
+    assert [] == unfinished
+    went = "handed" if handed else "original"
+    # A run that did not leave its change in place retracted every announce it made.
+    for run in daemon.journal.rows("SELECT id, result FROM runs WHERE result != 'ok'"):
+        for device in live:
+            history = shown[device]["history"]
+            announced = [h for h in history if h.startswith("announce") and h.endswith(run["id"])]
+            retracted = [h for h in history if h.startswith("retract") and h.endswith(run["id"])]
+            assert len(announced) == len(retracted), (run, device, history)
+    return went
+
+
+def _command(daemon: Daemon, kind: str) -> None:
+    args = (
+        ("handover", OFFICE, "--reason", "campaign")
+        if kind == "handover"
+        else ("handback", OFFICE, "--reason", "campaign")
+    )
+    cli(daemon.socket, *args, "--yes", "--no-follow")  # may find the daemon already dead
+
+
+def _start(daemon: Daemon, phase: str) -> None:
+    daemon.start(
+        offices_ready=lambda offices: any(o["id"] == OFFICE and o["phase"] == phase for o in offices)
+    )
+
+
+def _count(site: Site, kind: str) -> list[str]:
+    """An uninterrupted run under the counting hook: the labels of its journal writes."""
+    journal = site.base / f"count-{kind}.sqlite3"
+    if kind == "handback":
+        assert site.handed_journal is not None
+        shutil.copy(site.handed_journal, journal)
+        site.reset("handed")
+    else:
+        site.reset("original")
+    writes = site.base / f"writes-{kind}.log"
+    daemon = CrashingDaemon(site.config_for(journal), site.base, env={"BATON_WRITES_LOG": str(writes)})
+    try:
+        _start(daemon, "OPEN" if kind == "handover" else "HANDED_OVER")
+        daemon.signal(signal.SIGUSR1)
+        _command(daemon, kind)
+        office = _settle(daemon, journal)
+        assert office["phase"] == ("HANDED_OVER" if kind == "handover" else "OPEN"), office
+    finally:
+        daemon.stop()
+    if kind == "handover":
+        site.handed = {d: site.show(d)["running"] for d in ROUTERS}
+        site.handed_journal = journal
+    labels = [line.split()[1] for line in writes.read_text().splitlines()]
+    # The run's writes end with its result and the decision that takes it in; what follows
+    # (the stop) is not the run's.
+    end = max(i for i, label in enumerate(labels) if label == "finish_run") + 1
+    if end < len(labels) and labels[end] == "record_decision":
+        end += 1
+    return labels[:end]
+
+
+def _points(labels: list[str]) -> list[str]:
+    """Every write's "after", and "before" where a device call lies between intent and result."""
+    points = [f"after:{n}" for n in range(1, len(labels) + 1)]
+    points += [f"before:{n}" for n, label in enumerate(labels, 1) if label == "step_result"]
+    return points
+
+
+def _campaign(site: Site, kind: str) -> None:
+    labels = _count(site, kind)
+    points = _points(labels)
+    print(f"\n{kind} campaign: K = {len(labels)} journal writes, {len(points)} crash points")
+    outcomes: Counter[str] = Counter()
+    for point in points:
+        journal = site.base / f"{kind}-{point.replace(':', '-')}.sqlite3"
+        if kind == "handback":
+            assert site.handed_journal is not None
+            shutil.copy(site.handed_journal, journal)
+            site.reset("handed")
+        else:
+            site.reset("original")
+        config = site.config_for(journal)
+        crashing = CrashingDaemon(config, site.base, env={"BATON_CRASH_AT": point})
+        with contextlib.ExitStack() as stack:
+            stack.callback(crashing.stop)
+            _start(crashing, "OPEN" if kind == "handover" else "HANDED_OVER")
+            crashing.signal(signal.SIGUSR1)
+            _command(crashing, kind)
+            wait_for(crashing.exited, SETTLE_TIMEOUT_S, f"the daemon to die at {point}")
+        daemon = Daemon(config, site.base)
+        try:
+            daemon.start(offices_ready=lambda offices: bool(offices))
+            office = _settle(daemon, journal)
+            outcomes[f"{_check(site, kind, office, daemon)} {office['phase']}"] += 1
+        except AssertionError as exc:
+            raise AssertionError(f"{kind} killed at {point}: {exc}") from exc
+        finally:
+            daemon.stop()
+    print(f"{kind} campaign outcomes: {dict(outcomes)}")
+
+
+def test_a_handover_killed_at_every_journal_write(site: Site) -> None:
+    _campaign(site, "handover")
+
+
+def test_a_handback_killed_at_every_journal_write(site: Site) -> None:
+    if site.handed_journal is None:
+        _count(site, "handover")
+    _campaign(site, "handback")
