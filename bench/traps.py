@@ -17,16 +17,19 @@ own address), as fast as Python sends (`--rate 0`, ~250,000/s) or paced at `--ra
 upsTrapOnBattery, office_level: true, as in baton.yaml) are mixed at random positions, one per
 office in turn. `--v1-share` makes that share of the plain traps SNMPv1.
 
-Reported per flood: traps sent; traps that reached the receiver's socket; what the receiver
-processed (accepted + dropped by the receiver with a reason, from /metrics); what the kernel
+Reported per flood: traps sent; what the receiver processed (accepted + dropped by the receiver
+with a reason, from /metrics, its receive_buffer count aside); what the kernel
 dropped because the socket's receive buffer was full (the socket's `drops` in /proc/net/udp);
 events the monitor handled; office-level alarms sent and handled; the receiver process's CPU
-from the flood's start until it went idle, and traps processed per CPU-second (the receiver is
-one asyncio thread: per CPU-second is per core) and per wall second. `--decode-only N` also
+from the flood's start until the last trap was processed, traps processed per CPU-second (the
+receiver is one asyncio thread: per CPU-second is per core) and per wall second, and the CPU
+until the process was quiet for 1 s (the SNMP re-polls the traps caused included). `--decode-only N` also
 times the receiver's decoder alone on N of the same datagrams (no socket, no monitor).
 
-`--baton-src DIR` runs the receiver from another tree (e.g. `git archive <commit> | tar -x -C DIR`)
-for before/after figures; the sender always uses this tree. Everything listens on 127.0.0.0/8;
+`--receive-buffer BYTES` sets the receiver's `receive_buffer_bytes` (what an unprivileged daemon
+gets is capped by net.core.rmem_max). `--baton-src DIR` runs the receiver from another tree
+(e.g. `git archive <commit> daemon | tar -x -C DIR`) for before/after figures; the sender always
+uses this tree. Everything listens on 127.0.0.0/8;
 the receiver and every agent are stopped at the end, also on failure or Ctrl-C.
 """
 
@@ -166,12 +169,15 @@ def kernel_drops(port: int) -> int:
     return 0
 
 
-def parse_metric(text: str, name: str) -> dict[str, float]:
+def samples(counter: Any) -> dict[str, float]:
+    """label text -> value of one counter family's `_total` samples (without rendering the
+    whole registry, which at 1,000 devices would cost the receiver more than the traps)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith(name + "{"):
-            labels, value = line[len(name) + 1 :].rsplit("} ", 1)
-            out[labels] = float(value)
+    for family in counter.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[labels] = float(sample.value)
     return out
 
 
@@ -208,6 +214,7 @@ async def child_main(args: argparse.Namespace) -> None:
         port=0,
         communities=(SecretRef("env", "C"),),
         vendor_traps={UPS_ON_BATTERY: VendorTrap("upsOnBattery", office_level=True)},
+        **({"receive_buffer_bytes": args.receive_buffer} if args.receive_buffer else {}),
     )
     metrics = Metrics()
     monitor = Monitor(
@@ -238,7 +245,6 @@ async def child_main(args: argparse.Namespace) -> None:
     done = asyncio.Event()
 
     def stats() -> dict[str, Any]:
-        text = metrics.render().decode()
         receiver: Any = monitor._receiver
         extra = {}
         for name in ("datagrams", "coalesced", "max_queued"):
@@ -248,8 +254,8 @@ async def child_main(args: argparse.Namespace) -> None:
         return {
             "cpu_s": time.process_time(),
             "at": time.monotonic(),
-            "received": parse_metric(text, "baton_traps_received_total"),
-            "dropped": parse_metric(text, "baton_traps_dropped_total"),
+            "received": samples(metrics.traps_received_total),
+            "dropped": samples(metrics.traps_dropped_total),
             "kernel_drops": kernel_drops(port),
             "handled": dict(handled),
             "offices_alarmed": len(office_alarms_seen),
@@ -325,7 +331,9 @@ class Child:
 
 
 def processed(s: dict[str, Any]) -> float:
-    return float(sum(s["received"].values()) + sum(s["dropped"].values()))
+    """Accepted + dropped by the receiver (the kernel's drops, which it also counts, aside)."""
+    own = sum(v for k, v in s["dropped"].items() if "receive_buffer" not in k)
+    return float(sum(s["received"].values()) + own)
 
 
 def wait_idle(
@@ -440,6 +448,9 @@ def run_once(
         str(args.interval),
         "--agent-ports",
         json.dumps(agent_ports),
+        "--receive-buffer",
+        str(args.receive_buffer),
+        *(["--profile", str(args.profile)] if args.profile else []),
     ]
     floods = [
         build_flood(rng, args.devices, args.offices, args.flood_size, args.office_alarms, args.v1_share)
@@ -486,6 +497,7 @@ def run_once(
                 "alarms_sent": alarms,
                 "alarms_handled": after["handled"]["office_level"] - before["handled"]["office_level"],
                 "cpu_s": cpu,
+                "cpu_total_s": after["cpu_s"] - before["cpu_s"],
                 "wall_s": wall,
                 "per_cpu_s": done / cpu if cpu > 0 else 0.0,
                 "per_wall_s": done / wall,
@@ -499,7 +511,8 @@ def run_once(
                 f"monitor handled {row['handled']} events ({row['coalesced']} coalesced in the queue); "
                 f"office alarms {row['alarms_handled']}/{alarms}; "
                 f"receiver CPU {cpu:.2f} s over {wall:.2f} s: "
-                f"{row['per_cpu_s']:.0f} traps/CPU-s, {row['per_wall_s']:.0f} traps/s wall; "
+                f"{row['per_cpu_s']:.0f} traps/CPU-s, {row['per_wall_s']:.0f} traps/s wall "
+                f"(CPU until quiet, the re-polls included: {row['cpu_total_s']:.2f} s); "
                 f"SO_RCVBUF {row['receive_buffer']}",
                 flush=True,
             )
@@ -527,7 +540,15 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--decode-only", type=int, default=0, metavar="N")
+    parser.add_argument(
+        "--receive-buffer",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="the receiver's receive_buffer_bytes (0: its default); e.g. 212992 = Debian's rmem_max",
+    )
     parser.add_argument("--baton-src", type=Path, default=ROOT)
+    parser.add_argument("--profile", type=Path, help="cProfile the receiver process into this file")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--agent-ports", default="[]", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -536,7 +557,12 @@ def main() -> None:
         import_baton(src)
         with open(os.devnull, "w") as devnull:
             args.log_stream = devnull
-            asyncio.run(child_main(args))
+            if args.profile:
+                import cProfile
+
+                cProfile.runctx("asyncio.run(child_main(args))", globals(), {"args": args}, str(args.profile))
+            else:
+                asyncio.run(child_main(args))
         return
     import_baton(ROOT)
     if args.agents and shutil.which("snmpd") is None:

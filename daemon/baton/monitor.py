@@ -646,13 +646,28 @@ class Monitor:
         except Exception as exc:
             log.error("monitor.deliver_failed", office=office, error=type(exc).__name__, exc_info=True)
 
-    def _judge(self) -> None:
-        """Judge every device and office from the current health; metrics and change logs."""
+    def _judge(self, only: Iterable[str] | None = None) -> None:
+        """Judge devices and offices from the current health; metrics and change logs. `only`:
+        just those offices (after a trap's re-poll pass; their devices are judged with their
+        parent chains, so UNREACHABLE comes out as in a full judgement), not the whole
+        inventory: a storm of traps makes thousands of passes, a round judges everything."""
         inventory, policy = self._inventory, self._policy
         previous_devices = self._device_judgements
-        judgements = judge_devices(inventory, self._health, policy)
+        if only is None:
+            targets: Iterable[str] = inventory.offices
+            judgements = judge_devices(inventory, self._health, policy)
+            judged: Iterable[str] = judgements
+        else:
+            targets = sorted({o for o in only if o in inventory.offices})
+            scope = self._scope(targets)
+            scoped = judge_devices(scope, self._health, policy)
+            judged = [d for d in scope.devices if scope.devices[d].office in targets]
+            merged = dict(previous_devices)
+            merged.update((d, scoped[d]) for d in judged)
+            judgements = MappingProxyType(merged)
         self._device_judgements = judgements
-        for device_id, judgement in judgements.items():
+        for device_id in judged:
+            judgement = judgements[device_id]
             device = inventory.devices[device_id]
             self.metrics.set_device_verdict(device.office, device_id, judgement.verdict)
             before = previous_devices.get(device_id)
@@ -665,11 +680,11 @@ class Monitor:
                     previous=str(before.verdict),
                     reason=judgement.reason,
                 )
-        offices: dict[str, OfficeJudgement] = {}
-        for office in inventory.offices:
-            scope = self._by_office[office]
-            raw = judge_office(office, scope, judgements, policy)
-            verdict = replace(raw, detail=describe_office(raw, scope.devices.values(), judgements))
+        offices: dict[str, OfficeJudgement] = {} if only is None else dict(self._office_judgements)
+        for office in targets:
+            scope_of_office = self._by_office[office]
+            raw = judge_office(office, scope_of_office, judgements, policy)
+            verdict = replace(raw, detail=describe_office(raw, scope_of_office.devices.values(), judgements))
             offices[office] = verdict
             self.metrics.set_office_verdict(office, verdict.verdict, verdict.ratio)
             before_office = self._office_judgements.get(office)
@@ -682,6 +697,20 @@ class Monitor:
                     detail=verdict.detail,
                 )
         self._office_judgements = offices
+
+    def _scope(self, offices: Iterable[str]) -> Inventory:
+        """The devices of `offices` and every device up their parent chains."""
+        devices = self._inventory.devices
+        found: dict[str, Device] = {}
+        for office in offices:
+            for device in self._by_office[office].devices.values():
+                while device.id not in found:
+                    found[device.id] = device
+                    parent = devices.get(device.parent) if device.parent is not None else None
+                    if parent is None:
+                        break
+                    device = parent
+        return Inventory(offices=MappingProxyType({}), devices=MappingProxyType(found))
 
     # --- observations ----------------------------------------------------------------------
 
@@ -864,7 +893,7 @@ class Monitor:
                 log.error("monitor.probe_crashed", error=type(result).__name__, exc_info=result)
 
     def _judge_after_trap(self, plan: RepollPlan, n: int) -> None:
-        self._judge()
+        self._judge(plan.offices)
         for office in plan.offices:
             judgement = self._office_judgements.get(office)
             if judgement is not None and judgement.verdict is not self._emitted.get(office):
