@@ -69,6 +69,10 @@ class PlanProblem:
     device: str | None
     step: str | None
     message: str
+    # where in the step's templates (a field path such as ("compensate", "config")), and the
+    # line inside that template, when a rendering failed: validation turns them into file:line
+    path: tuple[str | int, ...] = ()
+    line: int | None = None
 
     def __str__(self) -> str:
         where = " ".join(
@@ -308,7 +312,7 @@ def plan_run(
                     continue
                 rendered = render_step(step, context, device.id, env)
             except RenderError as exc:
-                problems.append(PlanProblem(device.id, step.name, exc.message))
+                problems.append(PlanProblem(device.id, step.name, exc.message, exc.path, exc.line))
                 continue
             problems.extend(_value_problems(rendered, device.id))
             steps.append(
