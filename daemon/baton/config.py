@@ -19,6 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from baton.core.model import Inventory, Policy, SecretRef
 from baton.inventory.loader import read_inventory, reference_hint
+from baton.inventory.numbers import bounded
 from baton.inventory.schema import Id, Port, Ref, Strict
 from baton.secrets import SecretError, check, parse_ref
 from baton.yamlsource import (
@@ -121,29 +122,42 @@ def _as_list(value: Any) -> Any:
 
 Listen = Annotated[str, AfterValidator(_check_listen)]
 Refs = Annotated[list[Ref], BeforeValidator(_as_list)]
-Seconds = Annotated[float, Field(gt=0)]
-SecondsOrZero = Annotated[float, Field(ge=0)]
+
+DAY_S = 86400.0
+MONTH_S = 30 * DAY_S
+# Durations in seconds and counts: finite, and in a range an operator could mean (`bounded`).
+PollSeconds = Annotated[float, bounded(0, 3600, example=10, unit="s", low_open=True)]
+WindowSeconds = Annotated[float, bounded(0, DAY_S, example=300, unit="s", low_open=True)]
+HoldSeconds = Annotated[float, bounded(0, DAY_S, example=30, unit="s")]
+BlockSeconds = Annotated[float, bounded(0, MONTH_S, example=3600, unit="s")]
+TtlSeconds = Annotated[float, bounded(0, 3600, example=10, unit="s", low_open=True)]
+Ratio = Annotated[float, bounded(0, 1, example=0.5, low_open=True)]
+Percent = Annotated[float, bounded(0, 100, example=50)]
+Failures = Annotated[int, bounded(1, 100, example=3)]
+OfficeCount = Annotated[int, bounded(1, 100_000, example=2)]
+Samples = Annotated[int, bounded(2, 1000, example=21)]
 
 
 class PolicyFile(Strict):
-    """Every `Policy` field, optional (unset: design.md default); ranges checked in check_policy."""
+    """Every `Policy` field, optional (unset: design.md default). Each value is finite and in a
+    sane range on its own; combinations are checked in check_policy."""
 
-    poll_interval_s: Seconds | None = None
-    failures_to_down: Annotated[int, Field(ge=1)] | None = None
-    office_down_ratio: float | None = None
-    hold_down_s: SecondsOrZero | None = None
-    confirm_window_s: Seconds | None = None
-    run_timeout_s: Seconds | None = None
-    anti_flap_block_s: SecondsOrZero | None = None
-    storm_max_offices: Annotated[int, Field(ge=1)] | None = None
-    storm_max_ratio: float | None = None
-    storm_window_s: Seconds | None = None
-    handback_hold_s: SecondsOrZero | None = None
+    poll_interval_s: PollSeconds | None = None
+    failures_to_down: Failures | None = None
+    office_down_ratio: Ratio | None = None
+    hold_down_s: HoldSeconds | None = None
+    confirm_window_s: WindowSeconds | None = None
+    run_timeout_s: WindowSeconds | None = None
+    anti_flap_block_s: BlockSeconds | None = None
+    storm_max_offices: OfficeCount | None = None
+    storm_max_ratio: Ratio | None = None
+    storm_window_s: WindowSeconds | None = None
+    handback_hold_s: BlockSeconds | None = None
     auto_handback: bool | None = None
     require_approval: bool | None = None
-    flap_samples: Annotated[int, Field(ge=2, le=1000)] | None = None
-    flap_high_pct: Annotated[float, Field(ge=0, le=100)] | None = None
-    flap_low_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    flap_samples: Samples | None = None
+    flap_high_pct: Percent | None = None
+    flap_low_pct: Percent | None = None
 
 
 class ApiFile(Strict):
@@ -188,7 +202,7 @@ class VantageFile(Strict):
 class EtcdFile(Strict):
     endpoints: Annotated[list[str], Field(min_length=1)]
     prefix: str = "/baton/"
-    lease_ttl_s: Seconds = 10.0
+    lease_ttl_s: TtlSeconds = 10.0
 
 
 class ConfigFile(Strict):
@@ -483,6 +497,7 @@ class Validation:
     inventory: Inventory | None
     config: Config | None
     problems: list[Problem] = field(default_factory=list)
+    config_document: Document | None = None  # baton.yaml as read, for problems found later
 
     @property
     def is_valid(self) -> bool:
@@ -515,7 +530,7 @@ def check_all(
         finding = check_probe_time(config.policy, inventory)
         if finding is not None:
             problems.append(_finding_problem(doc, finding))
-    return Validation(directory, inventory, config, problems)
+    return Validation(directory, inventory, config, problems, reading.document if reading else None)
 
 
 __all__ = [

@@ -224,8 +224,8 @@ def test_no_inventory_is_built_when_there_are_errors() -> None:
         ),
         (
             "role: r, address: 10.0.0.1, snmp: {community: env:COMMUNITY, critical_interfaces: [0]}",
-            "d.yaml:2: devices[0] (x-1).snmp.critical_interfaces[0]: input should be greater than"
-            " or equal to 1",
+            "d.yaml:2: devices[0] (x-1).snmp.critical_interfaces[0]: 0 is too small: it must be at least 1"
+            " — write a number at least 1 and at most 2147483647, e.g. 1",
         ),
     ],
 )

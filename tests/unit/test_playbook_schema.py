@@ -85,7 +85,11 @@ def test_all_problems_reported_at_once_with_lines(tmp_path: Path) -> None:
         (7, "unknown step kind 'netconf.edti'", "did you mean 'netconf.edit'?"),
         (9, "missing required key 'config'", "add 'config: ...'"),
         (11, "unknown key 'confg'", "did you mean 'config'?"),
-        (15, "input should be greater than 0", ""),
+        (
+            15,
+            "-1 is too small: it must be more than 0 s",
+            "write a number more than 0 and at most 3600 s, e.g. 30",
+        ),
     ] == sorted((p.line, p.message, p.hint) for p in problems)
 
 

@@ -20,7 +20,10 @@ def test_shipped_example_validates(
     """The example inventory/ and baton.yaml pass as shipped, with the defaults of both flags."""
     monkeypatch.chdir(REPO)
     assert EX_OK == main(["validate"])
-    assert "inventory/ valid: 8 offices, 30 devices; baton.yaml valid\n" == capsys.readouterr().out
+    assert (
+        "inventory/ valid: 8 offices, 30 devices; baton.yaml valid; 4 playbooks, every handover and "
+        "handback renders\n"
+    ) == capsys.readouterr().out
 
 
 def test_broken_inventory_exits_78_and_counts_problems(
@@ -61,6 +64,7 @@ def test_inventory_named_by_the_config_is_used(tmp_path: Path, capsys: pytest.Ca
     shutil.copytree(REPO / "inventory", tmp_path / "net")
     config = (REPO / "baton.yaml").read_text().replace("inventory: inventory", "inventory: net")
     config = config.replace("file:inventory/", "file:net/")
+    config = config.replace("playbooks: playbooks", f"playbooks: {REPO / 'playbooks'}")
     (tmp_path / "conf").mkdir()
     (tmp_path / "conf" / "baton.yaml").write_text(
         config.replace("file:net/", "file:../net/").replace("inventory: net", "inventory: ../net")
@@ -95,6 +99,7 @@ def test_cross_checks_of_config_against_inventory(tmp_path: Path, capsys: pytest
         .replace("hold_down_s: 30 ", "hold_down_s: 90 ")
     )
     config = config.replace("file:inventory/", f"file:{REPO}/inventory/")
+    config = config.replace("playbooks: playbooks", f"playbooks: {REPO / 'playbooks'}")
     path = tmp_path / "baton.yaml"
     path.write_text(config)
     assert EX_CONFIG == main(["validate", "--inventory", str(REPO / "inventory"), "--config", str(path)])

@@ -30,6 +30,7 @@ from baton.core.model import (
     SshSettings,
     frozen_map,
 )
+from baton.inventory.numbers import non_finite_problems
 from baton.inventory.schema import (
     DEFAULTS_KEY,
     DEVICES_KEY,
@@ -154,6 +155,8 @@ class _Reader:
             return None
         doc, problems = read_document(path)
         self.problems.extend(problems)
+        if doc is not None:
+            self.problems.extend(non_finite_problems(doc, "vars"))
         return doc
 
     def _section(self, doc: Document, key: str, kind: type[list[Any]] | type[dict[str, Any]]) -> Any:
@@ -270,6 +273,8 @@ class _Reader:
         for path in files:
             doc, problems = read_document(path)
             self.problems.extend(problems)
+            if doc is not None:
+                self.problems.extend(non_finite_problems(doc, "vars"))
             items = self._section(doc, DEVICES_KEY, list) if doc else None
             if doc is None or items is None:
                 continue

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
+from baton.inventory.numbers import bounded
 from baton.secrets import REFERENCE_HINT, is_reference
 
 ID_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -136,19 +137,22 @@ Oid = Annotated[str, AfterValidator(_check_oid)]
 Address = Annotated[str, AfterValidator(_check_address)]
 HostKey = Annotated[str, AfterValidator(_check_host_key)]
 Cidr = Annotated[str, AfterValidator(_check_cidr)]
-Port = Annotated[int, Field(ge=1, le=65535)]
-Timeout = Annotated[float, Field(gt=0, le=600)]
+Port = Annotated[int, bounded(1, 65535, example=830)]
+Timeout = Annotated[float, bounded(0, 600, example=5, unit="s", low_open=True)]
+Retries = Annotated[int, bounded(0, 10, example=1)]
+IfIndex = Annotated[int, bounded(1, 2**31 - 1, example=1)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    # allow_inf_nan: a backstop behind `bounded` for any float field that is not declared with it
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 class SnmpFile(Strict):
     version: Annotated[Literal["2c", "3"] | None, BeforeValidator(_version_text)] = None
     port: Port | None = None
     timeout_s: Timeout | None = None
-    retries: Annotated[int, Field(ge=0, le=10)] | None = None
+    retries: Retries | None = None
     community: Ref | None = None
     user: str | None = None
     auth_protocol: Literal["SHA", "SHA224", "SHA256", "SHA384", "SHA512", "MD5"] | None = None
@@ -156,7 +160,7 @@ class SnmpFile(Strict):
     priv_protocol: Literal["AES", "AES192", "AES256", "DES"] | None = None
     priv_key: Ref | None = None
     oids: dict[str, Oid] | None = None
-    critical_interfaces: list[Annotated[int, Field(ge=1)]] | None = None
+    critical_interfaces: list[IfIndex] | None = None
 
 
 class NetconfFile(Strict):
@@ -204,7 +208,7 @@ class DeviceEntry(DeviceSettings):
 class OfficeVars(BaseModel):
     """Free variables for playbooks; the well-known ones are checked, others pass through."""
 
-    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True, allow_inf_nan=False)
 
     noc_prefixes: list[Cidr] | None = None
     noc_address: Address | None = None

@@ -29,16 +29,18 @@ line inside the template), XML well-formedness of static XML, static regexes, OI
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, cast
 
-from jinja2 import TemplateSyntaxError
+from jinja2 import TemplateSyntaxError, nodes
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from baton.inventory.numbers import bounded
 from baton.playbook.render import KeyPath, make_environment, map_templates, xml_problem
 from baton.yamlsource import (
     ConfigError,
@@ -68,7 +70,16 @@ _TEMPLATE_MARK = re.compile(r"\{[{%#]")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: a backstop behind `bounded` (every number is finite and in range)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+HOUR_S = 3600.0
+# Numbers of a playbook: finite, in a range a playbook could mean (the fix names the range).
+StepSeconds = Annotated[float, bounded(0, HOUR_S, example=30, unit="s", low_open=True)]
+Phase = Annotated[int, bounded(0, 1000, example=1)]
+Retries = Annotated[int, bounded(0, 10, example=2)]
+ExitStatus = Annotated[int, bounded(0, 255, example=0)]
 
 
 # --- checks on replies -----------------------------------------------------------------------
@@ -108,8 +119,11 @@ class ValueCheck(_Model):
     @model_validator(mode="before")
     @classmethod
     def _numbers_as_text(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("equals"), int | float):
-            return {**data, "equals": str(data["equals"])}
+        equals = data.get("equals") if isinstance(data, dict) else None
+        if isinstance(equals, float) and not math.isfinite(equals):
+            raise ValueError(f"'equals' is {equals}, not a finite number: quote it if you mean the text")
+        if isinstance(equals, int | float) and not isinstance(equals, bool):
+            return {**data, "equals": str(equals)}
         return data
 
     @model_validator(mode="after")
@@ -141,9 +155,9 @@ class _Step(_Model):
     IN_CANDIDATE: ClassVar[bool] = False
 
     name: str = ""  # required on top-level steps (checked by the playbook, which knows the path)
-    phase: int = Field(0, ge=0)
-    timeout_s: float = Field(30.0, gt=0, le=3600)
-    retries: int = Field(0, ge=0, le=10)
+    phase: Phase = 0
+    timeout_s: StepSeconds = 30.0
+    retries: Retries = 0
     when: str | None = None
     compensate: Step | None = None
 
@@ -215,7 +229,7 @@ class SshCommand(_Step):
     kind: Literal["ssh.command"]
     command: str
     expect: list[str] = Field(default_factory=list)  # regexes that must all match the output
-    expect_exit: int | None = 0  # None: any exit status
+    expect_exit: ExitStatus | None = 0  # None: any exit status
     idempotent: bool = False  # the operator's word that running it twice is harmless
 
     @property
@@ -262,8 +276,8 @@ class Wait(_Step):
     CHANGES: ClassVar[bool] = False
     kind: Literal["wait"]
     until: Condition
-    deadline_s: float = Field(gt=0, le=3600)
-    interval_s: float = Field(5.0, gt=0)
+    deadline_s: StepSeconds
+    interval_s: StepSeconds = 5.0
 
     @property
     def session(self) -> Literal["netconf", "ssh", "snmp"]:
@@ -311,12 +325,12 @@ class Playbook(_Model):
     description: str = ""
     kind: Literal["handover", "handback"]
     targets: Targets
-    concurrency: int = Field(4, ge=1, le=256)
+    concurrency: Annotated[int, bounded(1, 256, example=4)] = 4
     # The confirmed-commit window. The rule: the playbook's value when it sets one, else the
     # policy's `confirm_window_s`; validation checks the value that is used (`window_for`).
-    confirm_window_s: float | None = Field(None, gt=0, le=86400)
-    commit_timeout_s: float = Field(30.0, gt=0, le=3600)  # one <commit> RPC
-    confirm_timeout_s: float = Field(15.0, gt=0, le=3600)  # one confirming <commit> RPC
+    confirm_window_s: Annotated[float, bounded(0, 86400, example=300, unit="s", low_open=True)] | None = None
+    commit_timeout_s: StepSeconds = 30.0  # one <commit> RPC
+    confirm_timeout_s: StepSeconds = 15.0  # one confirming <commit> RPC
     # rollback: any device's failure rolls every device back (the office is never mixed);
     # rollback_device: only the failing device is rolled back, the others are handed over
     on_failure: Literal["rollback", "rollback_device"] = "rollback"
@@ -418,7 +432,7 @@ def _check_templates(doc: Document, playbook: Playbook) -> list[Problem]:
 
     def check(text: str, path: KeyPath) -> str:
         try:
-            env.parse(text)
+            tree = env.parse(text)
         except TemplateSyntaxError as exc:
             problems.append(
                 Problem(
@@ -430,6 +444,7 @@ def _check_templates(doc: Document, playbook: Playbook) -> list[Problem]:
                 )
             )
             return text
+        problems.extend(_private_access(doc, path, text, tree))
         field = path[-1] if path else ""
         if field in ("config", "rpc", "filter") and "{%" not in text:
             # Expressions stand for text; with no block tags the rest is the XML that will be sent.
@@ -454,6 +469,7 @@ def _check_templates(doc: Document, playbook: Playbook) -> list[Problem]:
         if step.when is not None:
             try:
                 env.compile_expression(step.when)
+                tree = env.parse("{{ " + step.when + " }}")
             except TemplateSyntaxError as exc:
                 problems.append(
                     doc.problem(
@@ -462,9 +478,36 @@ def _check_templates(doc: Document, playbook: Playbook) -> list[Problem]:
                         "write a Jinja2 expression, without {{ }}",
                     )
                 )
+            else:
+                problems.extend(_private_access(doc, (*path, "when"), step.when, tree))
     for i, step in enumerate(playbook.steps):
         map_templates(step, check, ("steps", i))
     return problems
+
+
+def _private_access(doc: Document, path: KeyPath, text: str, tree: nodes.Template) -> list[Problem]:
+    """Attributes the sandbox refuses at render time (`__class__`, `_private`), found at load:
+    a template reaching for them is trying to leave the sandbox, not to configure a device."""
+    found: list[tuple[int, str]] = []
+    for node in tree.find_all(nodes.Getattr):
+        if node.attr.startswith("_"):
+            found.append((node.lineno, node.attr))
+    for item in tree.find_all(nodes.Getitem):
+        if isinstance(item.arg, nodes.Const) and str(item.arg.value).startswith("_"):
+            found.append((item.lineno, str(item.arg.value)))
+    if not found:
+        return []
+    line, name = min(found)  # the first one says it: `__class__.__mro__...` is one attempt
+    return [
+        Problem(
+            doc.file,
+            _template_line(doc, path, text, line),
+            doc.describe(path),
+            f"template reaches for '{name}' (line {line} of the template): the sandbox refuses "
+            "names starting with '_'",
+            "use only the office, alternate, device, inventory and run variables",
+        )
+    ]
 
 
 def _check_static(doc: Document, path: KeyPath, text: str) -> list[Problem]:
@@ -591,11 +634,18 @@ def check_document(doc: Document) -> tuple[Playbook | None, list[Problem]]:
 
 def check_playbook(path: Path, display: str | None = None) -> tuple[Playbook | None, list[Problem]]:
     """Read and validate one playbook file: the playbook if it has no errors, and every problem."""
+    playbook, problems, _doc = _read_playbook(path, display)
+    return playbook, problems
+
+
+def _read_playbook(
+    path: Path, display: str | None = None
+) -> tuple[Playbook | None, list[Problem], Document | None]:
     doc, problems = read_document(path, display)
     if doc is None or errors_in(problems):
-        return None, problems
+        return None, problems, doc
     playbook, more = check_document(doc)
-    return playbook, problems + more
+    return playbook, problems + more, doc
 
 
 def load_playbook(path: Path) -> Playbook:
@@ -610,12 +660,31 @@ def load_playbook(path: Path) -> Playbook:
 class PlaybookSet:
     playbooks: dict[str, Playbook]
     problems: list[Problem]
+    # each playbook's file as read, by playbook name: rendering problems found later (for an
+    # office and an alternate) point at the step's line in it
+    documents: dict[str, Document] = field(default_factory=dict)
+
+
+def step_line(
+    doc: Document, step_index: int, path: KeyPath = (), line_in_template: int | None = None
+) -> int | None:
+    """The line of a step's templated field (and of a line inside that template) in its file."""
+    where: KeyPath = ("steps", step_index, *path)
+    node: Any = doc.data
+    for part in where:
+        if isinstance(node, list) and isinstance(part, int):
+            node = node[part] if 0 <= part < len(node) else None
+        else:
+            node = node.get(part) if isinstance(node, dict) else None
+    text = node if isinstance(node, str) else ""
+    return _template_line(doc, where, text, line_in_template)
 
 
 def check_playbooks(directory: Path) -> PlaybookSet:
     """Every `*.yaml`/`*.yml` directly in `directory` (not subdirectories), checked together."""
     problems: list[Problem] = []
     playbooks: dict[str, Playbook] = {}
+    documents: dict[str, Document] = {}
     origin: dict[str, str] = {}
     if not directory.is_dir():
         return PlaybookSet(
@@ -626,9 +695,9 @@ def check_playbooks(directory: Path) -> PlaybookSet:
     if not files:
         problems.append(Problem(str(directory), None, "", "no playbooks (*.yaml) found"))
     for file in files:
-        playbook, found = check_playbook(file)
+        playbook, found, doc = _read_playbook(file)
         problems.extend(found)
-        if playbook is None:
+        if playbook is None or doc is None:
             continue
         if playbook.name in playbooks:
             problems.append(
@@ -641,8 +710,9 @@ def check_playbooks(directory: Path) -> PlaybookSet:
             )
             continue
         playbooks[playbook.name] = playbook
+        documents[playbook.name] = doc
         origin[playbook.name] = str(file)
-    return PlaybookSet(playbooks, problems)
+    return PlaybookSet(playbooks, problems, documents)
 
 
 def load_playbooks(directory: Path) -> dict[str, Playbook]:
