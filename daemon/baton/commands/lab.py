@@ -61,6 +61,13 @@ def register(sub: Any) -> None:
     run.add_argument("--trap-target", type=_host_port, metavar="HOST:PORT", help="Baton's trap listener")
     run.add_argument("--snmp-port", type=int, default=16100, metavar="P")
     run.add_argument("--ssh-port", type=int, default=18300, metavar="P")
+    run.add_argument(
+        "--playbooks",
+        type=Path,
+        metavar="DIR",
+        help="where the lab playbooks are (default: the source tree's, /etc/baton's or ./playbooks); "
+        "they are copied into DIR/playbooks",
+    )
     run.set_defaults(func=_run)
 
     def simple(name: str, help_text: str, cmd: str, *params: tuple[str, Any, str]) -> None:
@@ -227,11 +234,12 @@ def _run(args: argparse.Namespace) -> int:
 
 
 async def _run_lab(args: argparse.Namespace) -> int:
-    from baton.lab.inventory_writer import write_inventory
+    from baton.lab.inventory_writer import find_lab_playbooks, write_inventory
     from baton.lab.network import Lab, LabConfig, build_plan, select_offices
 
     offices = select_offices(args.offices)
     build_plan(offices, args.devices_per_office)  # refuse bad sizes before binding anything
+    playbooks = find_lab_playbooks(args.playbooks)  # and a config the daemon could not run
     config = LabConfig(
         dir=args.dir.resolve(),
         offices=offices,
@@ -247,7 +255,7 @@ async def _run_lab(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     await lab.start()
     try:
-        inventory = write_inventory(lab)
+        inventory = write_inventory(lab, playbooks=playbooks)
         print(_summary(lab, inventory), flush=True)
         await stop.wait()
         print("baton lab: stopping", flush=True)
@@ -266,7 +274,7 @@ def _summary(lab: Any, inventory: Path) -> str:
         f"baton lab: {len(lab.plan.offices)} offices, {len(lab.plan.devices)} devices, "
         f"started in {lab.startup_s:.2f} s",
         f"  state dir:  {cfg.dir}",
-        f"  inventory:  {inventory}   (policy: {cfg.dir / 'baton.yaml'})",
+        f"  inventory:  {inventory}   (policy: {cfg.dir / 'baton.yaml'}, playbooks: {cfg.dir / 'playbooks'})",
         f"  SNMP:       udp/{cfg.snmp_port} on each device address; NETCONF+SSH: tcp/{cfg.ssh_port}"
         + ("" if lab.netconf_available else " (NETCONF server not available)"),
         f"  traps to:   {f'{cfg.trap_target[0]}:{cfg.trap_target[1]}' if cfg.trap_target else 'nowhere'}",
@@ -292,6 +300,7 @@ def _summary(lab: Any, inventory: Path) -> str:
         f"key_filename='{creds}/baton_ed25519', allow_agent=False, look_for_keys=False, "
         f"ssh_config=None, hostkey_b64='{lab.host_key(first.id).split()[1]}')",
         f"  baton lab --dir {cfg.dir} status | power-off OFFICE | cut OFFICE | link-down DEVICE IFINDEX ...",
+        f"  baton daemon --config {cfg.dir / 'baton.yaml'} --log-format console   (in another terminal)",
         "",
         "Ctrl-C stops the lab.",
     ]

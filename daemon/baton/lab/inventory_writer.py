@@ -7,7 +7,13 @@ Layout under `<dir>`:
     inventory/groups.yaml           roles (core-router, agg-router, olt) and SNMP per region
     inventory/devices/<office>.yaml one file per office: address, parent, pinned host key
     inventory/credentials/*         the secrets (0600, directory 0700), referenced as file:...
+    playbooks/lab-handover.yaml     the shipped lab playbooks, copied (`find_lab_playbooks`)
+    playbooks/lab-handback.yaml
     baton.yaml                      a policy tuned for the lab: short poll, short hold-down
+
+`baton daemon --config <dir>/baton.yaml` runs with it as written, and every handover renders:
+each office has every variable the lab playbooks use (`trap_collectors` is empty when the lab
+sends its traps nowhere).
 
 Seoul offices poll with SNMPv3 authPriv (SHA-256/AES), the others with v2c, as in the example
 inventory; the lab's agent accepts both on every device, so the split is only what Baton uses.
@@ -21,12 +27,56 @@ from typing import Any
 
 import yaml
 
-from baton.lab.network import LAB_USER, Lab, public_key_line, write_private
+from baton.lab.network import LAB_USER, Lab, LabError, public_key_line, write_private
 from baton.lab.snmp_agent import OID_LAB_OFFICE_POWER
 from baton.lab.traps import TRAP_POWER_FAIL, TRAP_POWER_RESTORED
 
 GROUP_OF_ROLE = {"core": "core-router", "agg": "agg-router", "olt": "olt"}
 CREDENTIALS = "credentials"
+PLAYBOOKS = "playbooks"
+LAB_PLAYBOOKS = ("lab-handover", "lab-handback")  # the names baton.yaml chooses
+
+
+def playbook_places() -> list[Path]:
+    """Where the shipped playbooks may be: the source tree, the Debian package's /etc/baton, the
+    current directory."""
+    return [
+        Path(__file__).resolve().parents[3] / PLAYBOOKS,
+        Path("/etc/baton") / PLAYBOOKS,
+        Path.cwd() / PLAYBOOKS,
+    ]
+
+
+def find_lab_playbooks(explicit: Path | None = None) -> dict[str, Path]:
+    """The files of the lab playbooks by name: from `explicit`, else from the first of
+    `playbook_places()` that has them all. LabError saying where it looked if none has."""
+    places = [explicit] if explicit is not None else playbook_places()
+    for place in places:
+        found: dict[str, Path] = {}
+        for path in sorted(place.glob("*.y*ml")) if place.is_dir() else []:
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, yaml.YAMLError):
+                continue
+            name = data.get("name") if isinstance(data, dict) else None
+            if name in LAB_PLAYBOOKS and name not in found:
+                found[name] = path
+        if len(found) == len(LAB_PLAYBOOKS):
+            return found
+    raise LabError(
+        f"the lab playbooks ({', '.join(LAB_PLAYBOOKS)}) are not in {', '.join(map(str, places))}; "
+        "pass --playbooks DIR (the playbooks/ directory of a Baton checkout)"
+    )
+
+
+def write_playbooks(base: Path, sources: dict[str, Path]) -> Path:
+    """Copy the lab playbooks into `<base>/playbooks/` (other files there are left alone)."""
+    target = base / PLAYBOOKS
+    target.mkdir(parents=True, exist_ok=True)
+    for name, source in sorted(sources.items()):
+        header = f"# Copied by `baton lab` from {source}; rewritten on each start.\n"
+        (target / f"{name}.yaml").write_text(header + source.read_text(encoding="utf-8"))
+    return target
 
 
 def _dump(path: Path, header: str, data: Any) -> None:
@@ -43,10 +93,14 @@ def _dotted(oid: tuple[int, ...]) -> str:
     return ".".join(map(str, oid))
 
 
-def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: str | None = None) -> Path:
-    """Write `<dir>/inventory/` and `<dir>/baton.yaml` for `lab` (started); return the inventory dir."""
+def write_inventory(
+    lab: Lab, trap_collector: str | None = None, playbooks: dict[str, Path] | None = None
+) -> Path:
+    """Write `<dir>/inventory/`, `<dir>/playbooks/` and `<dir>/baton.yaml` for `lab` (started);
+    return the inventory dir. `playbooks`: the lab playbooks' files (default: found)."""
     assert lab.secrets is not None, "the lab must be started (it owns the secrets and keys)"
     base = lab.config.dir
+    write_playbooks(base, playbooks if playbooks is not None else find_lab_playbooks())
     inv = base / "inventory"
     creds = inv / CREDENTIALS
     creds.mkdir(parents=True, exist_ok=True)
@@ -74,8 +128,9 @@ def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: 
             "syslog_collectors": list(office.syslog_servers),
             "contact": office.contact,
         }
-        if trap_host:
-            office_vars["trap_collectors"] = [trap_host]
+        # The lab playbooks move trap targets to the alternate: without a collector there is
+        # nothing to move, but the variable is there (an undefined one fails every handover).
+        office_vars["trap_collectors"] = [trap_host] if trap_host else []
         offices.append(
             {
                 "id": office.id,
@@ -189,9 +244,9 @@ def write_inventory(lab: Lab, trap_collector: str | None = None, playbooks_dir: 
         "# Written by `baton lab`: a policy with short timers so lab drills take seconds, not minutes.\n",
         {
             "inventory": "inventory",
-            "playbooks": playbooks_dir or "playbooks",
-            "handover_playbook": "lab-handover",
-            "handback_playbook": "lab-handback",
+            "playbooks": PLAYBOOKS,
+            "handover_playbook": LAB_PLAYBOOKS[0],
+            "handback_playbook": LAB_PLAYBOOKS[1],
             "journal_path": str(base / "journal.sqlite3"),
             "api": {"unix_socket": str(base / "baton.sock")},
             "metrics_listen": "127.0.0.1:9180",
