@@ -49,6 +49,7 @@ import asyncio
 import contextlib
 import contextvars
 import functools
+import logging
 import os
 import re
 import selectors
@@ -221,6 +222,14 @@ class Deframer:
         out: list[bytes] = []
         buf = self._buf
         while buf:
+            if not self._need and not self._message:
+                # Between messages: whitespace left after the server's end-of-message hello
+                # (netconfd sends a newline after it, sometimes in the same read as the first
+                # chunked reply) is not part of any frame; waiting on it lost that reply.
+                while buf[:1] in (b"\r", b" ", b"\t") or (buf[:1] == b"\n" and buf[1:2] not in (b"#", b"")):
+                    del buf[:1]
+                if not buf:
+                    break
             if self._need:
                 take = min(self._need, len(buf))
                 self._message += buf[:take]
@@ -1112,7 +1121,7 @@ class NetconfProbe:
         except NetconfError as exc:
             await self._drop_session(polite=False)
             return self._observation(
-                at, False, exc.cause if exc.operation == "connect" else str(exc), started
+                at, False, exc.cause if exc.operation == "connect" else str(exc), started, exc
             )
         finally:
             if not self._reuse:
@@ -1137,12 +1146,16 @@ class NetconfProbe:
         )
         await self._client.get(self._filter, rpc_timeout_s=self.timeout_s)
 
-    def _observation(self, at: float, ok: bool, reason: str, started: float) -> Observation:
+    def _observation(
+        self, at: float, ok: bool, reason: str, started: float, error: BaseException | None = None
+    ) -> Observation:
         latency = time.monotonic() - started
         if ok:
             log.debug("netconf.probe_ok", device=self.device.id, latency_s=round(latency, 4))
         else:
-            log.info("netconf.probe_failed", device=self.device.id, reason=reason)
+            # One event with the reason; its traceback (one field) only for whoever asked for debug.
+            detail = {"exc_info": error} if error is not None and log.is_enabled_for(logging.DEBUG) else {}
+            log.info("netconf.probe_failed", device=self.device.id, reason=reason, **detail)
         return Observation(
             device=self.device.id,
             protocol=Protocol.NETCONF,
