@@ -7,8 +7,9 @@ receiver itself: on each wake-up it drains up to `_BATCH` datagrams with `recvms
 costs one event-loop iteration per batch, not per trap. The socket asks for a large receive
 buffer (`receive_buffer_bytes`, forced past `net.core.rmem_max` when the process may, else as
 much as the sysctl allows: `receive_buffer_bytes` in /metrics says what it got) so a burst waits
-in the kernel instead of being dropped, and `SO_RXQ_OVFL` makes the kernel report how many
-datagrams it dropped all the same: they are counted as `receive_buffer` drops.
+in the kernel instead of being dropped. What the kernel dropped all the same (the socket's drop
+count, `SO_MEMINFO`, read after each batch) is counted as `receive_buffer` drops: drops happen
+only while the buffer is full, so the batch that drains it reads the final count.
 
 Two paths. v1 and v2c TRAPs — what a storm is made of — take the fast path: `trap_fast`
 reads the header, the community is checked (constant time, against every configured one), then
@@ -127,8 +128,8 @@ DEFAULT_RECEIVE_BUFFER: Final = 16 * 1024 * 1024  # ~20,000 small traps (Linux d
 DEFAULT_QUEUE_CAPACITY: Final = 10_000  # devices with a trap waiting for the monitor
 # Linux values; Python's socket module does not name them all.
 _SO_RCVBUFFORCE: Final = int(getattr(socket, "SO_RCVBUFFORCE", 33))
-_SO_RXQ_OVFL: Final = int(getattr(socket, "SO_RXQ_OVFL", 40))
-_CMSG_SPACE: Final = socket.CMSG_SPACE(4)
+_SO_MEMINFO: Final = int(getattr(socket, "SO_MEMINFO", 55))
+_SK_MEMINFO_DROPS: Final = 8  # index of the drop count in SO_MEMINFO's array of u32
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,6 +347,7 @@ class TrapReceiver:
         self._known_engines: set[tuple[bytes, str]] = set()
         self._learned = 0
         self._kernel_seen = 0
+        self._meminfo = True
         self._storm_pending: dict[str, int] = {}
         self._storm_logged_at = -_STORM_LOG_S
         self.dropped: dict[str, int] = {}
@@ -390,8 +392,6 @@ class TrapReceiver:
                 f"cannot listen for traps on {self._settings.host}:{self._settings.port}: {exc.strerror}"
             ) from exc
         sock.setblocking(False)
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, _SO_RXQ_OVFL, 1)  # the kernel's drop count, per datagram
 
         eng = engine.SnmpEngine()
         try:
@@ -586,29 +586,35 @@ class TrapReceiver:
             return
         for _ in range(_BATCH):
             try:
-                data, ancillary, _flags, address = sock.recvmsg(_MAX_DATAGRAM, _CMSG_SPACE)
+                data, address = sock.recvfrom(_MAX_DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:  # e.g. ECONNREFUSED from an ICMP error: nothing to read
                 log.debug("traps.recv_error", error=type(exc).__name__)
                 break
-            if ancillary:
-                self._kernel_drops(ancillary)
             try:
                 self.receive(data, address)
             except Exception as exc:  # a bug must cost one datagram, never the receiver
                 log.error("traps.receive_crashed", error=type(exc).__name__, exc_info=True)
                 self._drop("other", _host_of(address))
+        self._kernel_drops(sock)
         self._flush_storm_log()
 
-    def _kernel_drops(self, ancillary: list[tuple[int, int, bytes]]) -> None:
-        for level, kind, data in ancillary:
-            if level == socket.SOL_SOCKET and kind == _SO_RXQ_OVFL and len(data) >= 4:
-                total = struct.unpack("=I", data[:4])[0]
-                new = (total - self._kernel_seen) & 0xFFFFFFFF
-                self._kernel_seen = total
-                if new:
-                    self._drop("receive_buffer", "kernel", new)
+    def _kernel_drops(self, sock: socket.socket) -> None:
+        """Count what the kernel dropped since the last look (the socket's drop counter)."""
+        if not self._meminfo:
+            return
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, _SO_MEMINFO, 4 * (_SK_MEMINFO_DROPS + 1))
+            total = struct.unpack_from("=I", raw, 4 * _SK_MEMINFO_DROPS)[0]
+        except (OSError, struct.error):
+            self._meminfo = False  # not Linux (or too old): kernel drops go uncounted
+            log.warning("traps.kernel_drops_uncounted", hint="SO_MEMINFO is not available here")
+            return
+        new = (total - self._kernel_seen) & 0xFFFFFFFF
+        self._kernel_seen = total
+        if new:
+            self._drop("receive_buffer", "kernel", new)
 
     # -- pysnmp (v3, informs)
 
