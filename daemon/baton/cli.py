@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "baton.commands.operator",
     "baton.commands.demo",
     "baton.commands.replay",
+    "baton.commands.completion",
 )
 
 
