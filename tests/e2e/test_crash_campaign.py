@@ -172,18 +172,19 @@ def _check(site: Site, kind: str, office: dict[str, Any], daemon: Daemon) -> str
         assert ("OPEN" == office["phase"]) == original, (office["phase"], office["reason"])
     for device in live:
         history = shown[device]["history"]
-        for line, n in Counter(history).items():
+        for line, n in Counter(h for h in history if h.startswith("announce")).items():
             assert n == 1, f"{device} ran '{line}' {n} times: {history}"
     unfinished = daemon.journal.rows("SELECT id FROM runs WHERE finished IS NULL")
     assert [] == unfinished
     went = "handed" if handed else "original"
-    # A run that did not leave its change in place retracted every announce it made.
+    # A run that did not leave its change in place retracted every announce it made (a retract
+    # may also come for an announce a crash caught at intent: compensations are safe to repeat).
     for run in daemon.journal.rows("SELECT id, result FROM runs WHERE result != 'ok'"):
         for device in live:
             history = shown[device]["history"]
             announced = [h for h in history if h.startswith("announce") and h.endswith(run["id"])]
             retracted = [h for h in history if h.startswith("retract") and h.endswith(run["id"])]
-            assert len(announced) == len(retracted), (run, device, history)
+            assert len(announced) <= len(retracted), (run, device, history)
     return went
 
 

@@ -127,6 +127,7 @@ CANDIDATE = "urn:ietf:params:netconf:capability:candidate:1.0"
 EMPTY_FILTER = '<filter xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" type="subtree"/>'
 # Room for ncclient's own timeout to fire first, so a slow reply is reported by ncclient (and
 # its worker thread ends) rather than abandoned by asyncio.
+_FIRST_RPC_DELAY_S = 0.05  # after the hellos, before the first request (see _blocking_connect)
 _BACKSTOP_S = 1.0
 _CLOSE_TIMEOUT_S = 2.0
 # Replies above this many bytes are refused (NetconfReplyError) and their session closed. The
@@ -602,6 +603,12 @@ def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams,
         raise
     with contextlib.suppress(Exception):  # an optimisation only; the handshake is over
         session._transport.sock.settimeout(_TRANSPORT_IDLE_S)
+    # yuma123 netconfd 2.13 reads a request that reaches it together with the client's hello
+    # with the hello's end-of-message framing, and then waits for more data: the first RPC
+    # hangs until the next one arrives (seen ~1 session in 50 on loopback; the RPC was carried
+    # out, its reply held back). ncclient's own session loop sends 0-100 ms after the hello
+    # (its TICK); ours sends at once, so it waits this long after the hellos first.
+    time.sleep(_FIRST_RPC_DELAY_S)
     return nc_manager.Manager(session, handler, timeout=params.timeout_s, raise_mode=RaiseMode.ERRORS)
 
 

@@ -660,6 +660,7 @@ class Datastore:
         self._check_lock(target, session)
         work = etree.Element("data") if default_operation == "replace" else copy.deepcopy(self._candidate)
         _apply(work, config, _SCHEMA, "merge" if default_operation == "replace" else default_operation)
+        etree.cleanup_namespaces(work)  # as a server would: the edit's own declarations do not stay
         self._candidate = work
         self._candidate_dirty = True
 

@@ -107,6 +107,7 @@ class DeviceProgress:
     unreachable: str | None = None  # did not answer at first contact (skipped, pending)
     skipped: bool = False  # its remaining steps were skipped (the run stopped)
     reapplied: int = 0
+    backup: str | None = None  # running's edited subtrees before the run: an exact undo
 
     def tried(self, key: str) -> bool:
         return self.undo_tries.get(key, 0) >= MAX_UNDO_TRIES
@@ -273,12 +274,14 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         return replace(p, pos=len(dp.steps), skipped=True)
     if r.name == PREPARE:
         if st is StepStatus.DONE:
+            backup = facts.get("backup")
             return replace(
                 p,
                 prepared=True,
                 discarded=False,
                 cc=bool(facts.get("cc", p.cc)),
                 persist=bool(facts.get("persist", p.persist)),
+                backup=p.backup if p.backup is not None else (str(backup) if backup is not None else None),
             )
         return p if st is StepStatus.INTENT else _failed(p, r)
     if r.name == COMMIT:
@@ -329,6 +332,7 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
             changes=p.changes,
             undone=p.undone,
             reapplied=p.reapplied + 1,
+            backup=p.backup,
         )
     if r.name.startswith(COMPENSATE):
         names = frozenset(r.name.removeprefix(COMPENSATE).split(","))

@@ -72,7 +72,16 @@ from baton.playbook.progress import (
     RunFacts,
 )
 from baton.playbook.schema import NetconfEdit, retry_backoff_s
-from baton.playbook.steps import Connectors, DeviceSession, StepFailed, run_step, wrap_config
+from baton.playbook.steps import (
+    Connectors,
+    DeviceSession,
+    StepFailed,
+    backup_filter,
+    edit_roots,
+    restore_config,
+    run_step,
+    wrap_config,
+)
 
 __all__ = [
     "UNREACHABLE",
@@ -626,13 +635,6 @@ class _Run:
             if not nc.supports_candidate:
                 raise StepFailed("device has no :candidate datastore; edits go to candidate only")
             cc, persist = nc.supports_confirmed_commit, nc.supports_persist
-            if not cc:
-                bare = [ps.name for ps in dev.plan.steps if ps.step.IN_CANDIDATE and ps.compensate is None]
-                if bare:
-                    raise StepFailed(
-                        f"refused: no :confirmed-commit, and {', '.join(bare)} has no compensate: "
-                        "a failure could not be undone"
-                    )
             try:
                 await nc.lock("candidate", rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
             except NetconfRpcError:
@@ -641,7 +643,17 @@ class _Run:
                 await nc.lock("candidate")
             await nc.discard_changes()
             text = "candidate locked and clean" + ("" if cc else " (no :confirmed-commit)")
-            return text, {"cc": cc, "persist": persist}
+            facts: dict[str, object] = {"cc": cc, "persist": persist}
+            if dev.progress.backup is None:
+                # What running holds of every subtree the edits touch, before any edit: undoing
+                # committed edits restores exactly this (cancel-commit needs none, but a device
+                # confirmed and then rolled back with the office does).
+                roots = _edit_roots(dev)
+                facts["backup"] = await nc.get_config(
+                    "running", backup_filter(roots), rpc_timeout_s=_UNDO_TIMEOUT_S
+                )
+                text += f"; running of {len(roots)} subtree(s) saved"
+            return text, facts
 
         await self._journaled(dev, PREPARE, index, "apply", prepare)
 
@@ -775,8 +787,22 @@ class _Run:
 
     async def _compensate_edits(self, dev: _Dev, names: tuple[str, ...]) -> None:
         steps = {ps.name: ps for ps in dev.plan.steps}
+        backup = dev.progress.backup
+
+        async def restore() -> tuple[str, Mapping[str, object]]:
+            assert backup is not None
+            roots = _edit_roots(dev)
+            nc = await dev.session.netconf()
+            async with nc.locked("candidate"):
+                await nc.discard_changes()
+                restored = restore_config(backup, roots)
+                await nc.edit_config("candidate", restored, rpc_timeout_s=_UNDO_TIMEOUT_S)
+                await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
+            return f"running restored as it was before the run ({len(roots)} subtree(s))", {}
 
         async def apply() -> tuple[str, Mapping[str, object]]:
+            if backup is not None:
+                return await restore()
             missing = [n for n in names if n not in steps or steps[n].compensate is None]
             if missing:
                 raise StepFailed(f"no compensate for {', '.join(missing)}: left as is")
@@ -833,6 +859,10 @@ class _Run:
                 error = (error + "; " if error else "") + "left on the device: " + ", ".join(left)
             result.append(DeviceOutcome(dev.id, status, error, tuple(dev.outcomes)))
         return tuple(result)
+
+
+def _edit_roots(dev: _Dev) -> tuple[str, ...]:
+    return edit_roots([ps.step.config for ps in dev.plan.steps if isinstance(ps.step, NetconfEdit)])
 
 
 # --- entry points --------------------------------------------------------------------------------

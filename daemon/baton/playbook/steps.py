@@ -143,6 +143,45 @@ def wrap_config(config_xml: str) -> str:
     return f'<config xmlns="{NETCONF_NS}">{text}</config>'
 
 
+def edit_roots(configs: Sequence[str]) -> tuple[str, ...]:
+    """The top-level elements (Clark notation, "{ns}name") the candidate edits touch."""
+    roots: list[str] = []
+    for config in configs:
+        element = etree.fromstring(wrap_config(config).encode())
+        for child in element:
+            if isinstance(child.tag, str) and child.tag not in roots:
+                roots.append(child.tag)
+    return tuple(roots)
+
+
+def backup_filter(roots: Sequence[str]) -> str:
+    """A subtree filter selecting exactly those top-level elements of running."""
+    return "".join(_empty(tag) for tag in roots)
+
+
+def restore_config(backup_xml: str, roots: Sequence[str]) -> str:
+    """A <config> that puts every one of `roots` back as `backup_xml` (a <data> reply) had it:
+    replaced where it existed, removed where the run created it. An exact undo of committed
+    edits, whatever the playbook's compensating steps say."""
+    data = etree.fromstring(backup_xml.encode())
+    config = etree.Element(f"{{{NETCONF_NS}}}config", nsmap={"nc": NETCONF_NS})
+    for tag in roots:
+        saved = [el for el in data if el.tag == tag]
+        if not saved:
+            gone = etree.SubElement(config, tag)
+            gone.set(f"{{{NETCONF_NS}}}operation", "remove")
+        for el in saved:
+            copy_ = etree.fromstring(etree.tostring(el))
+            copy_.set(f"{{{NETCONF_NS}}}operation", "replace")
+            config.append(copy_)
+    return str(etree.tostring(config, encoding="unicode"))
+
+
+def _empty(tag: str) -> str:
+    ns, _, name = tag[1:].partition("}") if tag.startswith("{") else ("", "", tag)
+    return f'<{name} xmlns="{ns}"/>' if ns else f"<{name}/>"
+
+
 def _short(text: str, limit: int = 200) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
