@@ -227,7 +227,9 @@ class Deframer:
                 # Between messages: whitespace left after the server's end-of-message hello
                 # (netconfd sends a newline after it, sometimes in the same read as the first
                 # chunked reply) is not part of any frame; waiting on it lost that reply.
-                while buf[:1] in (b"\r", b" ", b"\t") or (buf[:1] == b"\n" and buf[1:2] not in (b"#", b"")):
+                while bytes(buf[:1]) in (b"\r", b" ", b"\t") or (
+                    buf[:1] == b"\n" and bytes(buf[1:2]) not in (b"#", b"")
+                ):
                     del buf[:1]
                 if not buf:
                     break
