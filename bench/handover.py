@@ -396,7 +396,7 @@ async def _baton_run(
     from baton.playbook.runner import execute
     from baton.playbook.schema import load_playbook
     from baton.playbook.steps import Connectors
-    from baton.service import EXECUTOR_THREADS
+    from baton.service import RUN_THREADS as EXECUTOR_THREADS
 
     # As the daemon does (service.py): ncclient is blocking, each NETCONF call holds a thread.
     asyncio.get_running_loop().set_default_executor(

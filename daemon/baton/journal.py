@@ -28,7 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import json
+import os
+import re
+import shutil
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -372,6 +376,55 @@ class Journal:
         self._writes = 0
         self._durable = True
         self._executor: ThreadPoolExecutor | None = None
+
+    # --- device configuration backups -------------------------------------------------------
+    #
+    # A run saves what running held of the subtrees it edits, to undo committed edits exactly.
+    # Configurations carry secrets (communities, keys), which never go into the journal: they
+    # are kept in files beside it (0600, written and fsynced before the step that took them is
+    # journaled), and the journal keeps only their digest.
+
+    @property
+    def backup_dir(self) -> Path:
+        return Path(self._path).parent / (Path(self._path).name + ".backups")
+
+    def save_backup(self, run_id: str, device: str, text: str) -> str:
+        """Keep `text` for (run, device); returns the digest the journal records."""
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        directory = self.backup_dir / _safe_name(run_id)
+        try:
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            final = directory / f"{_safe_name(device)}-{digest[:16]}.xml"
+            tmp = final.with_suffix(".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(text.encode())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            dir_fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
+        except OSError as exc:
+            raise JournalError(
+                self._path, f"cannot keep a configuration backup: {exc.strerror or exc}"
+            ) from exc
+        return digest
+
+    def load_backup(self, run_id: str, device: str, digest: str) -> str | None:
+        """The backup of (run, device) if it is there and intact, else None."""
+        path = self.backup_dir / _safe_name(run_id) / f"{_safe_name(device)}-{digest[:16]}.xml"
+        try:
+            text = path.read_bytes().decode()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return text if hashlib.sha256(text.encode()).hexdigest() == digest else None
+
+    def drop_backups(self, run_id: str) -> None:
+        """The run is finished: its backups are not needed any more."""
+        shutil.rmtree(self.backup_dir / _safe_name(run_id), ignore_errors=True)
 
     async def call(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
         """`fn(*args, **kwargs)` (a method of this journal) on the journal's own thread."""
@@ -916,6 +969,10 @@ def _cause(exc: sqlite3.Error) -> str:
     if "readonly" in text or "unable to open" in text:
         return f"{text}: check the path exists and is writable by the baton user"
     return text
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:200]
 
 
 def _facts_json(facts: Mapping[str, Any] | None) -> str:

@@ -107,7 +107,7 @@ class DeviceProgress:
     unreachable: str | None = None  # did not answer at first contact (skipped, pending)
     skipped: bool = False  # its remaining steps were skipped (the run stopped)
     reapplied: int = 0
-    backup: str | None = None  # running's edited subtrees before the run: an exact undo
+    backup: str | None = None  # digest of running's edited subtrees before the run (kept beside the journal)
 
     def tried(self, key: str) -> bool:
         return self.undo_tries.get(key, 0) >= MAX_UNDO_TRIES

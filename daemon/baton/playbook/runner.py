@@ -649,8 +649,9 @@ class _Run:
                 # committed edits restores exactly this (cancel-commit needs none, but a device
                 # confirmed and then rolled back with the office does).
                 roots = _edit_roots(dev)
-                facts["backup"] = await nc.get_config(
-                    "running", backup_filter(roots), rpc_timeout_s=_UNDO_TIMEOUT_S
+                saved = await nc.get_config("running", backup_filter(roots), rpc_timeout_s=_UNDO_TIMEOUT_S)
+                facts["backup"] = await self.journal.call(
+                    self.journal.save_backup, self.run_id, dev.id, saved
                 )
                 text += f"; running of {len(roots)} subtree(s) saved"
             return text, facts
@@ -787,7 +788,12 @@ class _Run:
 
     async def _compensate_edits(self, dev: _Dev, names: tuple[str, ...]) -> None:
         steps = {ps.name: ps for ps in dev.plan.steps}
-        backup = dev.progress.backup
+        digest = dev.progress.backup
+        backup = (
+            None
+            if digest is None
+            else await self.journal.call(self.journal.load_backup, self.run_id, dev.id, digest)
+        )
 
         async def restore() -> tuple[str, Mapping[str, object]]:
             assert backup is not None
@@ -1028,6 +1034,7 @@ async def _finish(
     done = frozenset(d.device for d in outcomes if d.status is DeviceStatus.CONFIRMED)
     pending = frozenset(d.device for d in outcomes if d.status is DeviceStatus.UNREACHABLE)
     await journal.call(journal.finish_run, plan.run.id, result, detail, clock(), done=done, pending=pending)
+    await journal.call(journal.drop_backups, plan.run.id)
     duration = time.monotonic() - state.started
     bound.info("runner.finished", result=result, detail=detail, duration_s=round(duration, 3))
     return RunOutcome(
