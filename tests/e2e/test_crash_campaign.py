@@ -9,10 +9,9 @@ write k (and, for the writes that close a call to a device, right before it: the
 its result was not journaled), the command is given, the daemon dies, a normal daemon starts on
 the same journal, and once it has settled the devices themselves are checked:
 
-* every device handed over (running byte for byte as the uninterrupted run left it, nothing
-  pending) and the office HANDED_OVER (after a handback: OPEN, every device as before); or
-  every device exactly as before and the office not handed over (after a handback: still
-  handed over, FAILED);
+* every device forward — running byte for byte as the uninterrupted run leaves it, nothing
+  pending — and the office HANDED_OVER (after a handback: OPEN); or every device byte for byte
+  as before the run and the office not handed over (after a handback: still handed over);
 * no run left unfinished in the journal;
 * no `announce` of a run ran twice, and every announce of a run that was rolled back was
   retracted.
@@ -91,6 +90,7 @@ class Site:
     original: dict[str, str]  # device -> running config before any run
     handed: dict[str, str] | None = None  # device -> running config after an uninterrupted handover
     handed_journal: Path | None = None  # a journal of that handover, for the handback campaign
+    back: dict[str, str] | None = None  # device -> running config after an uninterrupted handback
 
     def show(self, device: str) -> dict[str, Any]:
         shown: dict[str, Any] = self.lab("show", device=device)
@@ -163,13 +163,14 @@ def _check(site: Site, kind: str, office: dict[str, Any], daemon: Daemon) -> str
     assert not any(s["confirm_pending"] for s in shown.values()), "a confirmed commit left pending"
     assert shown[DARK]["running"] == site.original[DARK], "the powered-off router was touched"
     live = (CORE, NOCC)
-    handed = all(shown[d]["running"] == site.handed[d] for d in live)
-    original = all(shown[d]["running"] == site.original[d] for d in live)
+    # Forward is what the uninterrupted run leaves; back is exactly what was there before it.
+    before, after = (site.original, site.handed) if kind == "handover" else (site.handed, site.back)
+    assert after is not None
+    handed = all(shown[d]["running"] == after[d] for d in live)
+    original = all(shown[d]["running"] == before[d] for d in live)
     assert handed or original, f"mixed: {[(d, shown[d]['running']) for d in live]}"
-    if kind == "handover":
-        assert ("HANDED_OVER" == office["phase"]) == handed, (office["phase"], office["reason"])
-    else:
-        assert ("OPEN" == office["phase"]) == original, (office["phase"], office["reason"])
+    done = "HANDED_OVER" if kind == "handover" else "OPEN"
+    assert (done == office["phase"]) == handed, (office["phase"], office["reason"])
     for device in live:
         history = shown[device]["history"]
         for line, n in Counter(h for h in history if h.startswith("announce")).items():
@@ -225,6 +226,8 @@ def _count(site: Site, kind: str) -> list[str]:
     if kind == "handover":
         site.handed = {d: site.show(d)["running"] for d in ROUTERS}
         site.handed_journal = journal
+    else:
+        site.back = {d: site.show(d)["running"] for d in ROUTERS}
     labels = [line.split()[1] for line in writes.read_text().splitlines()]
     # The run's writes end with its result and the decision that takes it in; what follows
     # (the stop) is not the run's.
