@@ -503,12 +503,14 @@ def run_once(
                 "per_wall_s": done / wall,
                 "receive_buffer": after["receive_buffer"],
                 "coalesced": after.get("coalesced", 0) - before.get("coalesced", 0),
+                "max_queued": after.get("max_queued", 0),
             }
             results.append(row)
             print(
                 f"  flood {k + 1}: {sent} sent in {send_s:.3f} s; receiver processed {done:.0f} "
                 f"(accepted {row['accepted']:.0f}, dropped {dropped or 0}), kernel dropped {kernel}; "
-                f"monitor handled {row['handled']} events ({row['coalesced']} coalesced in the queue); "
+                f"monitor handled {row['handled']} events ({row['coalesced']} coalesced in the queue, "
+                f"at most {row['max_queued']} waiting); "
                 f"office alarms {row['alarms_handled']}/{alarms}; "
                 f"receiver CPU {cpu:.2f} s over {wall:.2f} s: "
                 f"{row['per_cpu_s']:.0f} traps/CPU-s, {row['per_wall_s']:.0f} traps/s wall "

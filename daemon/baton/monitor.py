@@ -25,7 +25,14 @@ nothing; an office that really went dark is DOWN a few seconds after the alarm i
 again and an `OfficeObserved` is emitted right away for each whose verdict changed since the last
 emission (unchanged verdicts wait for the round, so extra passes do not dilute flap detection).
 Traps for the same office burst (or the same device) while one is running are coalesced into one
-more pass afterwards.
+more pass afterwards. Traps come from the receiver's bounded, coalescing queue (office-level
+alarms first; see `adapters.traps`), drained whole at each wake-up; a pass judges only the
+offices it concerns (with their devices' parent chains), so a storm of thousands of passes
+costs what those offices cost, not thousands of whole-inventory judgements.
+
+Dark devices. SNMP polls waiting out a timeout give their poller concurrency slot back (see
+`SnmpPoller`), and NETCONF probes of devices not known good pass a TCP connect on the event loop
+first (`tcp_gate`), so powered-off devices hold no slot and no worker that live ones need.
 
 Metrics. The SNMP poller records SNMP probe durations and failures itself (when the monitor
 builds it, it hands it the `Metrics`); the monitor records NETCONF probes, `baton_device_up`
