@@ -53,7 +53,7 @@ log = get_logger()
 # OfficeState fields whose change alone does not make a row of the office's phase history
 # (`transitions`): every poll round appends to the flap history and refreshes the detail text.
 _VOLATILE = frozenset({"history", "verdict_detail", "verdict_since", "ready"})
-WRITE_ATTEMPTS = 4
+WRITE_ATTEMPTS = 3  # each waits up to the journal's busy timeout
 
 
 class JournalFailed(Exception):

@@ -444,7 +444,7 @@ class Journal:
         name = str(path)
         try:
             # isolation_level=None: no implicit transactions; each write opens its own.
-            conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False, timeout=10.0)
+            conn = sqlite3.connect(name, isolation_level=None, check_same_thread=False, timeout=5.0)
         except sqlite3.Error as exc:
             raise JournalError(name, _cause(exc)) from exc
         try:

@@ -29,7 +29,7 @@ from typing import Any
 from baton.core.actions import AbortRun, StartRun
 from baton.core.events import RunFinished
 from baton.core.model import Inventory, Phase, RunKind, State
-from baton.journal import Journal, RunRecord
+from baton.journal import Journal, JournalError, RunRecord
 from baton.logs import get_logger
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
 from baton.playbook.render import office_context
@@ -97,11 +97,13 @@ class RunManager:
         report: Callable[[RunFinished], None],
         *,
         clock: Callable[[], float] = time.time,
+        fatal: Callable[[str], None] | None = None,
     ) -> None:
         self.journal = journal
         self.connectors = connectors
         self.settings = settings
         self._report = report
+        self._fatal = fatal
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aborts: dict[str, asyncio.Event] = {}
@@ -151,11 +153,16 @@ class RunManager:
         except asyncio.CancelledError:
             bound.warning("run.interrupted")  # like a crash: the journal holds it, recovery finishes it
             raise
-        except Exception as exc:  # a bug in a step must fail the run, never the daemon
-            bound.exception("run.crashed")
-            event = RunFinished(
-                action.office, action.run_id, action.kind, False, f"run crashed: {type(exc).__name__}: {exc}"
-            )
+        except JournalError as exc:
+            # The run cannot record what it does: it stops where it is (as in a crash), and so
+            # does the daemon; the next start finishes the run from what the journal holds.
+            bound.critical("run.journal_failed", error=str(exc))
+            if self._fatal is not None:
+                self._fatal(str(exc))
+            return
+        except Exception as exc:  # a bug in Baton: the devices are wherever the run left them
+            bound.exception("run.crashed", error=type(exc).__name__)
+            event = await self._recover_one(action, f"run crashed: {type(exc).__name__}: {exc}")
         finally:
             self._tasks.pop(action.run_id, None)
             self._aborts.pop(action.run_id, None)
@@ -191,6 +198,31 @@ class RunManager:
             # Keep the last runs' progress for `baton run ID`; the journal has it all anyway.
             while len(self._progress) > 20:
                 self._progress.pop(next(iter(self._progress)))
+
+    async def _recover_one(self, action: StartRun, why: str) -> RunFinished:
+        """A run that stopped on a bug is brought to a safe end at once, as a restart would."""
+        record = await self.journal.call(self.journal.run, action.run_id)
+        if record is None or record.is_finished:
+            return RunFinished(action.office, action.run_id, action.kind, False, why)
+        try:
+            outcome = await resume(
+                record, journal=self.journal, connectors=self.connectors, inventory=self.settings.inventory
+            )
+        except Exception:
+            log.exception("run.recovery_crashed", run_id=action.run_id)
+            return RunFinished(
+                action.office, action.run_id, action.kind, False, f"{why}; recovery failed too"
+            )
+        event = outcome.to_event()
+        return RunFinished(
+            event.office,
+            event.run_id,
+            event.kind,
+            event.ok,
+            f"{why}; {event.detail}",
+            event.pending,
+            event.done,
+        )
 
     # --- start and stop ---------------------------------------------------------------------
 

@@ -171,7 +171,9 @@ class Service:
         snmp_access = PysnmpAccess(self.resolve)
         connectors = Connectors(resolve=self.resolve, snmp=snmp_access, executor=run_pool)
         settings = run_settings(loaded)
-        self.runs = RunManager(self.journal, connectors, settings, self._report_run, clock=self.clock)
+        self.runs = RunManager(
+            self.journal, connectors, settings, self._report_run, clock=self.clock, fatal=self._journal_failed
+        )
         self.controller = Controller(
             restore(self.journal), self.config.policy, self.journal, self.runs, self.clock
         )
@@ -210,8 +212,9 @@ class Service:
             await self._tick_loop()
         finally:
             self.notifier.stopping("stopping: runs in progress reach a safe point")
-            with contextlib.suppress(JournalFailed):
-                self.controller.apply(Stopping())
+            if self._exit_code != EX_IOERR:
+                with contextlib.suppress(JournalFailed):
+                    self.controller.apply(Stopping())
             if self.monitor is not None:
                 await self.monitor.stop()
             await self.runs.shutdown(STOP_GRACE_S)
@@ -311,6 +314,12 @@ class Service:
         log.info("lease.changed", held=held)
         with contextlib.suppress(JournalFailed):
             self.apply(LeaseChanged(held=held))
+
+    def _journal_failed(self, why: str) -> None:
+        log.critical("daemon.stopping_journal_failed", why=why)
+        self.metrics.journal_errors_total.inc()
+        self._exit_code = EX_IOERR
+        self._stopping.set()
 
     def _request_reload(self) -> None:
         self._reload_requested = True

@@ -24,6 +24,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -285,3 +286,82 @@ def test_a_handback_killed_at_every_journal_write(site: Site) -> None:
     if site.handed_journal is None:
         _count(site, "handover")
     _campaign(site, "handback")
+
+
+# --- faults that are not crashes ---------------------------------------------------------------
+
+
+def _run_with(site: Site, tag: str, inject: Any, *, expect_exit: bool = False) -> dict[str, Any]:
+    """A handover with a fault injected; the office settled (after a restart if the daemon
+    stopped itself); the invariant checked. Returns the office."""
+    journal = site.base / f"fault-{tag}.sqlite3"
+    site.reset("original")
+    config = site.config_for(journal)
+    daemon = Daemon(config, site.base)
+    try:
+        _start(daemon, "OPEN")
+        inject(daemon, journal)
+        _command(daemon, "handover")
+        if expect_exit:
+            wait_for(lambda: not daemon.running, SETTLE_TIMEOUT_S, "the daemon to stop itself")
+            assert 74 == daemon.process.popen.returncode  # type: ignore[union-attr]
+            daemon.start(offices_ready=lambda offices: bool(offices))
+        office = _settle(daemon, journal)
+        _check(site, "handover", office, daemon)
+        return office
+    finally:
+        daemon.stop()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "drop_after_commit",  # the commit is applied, the session closes without a reply
+        "garbage_reply",  # the commit is applied, its reply is not XML
+        "endless_reply",  # the commit is applied, its reply never ends
+        "no_reply",  # the commit is applied, no reply ever comes
+    ],
+)
+def test_a_lost_commit_reply_is_treated_as_applied(site: Site, fault: str) -> None:
+    """The outcome of the commit is unknown to Baton: the devices end all forward or all back."""
+    if site.handed is None:
+        _count(site, "handover")
+
+    def inject(_daemon: Daemon, _journal: Path) -> None:
+        args: dict[str, Any] = (
+            {"device": CORE} if fault == "drop_after_commit" else {"device": CORE, "rpc": "commit"}
+        )
+        site.lab(fault, **args)
+
+    office = _run_with(site, fault, inject)
+    assert office["phase"] in ("HANDED_OVER", "FAILED")
+
+
+def test_a_journal_that_cannot_be_written_stops_the_daemon_and_nothing_is_lost(site: Site) -> None:
+    """The journal is locked by another process for longer than the write timeout: the daemon
+    retries, then stops (exit 74); restarted, it recovers and the devices are consistent."""
+    if site.handed is None:
+        _count(site, "handover")
+    import sqlite3
+    import threading
+
+    release = threading.Event()
+
+    def inject(daemon: Daemon, journal: Path) -> None:
+        def hold() -> None:
+            conn = sqlite3.connect(journal, timeout=30)
+            wait_for(lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step")
+            conn.execute("BEGIN EXCLUSIVE")
+            # Held until the daemon has given up and stopped (or the test ends).
+            deadline = time.monotonic() + 90
+            while daemon.running and not release.is_set() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            conn.rollback()
+            conn.close()
+
+        threading.Thread(target=hold, daemon=True).start()
+
+    try:
+        _run_with(site, "journal-locked", inject, expect_exit=True)
+    finally:
+        release.set()
