@@ -259,11 +259,13 @@ async def run_scenario(
             netconf[obs.device].append((time.monotonic(), obs.ok, obs.reason))
         fold(obs)
 
-    monitor._fold = record
+    monitor._fold = record  # type: ignore[method-assign]
     threads_peak = threading.active_count()
     cpu0, wall0 = time.process_time(), time.monotonic()
     await monitor.start()
-    first_due = {device: due for due, device in monitor._scheduler._heap}
+    scheduler = monitor._scheduler
+    assert scheduler is not None
+    first_due = {device: due for due, device in scheduler._heap}
     start = time.monotonic()
     end = start + args.duration
     while time.monotonic() < end:
