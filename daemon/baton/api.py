@@ -406,6 +406,7 @@ def office_view(backend: ApiBackend, office: OfficeState) -> dict[str, Any]:
             "until": closure.until,
             "at": closure.at,
             "to": closure.to,
+            "drill": closure.drill,
         },
         "devices": len(backend.inventory.devices_of(office.office)),
     }
@@ -518,6 +519,8 @@ def status_view(backend: ApiBackend, now: float) -> dict[str, Any]:
         "storm": state.storm,
         "offices": len(state.offices),
         "phases": phases,
+        # Closures decided in shadow mode: never carried out once shadow mode ends.
+        "drills": sorted(o.office for o in state.offices.values() if o.closure and o.closure.drill),
         "alerts": alerts,
         "daemon": backend.status_extra(),
         "now": now,

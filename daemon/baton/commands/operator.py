@@ -209,6 +209,8 @@ def _status(args: argparse.Namespace, client: ApiClient) -> int:
         ("storm guard", "ENGAGED: automation frozen" if data["storm"] else "off"),
         ("offices", f"{data['offices']}: {phases or 'none'}"),
     ]
+    if data.get("drills"):
+        rows.append(("drills", ", ".join(data["drills"]) + " (closed in shadow mode: nothing runs)"))
     rows += _daemon_rows(data.get("daemon", {}), now)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -260,7 +262,9 @@ def _offices(args: argparse.Namespace, client: ApiClient) -> int:
     rows = [
         (
             o["id"],
-            o["phase"] + (" (flapping)" if o["flapping"] else ""),
+            o["phase"]
+            + (" DRILL" if (o.get("closure") or {}).get("drill") else "")
+            + (" (flapping)" if o["flapping"] else ""),
             o["verdict"],
             o["alternate"] or (f"({o['alternates'][0]})" if o["alternates"] else None),
             relative(o["since"], now),
