@@ -9,6 +9,7 @@ config and adds the checks that need both (the vantage's office, poll interval v
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +80,29 @@ class VantageSettings:
 
 @dataclass(frozen=True, slots=True)
 class EtcdSettings:
+    """Several vantages over etcd (see `baton.leadership`)."""
+
     endpoints: tuple[str, ...]
     prefix: str = "/baton/"
     lease_ttl_s: float = 10.0
+    request_timeout_s: float = 2.0  # every request's hard deadline, per endpoint tried
+    ca: SecretRef | None = None  # a CA bundle for https endpoints (file: reference)
+    cert: SecretRef | None = None  # client certificate and key (mutual TLS)
+    key: SecretRef | None = None
+    user: str | None = None  # etcd authentication
+    password: SecretRef | None = None
+    # The vantages that watch the offices; an office is DOWN only when a quorum of them (a
+    # majority unless set) says so. Empty: this vantage alone.
+    vantages: tuple[str, ...] = ()
+    quorum: int | None = None
+
+    @property
+    def keepalive_s(self) -> float:
+        return self.lease_ttl_s / 3
+
+    def quorum_of(self, vantage: str) -> int:
+        voters = len(set(self.vantages) | {vantage})
+        return self.quorum if self.quorum is not None else voters // 2 + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,10 +220,26 @@ class VantageFile(Strict):
     office: Id
 
 
+def _check_endpoint(value: str) -> str:
+    if not re.fullmatch(r"https?://[^/\s]+(:\d+)?/?", value):
+        raise PydanticCustomError(
+            "bad_endpoint", "not an etcd client URL", {"hint": "write e.g. https://10.0.0.11:2379"}
+        )
+    return value.rstrip("/")
+
+
 class EtcdFile(Strict):
-    endpoints: Annotated[list[str], Field(min_length=1)]
+    endpoints: Annotated[list[Annotated[str, AfterValidator(_check_endpoint)]], Field(min_length=1)]
     prefix: str = "/baton/"
     lease_ttl_s: TtlSeconds = 10.0
+    request_timeout_s: Annotated[float, bounded(0, 60, example=2, unit="s", low_open=True)] = 2.0
+    ca: Ref | None = None
+    cert: Ref | None = None
+    key: Ref | None = None
+    user: str | None = None
+    password: Ref | None = None
+    vantages: list[Id] = Field(default_factory=list)
+    quorum: Annotated[int, Field(ge=1, le=99)] | None = None
 
 
 class ConfigFile(Strict):
@@ -379,6 +416,10 @@ def read_config(
         return ConfigReading(None, problems, inventory, doc)
     config = _to_config(parsed, base)
     problems.extend(_finding_problem(doc, f) for f in check_policy(config.policy))
+    if config.etcd is not None:
+        problems.extend(
+            _finding_problem(doc, f) for f in check_etcd(config.etcd, config.policy, config.vantage.id)
+        )
     problems.extend(_check_api(doc, config.api))
     if check_credentials:
         problems.extend(_check_credentials(doc, parsed, base, environ))
@@ -427,9 +468,7 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
             ),
             vendor_traps=tuple((v.oid, v.kind, v.office_level) for v in parsed.traps.vendor_traps),
         ),
-        etcd=None
-        if parsed.etcd is None
-        else EtcdSettings(tuple(parsed.etcd.endpoints), parsed.etcd.prefix, parsed.etcd.lease_ttl_s),
+        etcd=None if parsed.etcd is None else _etcd(parsed.etcd, base),
         shadow=parsed.shadow,
         handover_playbook=parsed.handover_playbook,
         handback_playbook=parsed.handback_playbook,
@@ -437,10 +476,87 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
     )
 
 
+def _etcd(e: EtcdFile, base: Path) -> EtcdSettings:
+    def ref(text: str | None) -> SecretRef | None:
+        return None if text is None else _ref(base, text)
+
+    return EtcdSettings(
+        endpoints=tuple(e.endpoints),
+        prefix=e.prefix if e.prefix.endswith("/") else e.prefix + "/",
+        lease_ttl_s=e.lease_ttl_s,
+        request_timeout_s=e.request_timeout_s,
+        ca=ref(e.ca),
+        cert=ref(e.cert),
+        key=ref(e.key),
+        user=e.user,
+        password=ref(e.password),
+        vantages=tuple(e.vantages),
+        quorum=e.quorum,
+    )
+
+
+def check_etcd(etcd: EtcdSettings, policy: Policy, vantage: str) -> list[Finding]:
+    """The lease must outlive a keepalive interval plus two requests that time out (Patroni's
+    `loop_wait + 2 × retry_timeout ≤ ttl`), and a takeover must fit inside the confirm window."""
+    found = []
+    need = etcd.keepalive_s + 2 * etcd.request_timeout_s
+    if need > etcd.lease_ttl_s:
+        found.append(
+            Finding(
+                ("etcd.lease_ttl_s",),
+                f"etcd.lease_ttl_s ({_n(etcd.lease_ttl_s)}) is shorter than a keepalive interval "
+                f"(ttl/3 = {_n(etcd.keepalive_s)}) plus two requests that time out "
+                f"(2 × {_n(etcd.request_timeout_s)}): the lease could expire while the leader still acts",
+                f"raise lease_ttl_s to at least {_n(3 * etcd.request_timeout_s)} (3 × request_timeout_s) "
+                "or lower request_timeout_s",
+            )
+        )
+    takeover = etcd.lease_ttl_s + 2 * etcd.request_timeout_s + CONFIRM_MARGIN_S
+    if policy.confirm_window_s < takeover:
+        found.append(
+            Finding(
+                ("etcd.lease_ttl_s",),
+                f"confirm_window_s ({_n(policy.confirm_window_s)}) is shorter than a takeover (lease_ttl_s "
+                f"{_n(etcd.lease_ttl_s)} + 2 × request_timeout_s + a {_n(CONFIRM_MARGIN_S)} s margin = "
+                f"{_n(takeover)}): a run the leader left could revert before another vantage finishes it",
+                "raise policy.confirm_window_s or lower etcd.lease_ttl_s",
+            )
+        )
+    voters = len(set(etcd.vantages) | {vantage})
+    if etcd.quorum is not None and etcd.quorum > voters:
+        found.append(
+            Finding(
+                ("etcd.quorum",),
+                f"etcd.quorum ({etcd.quorum}) is more than the {voters} vantage(s) listed: "
+                "no office could close",
+                f"list the vantages in etcd.vantages, or set quorum to at most {voters}",
+            )
+        )
+    if etcd.vantages and vantage not in etcd.vantages:
+        found.append(
+            Finding(
+                ("etcd.vantages",),
+                f"this vantage ({vantage}) is not in etcd.vantages ({', '.join(etcd.vantages)})",
+                f"add {vantage} to etcd.vantages on every vantage",
+            )
+        )
+    if (etcd.cert is None) != (etcd.key is None):
+        found.append(Finding(("etcd.cert",), "etcd.cert and etcd.key go together", "set both, or neither"))
+    if (etcd.user is None) != (etcd.password is None):
+        found.append(
+            Finding(("etcd.user",), "etcd.user and etcd.password go together", "set both, or neither")
+        )
+    return found
+
+
 def _finding_problem(doc: Document, finding: Finding) -> Problem:
-    written = [name for name in finding.fields if ("policy", name) in doc.lines]
-    path: KeyPath = ("policy", written[0] if written else finding.fields[0])
-    return Problem(doc.file, doc.line_of(path), "policy", finding.message, finding.hint, finding.severity)
+    paths: list[KeyPath] = [
+        tuple(name.split(".")) if "." in name else ("policy", name) for name in finding.fields
+    ]
+    written = [path for path in paths if path in doc.lines]
+    path = written[0] if written else paths[0]
+    where = str(path[0])
+    return Problem(doc.file, doc.line_of(path), where, finding.message, finding.hint, finding.severity)
 
 
 def _check_api(doc: Document, api: ApiSettings) -> list[Problem]:
