@@ -35,6 +35,11 @@ from baton.yamlsource import (
 )
 
 CONFIRM_MARGIN_S = 30.0  # time a run needs after its timeout to confirm its commits
+# systemd/baton.service's TimeoutStopSec (tests/unit/test_stop_timeout.py reads the unit and checks
+# they agree), and what a stop does besides draining runs (monitor, API, journal): the drain
+# must fit in the difference, or systemd kills the daemon mid-drain.
+UNIT_TIMEOUT_STOP_S = 90.0
+STOP_MARGIN_S = 20.0
 DEFAULT_JOURNAL = "/var/lib/baton/journal.sqlite3"
 DEFAULT_SOCKET = "/run/baton/api.sock"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - traps come from devices on the management network
@@ -179,6 +184,7 @@ class PolicyFile(Strict):
     flap_samples: Samples | None = None
     flap_high_pct: Percent | None = None
     flap_low_pct: Percent | None = None
+    drain_s: HoldSeconds | None = None
 
 
 class ApiFile(Strict):
@@ -347,6 +353,18 @@ def check_policy(policy: Policy) -> list[Finding]:
                 f"hold_down_s ({_n(p.hold_down_s)}): the block would end before a new closure "
                 "could be confirmed",
                 f"raise anti_flap_block_s to at least {_n(p.hold_down_s)}",
+            )
+        )
+    if p.drain_s > UNIT_TIMEOUT_STOP_S - STOP_MARGIN_S:
+        fits = _n(UNIT_TIMEOUT_STOP_S - STOP_MARGIN_S)
+        found.append(
+            Finding(
+                ("drain_s",),
+                f"drain_s ({_n(p.drain_s)}) does not fit the service's stop timeout: TimeoutStopSec "
+                f"({_n(UNIT_TIMEOUT_STOP_S)}) minus a {_n(STOP_MARGIN_S)} s margin for the rest of the "
+                f"stop is {fits} s, so systemd would kill the daemon while runs drain",
+                f"lower drain_s to at most {fits}, or raise TimeoutStopSec in systemd/baton.service "
+                f"(and UNIT_TIMEOUT_STOP_S with it) to at least {_n(p.drain_s + STOP_MARGIN_S)}",
             )
         )
     return found

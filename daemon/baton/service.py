@@ -15,14 +15,16 @@ The read model (`readmodel.ReadModel`) is what the API, the wallboard and the me
 Start: the configuration is loaded and validated; the state is restored from the journal and
 the configuration handed to the core (`ConfigLoaded`); the lease is reported; runs the journal
 shows unfinished are recovered (systemd's start timeout is extended while they are:
-EXTEND_TIMEOUT_USEC) and every run the core still waits on is reconciled; then the monitor,
-API and metrics start, and READY=1 follows the first poll round.
+EXTEND_TIMEOUT_USEC, re-sent every EXTEND_EVERY_S) and every run the core still waits on is
+reconciled; then the monitor, API and metrics start, and READY=1 follows the first poll round.
 
 Signals: SIGHUP reloads after validating everything — a broken file is refused, its problems
 logged, and the running configuration stays. SIGTERM/SIGINT stop: the core is told first
 (`Stopping`: it starts nothing it could not finish), runs in flight get the drain period to
-end, the monitor and API stop, the journal closes last. A journal that cannot record a decision
-stops the daemon loudly (exit 74): nothing is acted on that is not on disk.
+end (`policy.drain_s`, which validation fits inside the unit's TimeoutStopSec; the stop timeout
+is extended while they drain), the monitor and API stop, the journal closes last. A journal
+that cannot record a decision stops the daemon loudly (exit 74): nothing is acted on that is
+not on disk.
 
 Leadership is an interface: `LocalLeadership` always holds the lease (one vantage).
 """
@@ -33,7 +35,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -44,7 +46,7 @@ from aiohttp import web
 from baton import api
 from baton.adapters.snmp_access import PysnmpAccess
 from baton.adapters.traps import TrapReceiverError
-from baton.config import Config
+from baton.config import STOP_MARGIN_S, Config
 from baton.controller import Controller, JournalFailed, config_event, restore
 from baton.core.events import Event, LeaseChanged, OfficeObserved, RunFinished, Stopping, Ticked
 from baton.core.model import DeviceVerdict, Inventory, RunKind
@@ -68,7 +70,11 @@ TICK_S = 1.0
 # Threads for the runs' NETCONF calls: their own pool, so probes of a dark office never delay a
 # commit (the monitor has its own; the journal writes on its own thread).
 RUN_THREADS = 128
-STOP_GRACE_S = 60.0  # runs in flight get this long to end on a stop (TimeoutStopSec covers it)
+# While recovery (before READY=1) or the drain (after STOPPING=1) runs, systemd is told every
+# EXTEND_EVERY_S to wait EXTEND_BY_S more (EXTEND_TIMEOUT_USEC), up to a budget: a long recovery
+# or drain is not killed by TimeoutStartSec/TimeoutStopSec, a wedged one still is.
+EXTEND_EVERY_S = 10.0
+EXTEND_BY_S = 30.0
 # The journal keeps the inputs of the last 30 days' decisions (`baton replay`); older ones are
 # compacted into one snapshot row at start and once a day.
 JOURNAL_KEEP_S = 30 * 86400.0
@@ -217,7 +223,9 @@ class Service:
                     self.controller.apply(Stopping())
             if self.monitor is not None:
                 await self.monitor.stop()
-            await self.runs.shutdown(STOP_GRACE_S)
+            drain_s = self.config.policy.drain_s
+            async with self._extending(drain_s + STOP_MARGIN_S):
+                await self.runs.shutdown(drain_s)
             lease_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lease_task
@@ -230,17 +238,50 @@ class Service:
 
     async def _recover(self) -> None:
         """Finish what a previous process left: unfinished runs, and results not yet applied."""
-        unfinished = len(self.journal.unfinished_runs())
+        unfinished = self.journal.unfinished_runs()
+        # Recovery talks to devices before READY=1: systemd is asked to wait, each run at most
+        # its confirm window (what recovery works within) plus a margin.
+        window_s = self.config.policy.confirm_window_s
+        budget_s = sum((run.window_s or window_s) + STOP_MARGIN_S for run in unfinished)
         if unfinished:
-            # Recovery talks to devices before READY=1: tell systemd to wait (and again per run).
-            budget_s = STOP_GRACE_S + self.config.policy.confirm_window_s
-            self.notifier.extend_timeout(budget_s)
-            self.notifier.status(f"recovering {unfinished} unfinished run(s)")
-        for event in await self.runs.recover():
+            self.notifier.status(f"recovering {len(unfinished)} unfinished run(s)")
+        async with self._extending(budget_s):
+            recovered = await self.runs.recover()
+        for event in recovered:
             self.apply(event)
         for event in self.runs.reconcile(self.controller.state):
             log.warning("run.reconciled", run_id=event.run_id, office=event.office, ok=event.ok)
             self.apply(event)
+
+    @contextlib.asynccontextmanager
+    async def _extending(self, budget_s: float) -> AsyncIterator[None]:
+        """While the body runs, for at most `budget_s`: EXTEND_TIMEOUT_USEC now and every
+        EXTEND_EVERY_S. Past the budget nothing more is sent, and systemd's timeout applies."""
+        if budget_s <= 0 or not self.notifier.enabled:
+            yield
+            return
+        deadline = time.monotonic() + budget_s
+
+        def extend() -> float:
+            left = deadline - time.monotonic()
+            if left > 0:
+                self.notifier.extend_timeout(min(EXTEND_BY_S, left))
+            return left
+
+        async def keep_extending(left: float) -> None:
+            while left > 0:
+                await asyncio.sleep(min(EXTEND_EVERY_S, left))
+                left = extend()
+
+        # The first one before the body's first await: systemd knows before anything long starts.
+        first = extend()
+        task = asyncio.get_running_loop().create_task(keep_extending(first), name="systemd-extend-timeout")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _first_round(self) -> None:
         if self.monitor is None:

@@ -1,7 +1,8 @@
 """systemd's notify protocol end to end: the daemon talks to a NOTIFY_SOCKET the test binds.
 
 READY=1 (with STATUS=) only after the first poll round, WATCHDOG=1 at least every
-WATCHDOG_USEC, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 and exit 0 on SIGTERM.
+WATCHDOG_USEC, RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 and exit 0 on SIGTERM;
+EXTEND_TIMEOUT_USEC while recovery runs before READY=1 and while runs drain after STOPPING=1.
 """
 
 from __future__ import annotations
@@ -128,3 +129,73 @@ def test_notify_ready_watchdog_reload_stop(e2e: E2E, tmp_path: Path) -> None:
     finally:
         daemon.stop()
         notify.close()
+
+
+def test_recovery_before_ready_and_the_drain_extend_the_timeouts(e2e: E2E, tmp_path: Path) -> None:
+    """With an unfinished run in the journal, EXTEND_TIMEOUT_USEC comes before recovery is done
+    and before READY=1; a stop with a run in flight extends the stop timeout while it drains."""
+    daemon, lab = e2e.daemon, e2e.lab
+    office, slow = "busan-jung", "busan-jung-core1"
+    daemon.env.pop("NOTIFY_SOCKET", None)
+    daemon.env.pop("WATCHDOG_USEC", None)
+    daemon.start()
+    lab("slow", device=slow, seconds=2.0)  # every NETCONF answer takes 2 s
+    try:
+        answer = daemon.cli("handover", office, "--reason", "systemd drill", "--yes", "--no-follow", "--json")
+        assert 0 == answer.code, answer
+        run_id = answer.json()["run_id"]
+        wait_for(
+            lambda: [s for s in daemon.journal.steps(run_id) if s["device"] == slow],
+            TIMEOUT_S,
+            "the run's first step on the slow router",
+        )
+        daemon.kill()
+        assert daemon.journal.runs(office)[-1]["result"] is None  # unfinished
+
+        notify = NotifySocket(tmp_path / "notify.sock", daemon.log_dir / f"daemon-{daemon.starts + 1}.log")
+        try:
+            daemon.env["NOTIFY_SOCKET"] = str(notify.path)
+            daemon.spawn()
+            ready = wait_for(lambda: notify.having("READY", "1"), TIMEOUT_S, "READY=1")[0]
+            extends = [m for m in notify.having("EXTEND_TIMEOUT_USEC") if m.at <= ready.at]
+            assert extends, [m.fields for m in notify.messages]
+            first = extends[0]
+            # Sent before recovery finished the run (and so before it reached a device).
+            before = daemon.log.read_bytes()[: first.log_size].decode(errors="replace")
+            assert "recovery.done" not in before
+            assert 0 < int(first.fields["EXTEND_TIMEOUT_USEC"]) <= 30_000_000, first.fields
+            assert daemon.events("recovery.done", run_id=run_id)
+            assert daemon.journal.runs(office)[-1]["result"] is not None
+
+            # A run in flight when the stop comes: the stop timeout is extended while it drains.
+            phase = wait_for(
+                lambda: (p := daemon.office(office)["phase"]) not in ("HANDING_OVER", "HANDING_BACK") and p,
+                TIMEOUT_S,
+                "the office settled after recovery",
+            )
+            command = "handback" if phase == "HANDED_OVER" else "handover"
+            if phase == "FAILED":
+                assert 0 == daemon.cli("ack", office).code
+                daemon.wait_phase(office, "OPEN", TIMEOUT_S)
+            answer = daemon.cli(command, office, "--reason", "drain", "--yes", "--no-follow", "--json")
+            assert 0 == answer.code, answer
+            second = answer.json()["run_id"]
+            wait_for(
+                lambda: [s for s in daemon.journal.steps(second) if s["device"] == slow],
+                TIMEOUT_S,
+                "the second run's first step on the slow router",
+            )
+            seen = len(notify.messages)
+            daemon.signal(signal.SIGTERM)
+            assert daemon.process is not None
+            assert daemon.process.popen is not None
+            assert 0 == daemon.process.popen.wait(timeout=TIMEOUT_S)
+            after = [m.fields for m in notify.messages[seen:]]
+            stopping = next(i for i, f in enumerate(after) if f.get("STOPPING") == "1")
+            assert any("EXTEND_TIMEOUT_USEC" in f for f in after[stopping + 1 :]), after
+            assert daemon.events("runs.draining")
+        finally:
+            notify.close()
+    finally:
+        lab("slow", device=slow, seconds=0.0)
+        daemon.stop()

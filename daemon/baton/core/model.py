@@ -173,6 +173,9 @@ class Policy:
     flap_samples: int = 21  # office verdicts kept for flap detection
     flap_high_pct: float = 50.0  # percent state change that marks an office flapping
     flap_low_pct: float = 25.0  # ...and below which the flag clears (hysteresis)
+    # A stop gives runs in flight this long to reach their end, then cancels them at a safe
+    # point; systemd's TimeoutStopSec must cover it (`baton.config.check_policy`).
+    drain_s: float = 60.0
 
 
 # --- office state --------------------------------------------------------------------------
