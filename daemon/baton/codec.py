@@ -32,6 +32,7 @@ _EVENTS: dict[str, type[Any]] = {
         core_events.PauseSet,
         core_events.ShadowSet,
         core_events.LeaseChanged,
+        core_events.RoundObserved,
     )
 }
 _ACTIONS: dict[str, type[Any]] = {
@@ -109,6 +110,7 @@ def flags_to_dict(state: State) -> dict[str, Any]:
         "storm": state.storm,
         "recent_down": [list(entry) for entry in state.recent_down],
         "config_shadow": state.config_shadow,
+        "epoch": state.epoch,
     }
 
 
@@ -121,6 +123,7 @@ def state_from_parts(flags: Mapping[str, Any], offices: Mapping[str, OfficeState
         storm=bool(flags.get("storm", False)),
         recent_down=tuple((float(at), str(office)) for at, office in flags.get("recent_down", ())),
         config_shadow=flags.get("config_shadow"),
+        epoch=int(flags.get("epoch", 0)),
     )
 
 

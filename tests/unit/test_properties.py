@@ -17,6 +17,7 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     PauseSet,
+    RoundObserved,
     RunFinished,
     ShadowSet,
     Stopping,
@@ -80,7 +81,7 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
             ["observed"] * 6
             + ["ticked"] * 4
             + ["declared", "handback", "acked", "finished"] * 2
-            + ["pause", "shadow", "lease", "stopping", "config"]
+            + ["pause", "shadow", "lease", "stopping", "config", "round"]
         )
     )
     if kind == "observed":
@@ -90,6 +91,14 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
         return OfficeObserved(office, data.draw(st.sampled_from(verdicts)), "detail", frozenset(answering))
     if kind == "stopping":
         return Stopping()
+    if kind == "round":
+        verdicts = [OfficeVerdict.DOWN] * 3 + [OfficeVerdict.HEALTHY] * 3 + list(OfficeVerdict)
+        chosen = data.draw(st.lists(st.sampled_from(names), max_size=3, unique=True))
+        votes = {
+            o: {v: (data.draw(st.sampled_from(verdicts)), "detail") for v in ("v1", "v2", "v3")}
+            for o in chosen
+        }
+        return RoundObserved(MappingProxyType(votes), quorum=data.draw(st.integers(1, 3)))
     if kind == "config":
         chains = {name: o.alternates for name, o in state.offices.items()}
         return ConfigLoaded(MappingProxyType(chains), shadow=data.draw(st.booleans()))
@@ -118,7 +127,9 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
         return PauseSet(flag, "op")
     if kind == "shadow":
         return ShadowSet(flag, "op")
-    return LeaseChanged(held=data.draw(st.sampled_from([True, True, False])))
+    return LeaseChanged(
+        held=data.draw(st.sampled_from([True, True, False])), epoch=data.draw(st.integers(0, 9))
+    )
 
 
 def eligible_alternate(state: State, office: OfficeState) -> bool:

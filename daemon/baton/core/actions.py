@@ -19,6 +19,7 @@ class Alert(StrEnum):
     WOULD_HAND_OVER = "would_hand_over"  # shadow mode: what Baton would have done
     HANDBACK_PROPOSED = "handback_proposed"  # reopened office healthy long enough
     OPERATED_BY_CLOSED = "operated_by_closed"  # its alternate closed: re-homing, or nowhere to go
+    SPLIT_VIEW = "split_view"  # some vantages see the office DOWN, others do not: not closing
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,7 @@ class StartRun:
     who: str = "baton"  # the operator who asked, or baton for an automatic decision
     devices: frozenset[str] | None = None  # a catch-up: only these devices (None: every target)
     previous: str | None = None  # a re-home: the office that operated it until now
+    epoch: int = 0  # the leader's epoch: every change the run makes carries it to the device
 
 
 @dataclass(frozen=True, slots=True)

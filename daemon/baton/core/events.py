@@ -99,11 +99,28 @@ class ShadowSet:
 
 @dataclass(frozen=True, slots=True)
 class LeaseChanged:
+    """Leadership among vantages changed. `epoch` (held) only grows from one leader to the
+    next: it fences every run this vantage starts (see `baton.leadership`)."""
+
     held: bool
+    epoch: int = 0
+    leader: str | None = None  # the vantage that leads now, when known
+
+
+@dataclass(frozen=True, slots=True)
+class RoundObserved:
+    """Every vantage's latest verdict of every office (published in etcd), combined in the core:
+    office -> vantage -> (verdict, detail). `quorum`: how many vantages must see an office DOWN.
+    `answering`: of each office's pending devices, those answering this vantage."""
+
+    votes: Mapping[str, Mapping[str, tuple[OfficeVerdict, str]]] = field(default_factory=frozen_map)
+    quorum: int = 1
+    answering: Mapping[str, frozenset[str]] = field(default_factory=frozen_map)
 
 
 Event = (
-    ConfigLoaded
+    RoundObserved
+    | ConfigLoaded
     | Stopping
     | OfficeObserved
     | Ticked

@@ -54,6 +54,7 @@ Choices the design left open, taken as a NOC operator would want them:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from itertools import pairwise
 from types import MappingProxyType
@@ -68,6 +69,7 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     PauseSet,
+    RoundObserved,
     RunFinished,
     ShadowSet,
     Stopping,
@@ -78,6 +80,7 @@ from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy,
 FLAP_MIN_SAMPLES = 5
 
 _OBSERVED = OfficeObserved.__name__
+_ROUND = RoundObserved.__name__  # several vantages: observations combined, then as above
 _TICKED = Ticked.__name__
 _DECLARED = ClosureDeclared.__name__
 _HANDBACK = HandbackRequested.__name__
@@ -99,9 +102,10 @@ _SETTLE_CHANGES = (
 TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
     {
         # verdicts and time: settling runs on both observations and ticks
-        *((p, t, q) for t in (_OBSERVED, _TICKED) for (p, q) in _SETTLE_CHANGES),
+        *((p, t, q) for t in (_OBSERVED, _ROUND, _TICKED) for (p, q) in _SETTLE_CHANGES),
         # a SUSPECT office has a DOWN verdict until an observation says otherwise
         (Phase.SUSPECT, _OBSERVED, Phase.OPEN),
+        (Phase.SUSPECT, _ROUND, Phase.OPEN),
         # operator commands
         *((p, _DECLARED, Phase.CLOSED) for p in (Phase.OPEN, Phase.SUSPECT, Phase.FAILED)),
         *(
@@ -170,6 +174,8 @@ def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
         )
     if isinstance(event, LeaseChanged):
         return _on_lease(state, event)
+    if isinstance(event, RoundObserved):
+        return _on_round(state, event, policy, now)
     if isinstance(event, ConfigLoaded):
         return _on_config(state, event, now)
     if isinstance(event, Stopping):
@@ -320,8 +326,12 @@ def _on_config(state: State, event: ConfigLoaded, now: float) -> Transition:
 
 def _on_lease(state: State, event: LeaseChanged) -> Transition:
     if event.held:
+        epoch = max(state.epoch, event.epoch)
+        said = f" (epoch {epoch})" if event.epoch else ""
         return Transition(
-            replace(state, leader=True), (), "lease held; blocked handovers retry on the next tick"
+            replace(state, leader=True, epoch=epoch),
+            (),
+            f"lease held{said}; blocked handovers retry on the next tick",
         )
     # Re-sent even if the lease was already lost: aborting twice is harmless, a run left going is not.
     aborts = tuple(
@@ -360,6 +370,99 @@ def _on_observed(ctx: _Ctx, office: OfficeState, event: OfficeObserved) -> Trans
     state, storm_actions, storm_note = _track_storm(state, policy, now, newly_down)
     note = "; ".join(n for n in (flap_note, storm_note) if n)
     return _finish(state, _settle(_Ctx(state, policy, now), office), flap_actions + storm_actions, note)
+
+
+# --- several vantages: quorum verdicts -----------------------------------------------------
+
+_RANK = {
+    OfficeVerdict.HEALTHY: 0,
+    OfficeVerdict.DEGRADED: 1,
+    OfficeVerdict.UNREACHABLE: 2,
+    OfficeVerdict.UNKNOWN: 3,
+    OfficeVerdict.DOWN: 4,
+}
+
+
+def abstaining(votes: Mapping[str, Mapping[str, tuple[OfficeVerdict, str]]]) -> frozenset[str]:
+    """Vantages that see most offices DOWN (at least two): the likelier culprit is their own
+    network, not the offices (memberlist's Lifeguard: suspect yourself first)."""
+    seen: dict[str, list[OfficeVerdict]] = {}
+    for by_vantage in votes.values():
+        for vantage, (verdict, _) in by_vantage.items():
+            seen.setdefault(vantage, []).append(verdict)
+    return frozenset(
+        v
+        for v, verdicts in seen.items()
+        if (down := verdicts.count(OfficeVerdict.DOWN)) >= 2 and down * 2 > len(verdicts)
+    )
+
+
+def combine(
+    by_vantage: Mapping[str, tuple[OfficeVerdict, str]], quorum: int, abstain: frozenset[str] = frozenset()
+) -> tuple[OfficeVerdict, str, bool]:
+    """One office's verdict from the vantages that watch it: DOWN only when a quorum of them says
+    so; DOWN from some while the others see it up is UNREACHABLE from those (no closure, split);
+    else the best verdict a majority gives. Returns (verdict, detail, split)."""
+    voting = {v: vd for v, vd in by_vantage.items() if v not in abstain}
+    if not voting:
+        return OfficeVerdict.UNKNOWN, "no vantage's verdict (all abstain: they see most offices down)", False
+    down = sorted(v for v, (verdict, _) in voting.items() if verdict is OfficeVerdict.DOWN)
+    up = sorted(v for v, (verdict, _) in voting.items() if verdict is not OfficeVerdict.DOWN)
+    skipped = (
+        f"; abstaining: {', '.join(sorted(abstain & set(by_vantage)))}" if abstain & set(by_vantage) else ""
+    )
+    if len(down) >= quorum:
+        detail = next(d for v, (verdict, d) in sorted(voting.items()) if verdict is OfficeVerdict.DOWN)
+        return (
+            OfficeVerdict.DOWN,
+            f"{detail} (DOWN from {len(down)}/{len(voting)} vantages: {', '.join(down)}){skipped}",
+            False,
+        )
+    if down:
+        views = ", ".join(f"{voting[v][0]} from {v}" for v in up)
+        return (
+            OfficeVerdict.UNREACHABLE,
+            f"DOWN from {', '.join(down)} only (quorum {quorum}); {views}{skipped}",
+            True,
+        )
+    best = sorted(up, key=lambda v: (_RANK[voting[v][0]], v))
+    verdicts = [voting[v][0] for v in best]
+    chosen = max(set(verdicts), key=lambda verdict: (verdicts.count(verdict), -_RANK[verdict]))
+    detail = next(d for v in best if voting[v][0] is chosen for d in (voting[v][1],))
+    return chosen, detail + skipped, False
+
+
+def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) -> Transition:
+    """Every office judged from every vantage's verdict, then observed as one verdict each."""
+    abstain = abstaining(event.votes)
+    actions: list[Action] = []
+    reasons: list[str] = []
+    for office_id in sorted(event.votes):
+        office = state.offices.get(office_id)
+        if office is None:
+            continue
+        verdict, detail, split = combine(event.votes[office_id], event.quorum, abstain)
+        office, alerted = (
+            _raise(office, Alert.SPLIT_VIEW, f"office {office_id}: {detail}; not closing")
+            if split
+            else _clear(office, Alert.SPLIT_VIEW)
+        )
+        state = replace(state, offices=MappingProxyType({**state.offices, office_id: office}))
+        answering = event.answering.get(office_id, frozenset())
+        t = _on_observed(
+            _Ctx(state, policy, now), office, OfficeObserved(office_id, verdict, detail, answering)
+        )
+        if alerted or t.actions or t.state.offices[office_id].phase is not office.phase:
+            reasons.append(t.reason)
+        actions.extend(alerted)
+        actions.extend(t.actions)
+        state = t.state
+    reason = (
+        "; ".join(reasons)
+        if reasons
+        else f"round of {len(event.votes)} office(s) from the vantages: nothing changes"
+    )
+    return Transition(state, tuple(actions), reason)
 
 
 def _track_flapping(office: OfficeState, policy: Policy) -> tuple[OfficeState, tuple[Action, ...], str]:
@@ -613,6 +716,7 @@ def _try_catchup(ctx: _Ctx, office: OfficeState) -> _Outcome | None:
         office.pending_alternate,
         reason,
         devices=frozenset(devices),
+        epoch=ctx.state.epoch,
     )
     return _Outcome(replace(office, catchup_id=run_id), (action,), reason)
 
@@ -776,7 +880,9 @@ def _start_run(
         catchup_not_before=None,
     )
     office, cleared = _clear(office, *_WORK_ALERTS)
-    action = StartRun(office.office, kind, run_id, alternate, reason, who=who, previous=previous)
+    action = StartRun(
+        office.office, kind, run_id, alternate, reason, who=who, previous=previous, epoch=ctx.state.epoch
+    )
     return _Outcome(office, (*cleared, action), reason)
 
 

@@ -236,4 +236,5 @@ class State:
     storm: bool = False
     recent_down: tuple[tuple[float, str], ...] = ()  # (when, office) DOWN verdicts, storm window
     config_shadow: bool | None = None  # baton.yaml's `shadow` when last loaded (the shadow rule)
+    epoch: int = 0  # the highest leadership epoch this vantage has held (fences its runs)
     stopping: bool = False  # the daemon is stopping: no decision it could not carry out (not kept)

@@ -1,0 +1,93 @@
+"""Several vantages: verdicts combined in the core by quorum, abstention, split views."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from baton.core.actions import Alert, RaiseAlert, StartRun
+from baton.core.events import LeaseChanged, RoundObserved, Ticked
+from baton.core.machine import abstaining, combine, step
+from baton.core.model import OfficeVerdict, Phase, Policy
+from tests.unit.core_builders import make_state
+
+D, H, G = OfficeVerdict.DOWN, OfficeVerdict.HEALTHY, OfficeVerdict.DEGRADED
+
+
+@pytest.mark.parametrize(
+    ("votes", "quorum", "expected"),
+    [
+        ({"a": (D, "6/8"), "b": (D, "8/8"), "c": (H, "")}, 2, D),
+        ({"a": (D, "6/8"), "b": (H, ""), "c": (H, "")}, 2, OfficeVerdict.UNREACHABLE),  # a minority
+        ({"a": (D, "6/8")}, 1, D),  # one vantage alone
+        ({"a": (H, ""), "b": (G, "1/8"), "c": (G, "1/8")}, 2, G),  # the majority's verdict
+        ({"a": (H, ""), "b": (G, "1/8")}, 2, H),  # a tie: the better one
+    ],
+)
+def test_an_office_is_down_only_when_a_quorum_says_so(
+    votes: dict[str, tuple[OfficeVerdict, str]], quorum: int, expected: OfficeVerdict
+) -> None:
+    assert expected == combine(votes, quorum)[0]
+
+
+def test_a_split_view_names_who_sees_what() -> None:
+    verdict, detail, split = combine({"a": (D, "8/8"), "b": (H, ""), "c": (H, "")}, 2)
+    assert (OfficeVerdict.UNREACHABLE, True) == (verdict, split)
+    assert "DOWN from a only (quorum 2); HEALTHY from b, HEALTHY from c" == detail
+
+
+def test_a_vantage_that_sees_most_offices_down_abstains() -> None:
+    votes = {
+        "o1": {"a": (D, ""), "b": (H, ""), "c": (H, "")},
+        "o2": {"a": (D, ""), "b": (H, ""), "c": (H, "")},
+        "o3": {"a": (H, ""), "b": (H, ""), "c": (H, "")},
+    }
+    assert frozenset({"a"}) == abstaining(votes)
+    assert (H, False) == combine(votes["o1"], 2, abstaining(votes))[::2]
+
+
+verdicts = st.sampled_from(list(OfficeVerdict))
+
+
+@given(
+    votes=st.dictionaries(st.sampled_from("abcde"), st.tuples(verdicts, st.just("")), min_size=1),
+    quorum=st.integers(1, 5),
+)
+def test_fewer_than_a_quorum_never_make_an_office_down(
+    votes: dict[str, tuple[OfficeVerdict, str]], quorum: int
+) -> None:
+    """DOWN ⇔ at least `quorum` vantages say DOWN; a DOWN minority is a split, never DOWN."""
+    verdict, _, split = combine(votes, quorum)
+    down = sum(1 for v, _ in votes.values() if v is D)
+    assert (verdict is D) == (down >= quorum)
+    assert split == (0 < down < quorum)
+
+
+def test_a_round_closes_an_office_only_with_a_quorum() -> None:
+    """Two of three vantages see it dark: SUSPECT, then handed over; one of three: an alert."""
+    state = step(make_state(), LeaseChanged(held=True, epoch=7), Policy(), 0.0).state
+    assert 7 == state.epoch
+    minority = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (H, ""), "v3": (H, "")}}, quorum=2)
+    t = step(state, minority, Policy(), 1.0)
+    assert Phase.OPEN is t.state.offices["a"].phase
+    assert [Alert.SPLIT_VIEW] == [a.alert for a in t.actions if isinstance(a, RaiseAlert)]
+    majority = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (D, "8/8 down"), "v3": (H, "")}}, quorum=2)
+    t = step(t.state, majority, Policy(), 2.0)
+    assert Phase.SUSPECT is t.state.offices["a"].phase
+    t = step(t.state, Ticked("a"), Policy(), 40.0)
+    [run] = [a for a in t.actions if isinstance(a, StartRun)]
+    assert (Phase.HANDING_OVER, 7) == (t.state.offices["a"].phase, run.epoch)
+
+
+def test_no_run_starts_with_a_stale_epoch_after_the_lease_is_lost() -> None:
+    state = step(make_state(), LeaseChanged(held=True, epoch=3), Policy(), 0.0).state
+    state = step(state, LeaseChanged(held=False), Policy(), 1.0).state
+    assert (False, 3) == (state.leader, state.epoch)
+    state = step(state, LeaseChanged(held=True, epoch=5), Policy(), 2.0).state
+    assert 5 == state.epoch
+    state = step(state, LeaseChanged(held=True, epoch=4), Policy(), 3.0).state
+    assert 5 == state.epoch  # only grows
+    assert MappingProxyType is type(state.offices)
