@@ -275,3 +275,21 @@ def test_a_template_over_budget_is_refused_by_validate_and_reload(site: Path) ->
     assert "('a'*100000000)" in line_of(playbook, found[0].line)
     with pytest.raises(ConfigError):
         load_all(site)
+
+
+def test_validate_refuses_a_window_an_office_cannot_fit(tmp_path: Path) -> None:
+    """The window a run would use (the playbook's here) is checked against each office's size."""
+    import shutil
+
+    from baton.cli import main
+
+    root = Path(__file__).resolve().parents[2]
+    for name in ("inventory", "playbooks"):
+        shutil.copytree(root / name, tmp_path / name)
+    shutil.copy(root / "baton.yaml", tmp_path / "baton.yaml")
+    handover = tmp_path / "playbooks" / "handover.yaml"
+    handover.write_text(handover.read_text().replace("confirm_window_s: 300", "confirm_window_s: 60"))
+    code = main(
+        ["validate", "--inventory", str(tmp_path / "inventory"), "--config", str(tmp_path / "baton.yaml")]
+    )
+    assert 78 == code

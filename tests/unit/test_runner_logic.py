@@ -131,3 +131,12 @@ def test_sessions_are_held_across_barriers_only_within_half_the_fd_limit() -> No
     assert 63 == held_sessions(1024, 520)  # what is already open counts against it
     assert 0 == held_sessions(1024, 1100)
     assert held_sessions(-1) > 1_000_000  # RLIM_INFINITY
+
+
+def test_the_refusal_counts_the_margin() -> None:
+    """The margin the runner keeps at the end of the window is part of what must fit."""
+    budget = plan_of(playbook(EDIT, GET, concurrency=4), 8).budget(120, margin_s=24)
+    assert (96, False) == (budget.usable_s, budget.fits)
+    assert "the confirmed-commit window of 120 s (96 s usable after a 24 s margin) cannot" in (
+        budget.refusal() or ""
+    )

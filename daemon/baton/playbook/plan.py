@@ -117,7 +117,7 @@ class RunPlan:
         """An upper bound of the run's duration given concurrency (and barriers), retries included."""
         return self.budget(1.0).total_s
 
-    def budget(self, window_s: float, concurrency: int | None = None) -> Budget:
+    def budget(self, window_s: float, concurrency: int | None = None, margin_s: float = 0.0) -> Budget:
         """Worst-case time from the first commit to the last confirm, against the window."""
         pb = self.playbook
         workers = concurrency or pb.concurrency
@@ -154,6 +154,7 @@ class RunPlan:
             total_s=total + confirm_s,
             in_window_s=in_window if edits else 0.0,
             window_s=window_s,
+            margin_s=margin_s,
         )
 
     def to_json(self) -> str:
@@ -200,28 +201,34 @@ class Budget:
     total_s: float  # the whole run
     in_window_s: float  # from the first commit to the last confirm
     window_s: float
+    margin_s: float = 0.0  # what must be left of the window when the last confirm starts
+
+    @property
+    def usable_s(self) -> float:
+        return self.window_s - self.margin_s
 
     @property
     def fits(self) -> bool:
-        return self.in_window_s <= self.window_s
+        return self.in_window_s <= self.usable_s
 
     def refusal(self) -> str | None:
         """Why the run cannot fit in its window (with the numbers and the fix), or None."""
         if self.fits:
             return None
-        need = math.ceil(self.in_window_s)
+        need = math.ceil(self.in_window_s + self.margin_s)
         per_wave = self.in_window_s / max(1, self.waves)
-        fitting_waves = math.floor(self.window_s / per_wave) if per_wave > 0 else 0
+        fitting_waves = math.floor(self.usable_s / per_wave) if per_wave > 0 else 0
         if fitting_waves >= 1:
-            concurrency = math.ceil(self.devices / fitting_waves)
-            faster = f"raise the concurrency to {concurrency}, "
+            faster = f"raise the concurrency to {math.ceil(self.devices / fitting_waves)}, "
         else:
-            faster = "(one device alone takes longer than the window) "
+            faster = ""  # one wave alone is too long: concurrency cannot help
+        margin = f" ({self.usable_s:g} s usable after a {self.margin_s:g} s margin)" if self.margin_s else ""
         return (
-            f"the confirmed-commit window of {self.window_s:g} s cannot cover this run: "
+            f"the confirmed-commit window of {self.window_s:g} s{margin} cannot cover this run: "
             f"{self.devices} device(s) at concurrency {self.concurrency} ({self.waves} wave(s)) may "
-            f"need up to {need} s from the first commit to the last confirm; raise the window to at "
-            f"least {need} s, {faster}lower step timeouts and retries, or split the office"
+            f"need up to {math.ceil(self.in_window_s)} s from the first commit to the last confirm; "
+            f"raise the window to at least {need} s, {faster}lower step timeouts and retries, "
+            "or split the office"
         )
 
 

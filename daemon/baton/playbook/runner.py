@@ -930,7 +930,7 @@ async def execute(
         return await refuse(f"refused: steps {snmp} need SNMP access and none is configured")
     if margin >= window:
         return await refuse(f"refused: confirm margin {margin:g} s is not shorter than the window {window} s")
-    budget = plan.budget(window - margin, workers)
+    budget = plan.budget(window, workers, margin)
     why = budget.refusal()
     if why is not None:
         return await refuse(f"refused: {why}")
