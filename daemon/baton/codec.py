@@ -33,6 +33,10 @@ _EVENTS: dict[str, type[Any]] = {
         core_events.ShadowSet,
         core_events.LeaseChanged,
         core_events.RoundObserved,
+        core_events.ApprovalGiven,
+        core_events.ApprovalDenied,
+        core_events.AbortRequested,
+        core_events.PhaseResolved,
     )
 }
 _ACTIONS: dict[str, type[Any]] = {
@@ -111,6 +115,7 @@ def flags_to_dict(state: State) -> dict[str, Any]:
         "recent_down": [list(entry) for entry in state.recent_down],
         "config_shadow": state.config_shadow,
         "epoch": state.epoch,
+        "expired_grants": list(state.expired_grants),
     }
 
 
@@ -124,6 +129,7 @@ def state_from_parts(flags: Mapping[str, Any], offices: Mapping[str, OfficeState
         recent_down=tuple((float(at), str(office)) for at, office in flags.get("recent_down", ())),
         config_shadow=flags.get("config_shadow"),
         epoch=int(flags.get("epoch", 0)),
+        expired_grants=tuple(str(g) for g in flags.get("expired_grants", ())),
     )
 
 

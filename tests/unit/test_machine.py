@@ -25,6 +25,7 @@ from baton.core.events import (
 from baton.core.machine import TRANSITIONS, Transition, step
 from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
 from tests.unit.core_builders import CHAINS, drive, make_state, with_office
+from tests.unit.operator_scenarios import OPERATOR_SCENARIOS
 
 P = Policy()  # hold_down_s 30, anti_flap_block_s 3600, handback_hold_s 600, storm > 2 offices / 25 %
 D, H = OfficeVerdict.DOWN, OfficeVerdict.HEALTHY
@@ -1040,6 +1041,8 @@ SCENARIOS: list[tuple[Policy, State, list[tuple[float, Event]]]] = [
         ],
     ),
 ]
+# approvals and resolves (tests/unit/operator_scenarios.py)
+SCENARIOS += OPERATOR_SCENARIOS
 
 
 def phase_changes(

@@ -9,7 +9,10 @@ from hypothesis import strategies as st
 
 from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
+    AbortRequested,
     Acked,
+    ApprovalDenied,
+    ApprovalGiven,
     ClosureDeclared,
     ConfigLoaded,
     Event,
@@ -17,6 +20,7 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     PauseSet,
+    PhaseResolved,
     RoundObserved,
     RunFinished,
     ShadowSet,
@@ -31,10 +35,12 @@ from baton.core.health import (
     judge_office,
     observe,
 )
-from baton.core.machine import TRANSITIONS, step
+from baton.core.machine import TRANSITIONS, rule_for, step
 from baton.core.model import (
+    ApprovalRule,
     Device,
     DeviceVerdict,
+    GrantTerm,
     Inventory,
     Office,
     OfficeState,
@@ -49,8 +55,28 @@ from baton.core.model import (
 RUNNING = (Phase.HANDING_OVER, Phase.HANDING_BACK)
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+OFFICE_NAMES = [f"o{i}" for i in range(6)]  # the names `topologies` gives offices
+approval_rules = st.builds(
+    ApprovalRule,
+    offices=st.lists(st.sampled_from(OFFICE_NAMES), min_size=1, unique=True).map(tuple),
+    kinds=st.sampled_from([(RunKind.HANDOVER,), (RunKind.HANDBACK,), tuple(RunKind)]),
+    required=st.integers(1, 2),
+    ttl_s=st.sampled_from([60.0, 600.0]),
+    auto_proceed_s=st.sampled_from([None, 30.0, 300.0]),
+)
+grant_terms = st.lists(
+    st.builds(
+        GrantTerm, grant=st.sampled_from(["g1", "g2"]), until=st.sampled_from([0.0, 50.0, 500.0, 5000.0])
+    ),
+    max_size=2,
+    unique_by=lambda t: t.grant,
+).map(lambda terms: tuple(sorted(terms)))
+PEOPLE = ["op", "alice", "bob", "baton"]
+
 policies = st.builds(
     Policy,
+    approvals=st.one_of(st.just(()), st.lists(approval_rules, min_size=1, max_size=2).map(tuple)),
+    grant_terms=grant_terms,
     failures_to_down=st.integers(1, 4),
     hold_down_s=st.sampled_from([0.0, 30.0]),
     anti_flap_block_s=st.sampled_from([0.0, 100.0, 3600.0]),
@@ -82,6 +108,8 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
             + ["ticked"] * 4
             + ["declared", "handback", "acked", "finished"] * 2
             + ["pause", "shadow", "lease", "stopping", "config", "round"]
+            + ["approve"] * 4
+            + ["deny", "abort", "resolve"]
         )
     )
     if kind == "observed":
@@ -107,9 +135,27 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
     if kind == "declared":
         until = data.draw(st.one_of(st.none(), st.floats(now - 10, now + 1000)))
         to = data.draw(st.one_of(st.none(), st.none(), st.sampled_from([*names, "zz"])))
-        return ClosureDeclared(office, "op", "drill", until=until, to=to)
+        who = data.draw(st.sampled_from(PEOPLE))
+        grant = data.draw(st.sampled_from([None, "g1", "g2"]))
+        return ClosureDeclared(office, who, "drill", until=until, to=to, grant=grant)
     if kind == "handback":
-        return HandbackRequested(office, "op", "reopened")
+        who = data.draw(st.sampled_from(PEOPLE))
+        return HandbackRequested(office, who, "reopened", data.draw(st.sampled_from([None, "g1", "g2"])))
+    if kind in ("approve", "deny"):
+        pending = (
+            current.approval.id if current is not None and current.approval is not None else "approval-x"
+        )
+        approval_id = data.draw(st.sampled_from([pending, pending, pending, "approval-x"]))
+        who = data.draw(st.sampled_from(PEOPLE))
+        if kind == "approve":
+            return ApprovalGiven(office, approval_id, who)
+        return ApprovalDenied(office, approval_id, who, "no")
+    if kind == "abort":
+        running = [r for r in (current.run_id, current.catchup_id) if r] if current is not None else []
+        return AbortRequested(office, data.draw(st.sampled_from([*running, "stale"])), "op", "stop")
+    if kind == "resolve":
+        alternate = data.draw(st.sampled_from([None, *names, "zz"]))
+        return PhaseResolved(office, data.draw(st.sampled_from(list(Phase))), "root", "checked", alternate)
     if kind == "acked":
         return Acked(office, "op")
     if kind == "finished":
@@ -246,10 +292,52 @@ def check_step(before: State, event: Event, policy: Policy, now: float) -> State
         and not before.shadow
         and not before.stopping
         and office.catchup_id is None
+        and office.approval is None
+        and rule_for(policy, office.office, RunKind.HANDOVER) is None
         and eligible_alternate(before, office)
     ):
         assert starts, f"declared closure did not run: {t.reason}"
+    check_approvals(before, event, policy, now, t.state, starts)
     return after
+
+
+def check_approvals(
+    before: State, event: Event, policy: Policy, now: float, after: State, starts: list[StartRun]
+) -> None:
+    """Approvals: never skipped, never from the requester, never twice, never past their TTL,
+    never a change of the kind of closure; grants end when their term says."""
+    for run in starts:
+        if run.devices is not None or run.previous is not None:
+            continue  # catch-ups and re-homes follow a run that was approved (or needed none)
+        if rule_for(policy, run.office, run.kind) is None:
+            continue
+        if run.kind is RunKind.HANDOVER:
+            closure = after.offices[run.office].closure
+            assert closure is not None
+            assert closure.approved_by, f"handover without approval: {run.reason}"
+        else:
+            assert isinstance(event, ApprovalGiven | RunFinished), f"handback without approval: {run.reason}"
+    for office in after.offices.values():
+        request = office.approval
+        if request is not None:
+            assert request.requester not in request.approvers, "a requester never approves their own"
+            assert len(set(request.approvers)) == len(request.approvers), "approvers are distinct"
+            assert len(request.approvers) < request.required, "a complete approval is carried out at once"
+        if office.aborting is not None:
+            assert office.aborting in (office.run_id, office.catchup_id), "an abort names a run in progress"
+    if isinstance(event, Ticked) and event.office in after.offices:
+        office = after.offices[event.office]
+        assert office.approval is None or office.approval.expires > now, "a TTL really expires"
+        assert after.expired_grants == tuple(
+            sorted({t.grant for t in policy.grant_terms if t.until <= now})
+        ), "grants end on time"
+    if isinstance(event, ApprovalGiven | ApprovalDenied) and event.office in before.offices:
+        was, now_office = before.offices[event.office], after.offices[event.office]
+        request = was.approval
+        if request is not None and not request.declared and was.closure and now_office.closure:
+            assert was.closure.kind == now_office.closure.kind, (
+                "an approval never changes the kind of closure"
+            )
 
 
 @SETTINGS

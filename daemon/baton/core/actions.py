@@ -20,6 +20,8 @@ class Alert(StrEnum):
     HANDBACK_PROPOSED = "handback_proposed"  # reopened office healthy long enough
     OPERATED_BY_CLOSED = "operated_by_closed"  # its alternate closed: re-homing, or nowhere to go
     SPLIT_VIEW = "split_view"  # some vantages see the office DOWN, others do not: not closing
+    APPROVAL_EXPIRED = "approval_expired"  # a run waited for approvals and nobody gave them in time
+    PHASE_RESOLVED = "phase_resolved"  # an admin set the office's phase by hand (until an ack)
 
 
 @dataclass(frozen=True, slots=True)

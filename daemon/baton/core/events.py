@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from baton.core.model import OfficeVerdict, Policy, RunKind, frozen_map
+from baton.core.model import OfficeVerdict, Phase, Policy, RunKind, frozen_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +55,7 @@ class ClosureDeclared:
     reason: str
     until: float | None = None
     to: str | None = None  # operator's choice of alternate; None: first eligible of the chain
+    grant: str | None = None  # the grant the operator asked under (`baton.core.grants`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class HandbackRequested:
     office: str
     who: str
     reason: str
+    grant: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +120,47 @@ class RoundObserved:
     answering: Mapping[str, frozenset[str]] = field(default_factory=frozen_map)
 
 
+@dataclass(frozen=True, slots=True)
+class ApprovalGiven:
+    """An operator approved the run that waits for approval `approval_id` of `office`."""
+
+    office: str
+    approval_id: str
+    who: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalDenied:
+    """An operator denied it (the requester denying their own request withdraws it)."""
+
+    office: str
+    approval_id: str
+    who: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbortRequested:
+    """An operator asked to stop a run: it stops at the next safe point and rolls back."""
+
+    office: str
+    run_id: str
+    who: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhaseResolved:
+    """An admin checked the devices by hand and sets the office's phase (`alternate`: the office
+    that operates it, for HANDED_OVER)."""
+
+    office: str
+    phase: Phase
+    who: str
+    reason: str
+    alternate: str | None = None
+
+
 Event = (
     RoundObserved
     | ConfigLoaded
@@ -131,4 +174,8 @@ Event = (
     | PauseSet
     | ShadowSet
     | LeaseChanged
+    | ApprovalGiven
+    | ApprovalDenied
+    | AbortRequested
+    | PhaseResolved
 )

@@ -61,7 +61,10 @@ from types import MappingProxyType
 
 from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
+    AbortRequested,
     Acked,
+    ApprovalDenied,
+    ApprovalGiven,
     ClosureDeclared,
     ConfigLoaded,
     Event,
@@ -69,13 +72,25 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     PauseSet,
+    PhaseResolved,
     RoundObserved,
     RunFinished,
     ShadowSet,
     Stopping,
     Ticked,
 )
-from baton.core.model import Closure, OfficeState, OfficeVerdict, Phase, Policy, RunKind, State
+from baton.core.grants import when as grants_when
+from baton.core.model import (
+    Approval,
+    ApprovalRule,
+    Closure,
+    OfficeState,
+    OfficeVerdict,
+    Phase,
+    Policy,
+    RunKind,
+    State,
+)
 
 FLAP_MIN_SAMPLES = 5
 
@@ -86,6 +101,10 @@ _DECLARED = ClosureDeclared.__name__
 _HANDBACK = HandbackRequested.__name__
 _FINISHED = RunFinished.__name__
 _ACKED = Acked.__name__
+_APPROVED = ApprovalGiven.__name__
+_RESOLVED = PhaseResolved.__name__
+# The phases an admin may set by hand (`baton resolve`): runs set the others.
+RESOLVABLE = (Phase.OPEN, Phase.CLOSED, Phase.HANDED_OVER)
 
 _SETTLE_CHANGES = (
     (Phase.OPEN, Phase.SUSPECT),  # verdict DOWN
@@ -125,6 +144,21 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         (Phase.HANDING_OVER, _FINISHED, Phase.HANDED_OVER),
         (Phase.HANDING_BACK, _FINISHED, Phase.OPEN),
         *((p, _FINISHED, Phase.FAILED) for p in (Phase.HANDING_OVER, Phase.HANDING_BACK)),
+        # the last approval carries out what was asked: a declaration, a handover, a handback
+        *(
+            (p, _APPROVED, q)
+            for p in (Phase.OPEN, Phase.SUSPECT, Phase.FAILED)
+            for q in (Phase.CLOSED, Phase.HANDING_OVER)
+        ),
+        (Phase.CLOSED, _APPROVED, Phase.HANDING_OVER),
+        *((p, _APPROVED, Phase.HANDING_BACK) for p in (Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)),
+        # an admin's resolve, after checking the devices by hand
+        *(
+            (p, _RESOLVED, q)
+            for p in (Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)
+            for q in RESOLVABLE
+            if p is not q
+        ),
     }
 )
 
@@ -136,7 +170,7 @@ _BLOCKER_ALERTS = (
     Alert.WOULD_HAND_OVER,
 )
 # Alerts about the office's closure or runs: all cleared when a run starts or the office reopens.
-_WORK_ALERTS = (*_BLOCKER_ALERTS, Alert.HANDBACK_PROPOSED, Alert.RUN_FAILED)
+_WORK_ALERTS = (*_BLOCKER_ALERTS, Alert.HANDBACK_PROPOSED, Alert.RUN_FAILED, Alert.APPROVAL_EXPIRED)
 _RUNNING = (Phase.HANDING_OVER, Phase.HANDING_BACK)
 _NOT_ELIGIBLE = (OfficeVerdict.DOWN, OfficeVerdict.UNREACHABLE)
 
@@ -191,16 +225,30 @@ def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
     if isinstance(event, OfficeObserved):
         return _on_observed(ctx, office, event)
     if isinstance(event, Ticked):
+        state, grant_actions, grant_note = _track_grants(state, policy, now)
+        office = state.offices[event.office]
         storm_state, storm_actions, storm_note = _track_storm(state, policy, now, None)
         ctx = _Ctx(storm_state, policy, now)
-        return _finish(ctx.state, _settle(ctx, office), storm_actions, storm_note)
+        outcome = _approval_clock(ctx, office) or _settle(ctx, office)
+        note = "; ".join(n for n in (grant_note, storm_note) if n)
+        return _finish(ctx.state, outcome, grant_actions + storm_actions, note)
     if isinstance(event, ClosureDeclared):
         outcome = _on_declared(ctx, office, event)
     elif isinstance(event, HandbackRequested):
         outcome = _on_handback(ctx, office, event)
     elif isinstance(event, Acked):
         outcome = _on_acked(ctx, office, event)
+    elif isinstance(event, ApprovalGiven):
+        outcome = _on_approval_given(ctx, office, event)
+    elif isinstance(event, ApprovalDenied):
+        outcome = _on_approval_denied(ctx, office, event)
+    elif isinstance(event, AbortRequested):
+        outcome = _on_abort_requested(ctx, office, event)
+    elif isinstance(event, PhaseResolved):
+        outcome = _on_resolved(ctx, office, event)
     else:
+        if office.aborting is not None and office.aborting == event.run_id:
+            office = replace(office, aborting=None)  # the run it asked to stop has ended
         outcome = _on_run_finished(ctx, office, event)
     return _finish(state, outcome)
 
@@ -736,6 +784,9 @@ def _offer_handback(ctx: _Ctx, office: OfficeState) -> _Outcome:
         why = f"{prefix}; handback proposed (policy: operator hands back)"
     else:
         blocker = _automation_blocker(ctx, office) or ("shadow mode" if ctx.state.shadow else None)
+        if blocker is None and office.alternate and rule_for(ctx.policy, office.office, RunKind.HANDBACK):
+            # Two people decide a handback: Baton proposes it, an operator's request asks them.
+            blocker = "a handback needs approvals (`baton handback` asks for them)"
         if blocker is None:
             return _hand_back(ctx, office, prefix)
         why = f"{prefix}; handback proposed, automatic handback blocked: {blocker}"
@@ -774,6 +825,13 @@ def _automation_blocker(ctx: _Ctx, office: OfficeState) -> str | None:
 def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
     """A CLOSED office: start the handover if the guards allow, else say (and alert) why not."""
     declared = office.closure is not None and office.closure.kind == "declared"
+    if office.closure is not None and office.closure.held:
+        return _blocked(
+            office,
+            Alert.AUTOMATION_BLOCKED,
+            f"{prefix}; CLOSED, not handing over: set CLOSED by {office.closure.who}'s resolve "
+            f"(`baton handover {office.office}` hands it over)",
+        )
     if not ctx.state.leader:
         return _blocked(
             office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: no lease on this vantage"
@@ -801,6 +859,9 @@ def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
         return _blocked(
             office, Alert.WOULD_HAND_OVER, f"{prefix}; CLOSED, shadow mode: would hand over to {alternate}"
         )
+    gate = _handover_gate(ctx, office, prefix, alternate)
+    if gate is not None:
+        return gate
     if office.catchup_id is not None:
         reason = f"{prefix}; CLOSED, stopping catch-up run {office.catchup_id} before handing over"
         return _Outcome(office, (AbortRun(office.office, office.catchup_id, "office closed again"),), reason)
@@ -879,6 +940,10 @@ def _start_run(
         catchup_failures=0,
         catchup_not_before=None,
     )
+    if office.approval is not None:  # whatever waited for approvals is overtaken by this run
+        office = replace(
+            office, approval=None, approval_ended=f"{office.approval.id} withdrawn: run {run_id} started"
+        )
     office, cleared = _clear(office, *_WORK_ALERTS)
     action = StartRun(
         office.office, kind, run_id, alternate, reason, who=who, previous=previous, epoch=ctx.state.epoch
@@ -911,14 +976,24 @@ def _hand_back(ctx: _Ctx, office: OfficeState, prefix: str, who: str = "baton") 
 
 def _reopen(ctx: _Ctx, office: OfficeState, reason: str) -> _Outcome:
     office = replace(office, phase=Phase.OPEN, since=ctx.now, closure=None, alternate=None)
-    office, cleared = _clear(office, *_WORK_ALERTS)
+    request = office.approval
+    keep = request is not None and request.declared  # an operator's declaration still waits
+    if request is not None and not keep:
+        office = replace(
+            office, approval=None, approval_ended=f"{request.id} withdrawn: {_name(office)} reopened"
+        )
+    office, cleared = _clear(
+        office, *(a for a in _WORK_ALERTS if not (keep and a is Alert.AWAITING_APPROVAL))
+    )
     return _Outcome(office, cleared, reason)
 
 
 # --- operator commands and run results ----------------------------------------------------
 
 
-def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Outcome:
+def _on_declared(
+    ctx: _Ctx, office: OfficeState, event: ClosureDeclared, approved_by: tuple[str, ...] = ()
+) -> _Outcome:
     asked = f"closure of {office.office} declared by {event.who} ({event.reason})"
 
     def refuse(why: str) -> _Outcome:
@@ -926,6 +1001,8 @@ def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Out
 
     if office.phase in _RUNNING:
         return refuse(f"{office.run_kind} run {office.run_id} in progress")
+    if office.approval is not None:
+        return refuse(_pending_text(office.approval))
     if event.until is not None and event.until <= ctx.now:
         return refuse(f"until {event.until:.0f} is not in the future")
     if event.to is not None:
@@ -946,6 +1023,7 @@ def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Out
         until=event.until,
         to=event.to,
         drill=ctx.state.shadow,
+        approved_by=approved_by,
     )
     if office.phase is Phase.HANDED_OVER:
         if event.to is not None and event.to != office.alternate:
@@ -955,6 +1033,10 @@ def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Out
             (),
             f"{asked}: already HANDED_OVER to {office.alternate}, closure recorded as declared",
         )
+    if not approved_by:
+        asked_for = _ask_to_declare(ctx, office, event, asked)
+        if asked_for is not None:
+            return asked_for
     since = office.since if office.phase is Phase.CLOSED else ctx.now
     office, cleared = _clear(
         replace(office, phase=Phase.CLOSED, since=since, closure=closure), Alert.RUN_FAILED
@@ -963,22 +1045,40 @@ def _on_declared(ctx: _Ctx, office: OfficeState, event: ClosureDeclared) -> _Out
     return replace(outcome, actions=cleared + outcome.actions)
 
 
-def _on_handback(ctx: _Ctx, office: OfficeState, event: HandbackRequested) -> _Outcome:
+def _on_handback(
+    ctx: _Ctx, office: OfficeState, event: HandbackRequested, approved_by: tuple[str, ...] = ()
+) -> _Outcome:
     asked = f"handback of {office.office} requested by {event.who} ({event.reason})"
     if office.phase in (Phase.OPEN, Phase.SUSPECT):
         return _Outcome(office, (), f"{asked} refused: {office.phase}, nothing is handed over")
     if office.phase in _RUNNING:
         return _Outcome(office, (), f"{asked} refused: {office.run_kind} run {office.run_id} in progress")
+    if office.approval is not None:
+        return _Outcome(office, (), f"{asked} refused: {_pending_text(office.approval)}")
     if ctx.state.shadow:
         return _Outcome(office, (), f"{asked} refused: shadow mode never runs a handback")
     if not ctx.state.leader:
         return _Outcome(office, (), f"{asked} refused: this vantage does not hold the lease")
     if ctx.state.stopping:
         return _Outcome(office, (), f"{asked} refused: Baton is stopping (ask again once it is back)")
+    if not approved_by and office.alternate is not None:
+        rule = rule_for(ctx.policy, office.office, RunKind.HANDBACK)
+        if rule is not None:
+            request = _new_request(
+                ctx, office, rule, RunKind.HANDBACK, event.who, event.reason, grant=event.grant
+            )
+            return _asked(office, request, f"{asked}: {_asking_text(request)}")
     return _hand_back(ctx, office, asked, event.who)
 
 
 def _on_acked(ctx: _Ctx, office: OfficeState, event: Acked) -> _Outcome:
+    office, cleared = _clear(office, Alert.PHASE_RESOLVED, Alert.APPROVAL_EXPIRED)
+    if cleared:
+        outcome = _on_acked(ctx, office, event)
+        tail = ", ".join(a.alert.value for a in cleared if isinstance(a, ClearAlert))
+        return _Outcome(
+            outcome.office, cleared + outcome.actions, f"{outcome.reason}; alert(s) cleared: {tail}"
+        )
     if office.phase is Phase.FAILED:
         return _reopen(
             ctx,
@@ -1096,3 +1196,356 @@ def _on_catchup_finished(ctx: _Ctx, office: OfficeState, event: RunFinished) -> 
         who = office.handback_waiting
         return _hand_back(ctx, replace(office, handback_waiting=None), reason, who)
     return _Outcome(office, (), reason)
+
+
+# --- approvals, grants, abort and resolve -------------------------------------------------
+#
+# A run under an approval rule (`Policy.approvals`) waits as an `Approval` on its office: asked by
+# Baton for a detected closure (once per closure), or by an operator's declaration or handback
+# (nothing changes until approved). The last approval carries out exactly what was asked; the
+# kind of closure never changes. A request ends when approved, denied, withdrawn (its office
+# reopened, a run overtook it, its requester's grant ended, an admin set the phase) or at its
+# TTL (an alert). `auto_proceed_s`: a detected closure still DOWN that long after asking goes on.
+
+
+def rule_for(policy: Policy, office: str, kind: RunKind) -> ApprovalRule | None:
+    """The approval rule for a `kind` run of `office` (the first that names it), if any."""
+    return next((r for r in policy.approvals if office in r.offices and kind in r.kinds), None)
+
+
+def _new_request(
+    ctx: _Ctx,
+    office: OfficeState,
+    rule: ApprovalRule,
+    kind: RunKind,
+    requester: str,
+    reason: str,
+    *,
+    declared: bool = False,
+    until: float | None = None,
+    to: str | None = None,
+    grant: str | None = None,
+    auto_proceed: bool = False,
+) -> Approval:
+    base = f"approval-{office.office}-{int(ctx.now * 1000)}"
+    last = office.approval_ended.split(" ", 1)[0]
+    # Ids are unique: a request asked in the same millisecond as the last one ended counts on.
+    if last == base or last.startswith(base + "."):
+        base = f"{base}.{int(last.rsplit('.', 1)[1]) + 1 if last != base else 1}"
+    auto_at = ctx.now + rule.auto_proceed_s if auto_proceed and rule.auto_proceed_s is not None else None
+    return Approval(
+        id=base,
+        kind=kind,
+        requester=requester,
+        reason=reason,
+        at=ctx.now,
+        expires=ctx.now + rule.ttl_s,
+        required=rule.required,
+        auto_proceed_at=auto_at,
+        declared=declared,
+        until=until,
+        to=to,
+        grant=grant,
+    )
+
+
+def _asking_text(request: Approval) -> str:
+    others = "anyone" if request.requester == "baton" else f"people other than {request.requester}"
+    auto = (
+        f"; it proceeds on its own in {_secs(request.auto_proceed_at - request.at)} if the office is "
+        "still DOWN"
+        if request.auto_proceed_at is not None
+        else ""
+    )
+    return (
+        f"the {request.kind} needs {request.required} approval(s) from {others} within "
+        f"{_secs(request.expires - request.at)}: `baton approve {request.id}`{auto}"
+    )
+
+
+def _pending_text(request: Approval) -> str:
+    return (
+        f"a {request.kind} waits for approval {request.id} (asked by {request.requester}, "
+        f"{len(request.approvers)} of {request.required}): approve or deny it first"
+    )
+
+
+def _asked(office: OfficeState, request: Approval, reason: str) -> _Outcome:
+    """`request` waits on `office`, with the AWAITING_APPROVAL alert (the expiry alert goes)."""
+    office, cleared = _clear(replace(office, approval=request), Alert.APPROVAL_EXPIRED)
+    outcome = _blocked(office, Alert.AWAITING_APPROVAL, reason)
+    return replace(outcome, actions=cleared + outcome.actions)
+
+
+def _end_request(office: OfficeState, ended: str) -> tuple[OfficeState, tuple[Action, ...]]:
+    return _clear(replace(office, approval=None, approval_ended=ended), Alert.AWAITING_APPROVAL)
+
+
+def _handover_gate(ctx: _Ctx, office: OfficeState, prefix: str, alternate: str) -> _Outcome | None:
+    """None when the handover of this closure may start as far as approvals go; else why not."""
+    closure = office.closure
+    rule = rule_for(ctx.policy, office.office, RunKind.HANDOVER)
+    if rule is None or closure is None or closure.approved_by:
+        return None
+    request = office.approval
+    if request is not None:
+        return _blocked(
+            office,
+            Alert.AWAITING_APPROVAL,
+            f"{prefix}; CLOSED, the {request.kind} waits for approval {request.id} "
+            f"({len(request.approvers)} of {request.required}, asked by {request.requester})",
+        )
+    if closure.approval is not None:
+        ended = office.approval_ended or f"{closure.approval} ended"
+        return _blocked(
+            office,
+            Alert.AUTOMATION_BLOCKED,
+            f"{prefix}; CLOSED, not handing over: {ended} (`baton handover {office.office}` asks again)",
+        )
+    requester = closure.who if closure.kind == "declared" and closure.who else "baton"
+    request = _new_request(
+        ctx,
+        office,
+        rule,
+        RunKind.HANDOVER,
+        requester,
+        closure.reason,
+        auto_proceed=closure.kind == "detected",
+    )
+    office = replace(office, closure=replace(closure, approval=request.id))
+    return _asked(
+        office, request, f"{prefix}; CLOSED, would hand over to {alternate}: {_asking_text(request)}"
+    )
+
+
+def _ask_to_declare(ctx: _Ctx, office: OfficeState, event: ClosureDeclared, asked: str) -> _Outcome | None:
+    """An operator's declaration under an approval rule waits for its approvals, changing nothing."""
+    rule = rule_for(ctx.policy, office.office, RunKind.HANDOVER)
+    if rule is None:
+        return None
+    request = _new_request(
+        ctx,
+        office,
+        rule,
+        RunKind.HANDOVER,
+        event.who,
+        event.reason,
+        declared=True,
+        until=event.until,
+        to=event.to,
+        grant=event.grant,
+    )
+    return _asked(office, request, f"{asked}: {_asking_text(request)}")
+
+
+def _approval_clock(ctx: _Ctx, office: OfficeState) -> _Outcome | None:
+    """Time passed for the request waiting on `office`: auto-proceed, or its TTL ran out."""
+    request = office.approval
+    if request is None:
+        return None
+    closure = office.closure
+    if (
+        request.auto_proceed_at is not None
+        and ctx.now >= request.auto_proceed_at
+        and office.phase is Phase.CLOSED
+        and office.verdict is OfficeVerdict.DOWN
+        and closure is not None
+        and closure.kind == "detected"
+    ):
+        approvers = (*request.approvers, "auto-proceed")
+        office, cleared = _end_request(office, f"{request.id} auto-proceeded at {grants_when(ctx.now)}")
+        office = replace(office, closure=replace(closure, approved_by=approvers))
+        prefix = (
+            f"{_name(office)} still DOWN and approval {request.id} unanswered for "
+            f"{_secs(ctx.now - request.at)}: proceeding without it (policy auto_proceed_s)"
+        )
+        outcome = _try_handover(ctx, office, prefix)
+        return replace(outcome, actions=cleared + outcome.actions)
+    if ctx.now < request.expires:
+        return None
+    message = (
+        f"{_name(office)}: the {request.kind} asked by {request.requester} got "
+        f"{len(request.approvers)} of {request.required} approval(s) within "
+        f"{_secs(request.expires - request.at)}; approval {request.id} expired and the request ended"
+    )
+    office, cleared = _end_request(office, f"{request.id} expired at {grants_when(request.expires)}")
+    office, raised = _raise(office, Alert.APPROVAL_EXPIRED, message)
+    return _Outcome(office, cleared + raised, message)
+
+
+def _check_request(ctx: _Ctx, office: OfficeState, approval_id: str) -> Approval | str:
+    """The pending request `approval_id` of `office`, or why there is none to answer."""
+    request = office.approval
+    if request is None or request.id != approval_id:
+        if office.approval_ended.startswith(approval_id + " "):
+            return f"approval {office.approval_ended}"
+        return f"no approval {approval_id} waits for office {office.office}"
+    if ctx.now >= request.expires:
+        return f"approval {request.id} expired at {grants_when(request.expires)}"
+    return request
+
+
+def _on_approval_given(ctx: _Ctx, office: OfficeState, event: ApprovalGiven) -> _Outcome:
+    asked = f"approval {event.approval_id} by {event.who}"
+    found = _check_request(ctx, office, event.approval_id)
+    if isinstance(found, str):
+        return _Outcome(office, (), f"{asked} refused: {found}")
+    request = found
+    if event.who == request.requester:
+        return _Outcome(
+            office, (), f"{asked} refused: {event.who} asked for it; approvals come from other people"
+        )
+    if event.who in request.approvers:
+        return _Outcome(office, (), f"{asked} refused: {event.who} already approved it")
+    approvers = (*request.approvers, event.who)
+    if len(approvers) < request.required:
+        return _Outcome(
+            replace(office, approval=replace(request, approvers=approvers)),
+            (),
+            f"{asked} ({len(approvers)} of {request.required}) for the {request.kind} of {office.office} "
+            f"asked by {request.requester}; {request.required - len(approvers)} more needed before "
+            f"{grants_when(request.expires)}",
+        )
+    prefix = f"{asked} ({len(approvers)} of {request.required}, by {', '.join(approvers)})"
+    office, cleared = _end_request(office, f"{request.id} approved by {', '.join(approvers)}")
+    if request.kind is RunKind.HANDBACK:
+        back = HandbackRequested(office.office, request.requester, request.reason, request.grant)
+        outcome = _on_handback(ctx, office, back, approved_by=approvers)
+    elif request.declared:
+        declared = ClosureDeclared(
+            office.office, request.requester, request.reason, request.until, request.to, request.grant
+        )
+        outcome = _on_declared(ctx, office, declared, approved_by=approvers)
+    elif office.phase is Phase.CLOSED and office.closure is not None:
+        closure = replace(office.closure, approved_by=approvers)
+        outcome = _try_handover(ctx, replace(office, closure=closure), f"{_name(office)} CLOSED")
+    else:
+        outcome = _Outcome(office, (), f"{_name(office)} is {office.phase}: nothing to hand over")
+    return _Outcome(outcome.office, cleared + outcome.actions, f"{prefix}: {outcome.reason}")
+
+
+def _on_approval_denied(ctx: _Ctx, office: OfficeState, event: ApprovalDenied) -> _Outcome:
+    asked = f"denial of {event.approval_id} by {event.who} ({event.reason})"
+    found = _check_request(ctx, office, event.approval_id)
+    if isinstance(found, str):
+        return _Outcome(office, (), f"{asked} refused: {found}")
+    request = found
+    how = "withdrawn by its requester" if event.who == request.requester else f"denied by {event.who}"
+    office, cleared = _end_request(office, f"{request.id} {how} ({event.reason})")
+    if request.kind is RunKind.HANDOVER and not request.declared and office.phase is Phase.CLOSED:
+        then = f"{office.office} stays CLOSED, not handed over (`baton handover {office.office}` asks again)"
+    else:
+        then = f"nothing runs; {office.office} stays {office.phase}"
+    return _Outcome(
+        office,
+        cleared,
+        f"the {request.kind} of {office.office} asked by {request.requester} {how} "
+        f"({event.reason}): approval {request.id} ended; {then}",
+    )
+
+
+def _track_grants(state: State, policy: Policy, now: float) -> tuple[State, tuple[Action, ...], str]:
+    """Grants whose `until` passed, journaled; a request asked under one of them is withdrawn."""
+    expired = tuple(sorted({t.grant for t in policy.grant_terms if t.until <= now}))
+    if expired == state.expired_grants:
+        return state, (), ""
+    newly = sorted(set(expired) - set(state.expired_grants))
+    back = sorted(set(state.expired_grants) - set(expired))
+    offices = dict(state.offices)
+    actions: list[Action] = []
+    withdrawn = []
+    for office in state.offices.values():
+        request = office.approval
+        if request is not None and request.grant in newly:
+            ended = f"{request.id} withdrawn: the grant {request.grant} of {request.requester} ended"
+            offices[office.office], cleared = _end_request(office, ended)
+            actions.extend(cleared)
+            withdrawn.append(f"{request.id} ({office.office})")
+    notes = []
+    if newly:
+        notes.append(f"grant(s) ended: {', '.join(newly)}")
+    if withdrawn:
+        notes.append(f"request(s) withdrawn with them: {', '.join(withdrawn)}")
+    if back:
+        notes.append(f"grant(s) no longer ended (extended or removed): {', '.join(back)}")
+    new_state = replace(state, expired_grants=expired, offices=MappingProxyType(offices))
+    return new_state, tuple(actions), "; ".join(notes)
+
+
+def _on_abort_requested(ctx: _Ctx, office: OfficeState, event: AbortRequested) -> _Outcome:
+    asked = f"abort of run {event.run_id} of {office.office} requested by {event.who} ({event.reason})"
+    running = office.run_id if office.phase in _RUNNING else None
+    if event.run_id not in (running, office.catchup_id):
+        now_running = ", ".join(r for r in (running, office.catchup_id) if r) or "none"
+        return _Outcome(
+            office,
+            (),
+            f"{asked} refused: it is not in progress (office {office.phase}, running: {now_running})",
+        )
+    if office.aborting == event.run_id:
+        return _Outcome(office, (), f"{asked} refused: already aborting, it stops at the next safe point")
+    kind = "catch-up" if event.run_id == office.catchup_id else str(office.run_kind)
+    action = AbortRun(office.office, event.run_id, f"aborted by {event.who}: {event.reason}")
+    return _Outcome(
+        replace(office, aborting=event.run_id),
+        (action,),
+        f"{asked}: the {kind} run stops at the next safe point and rolls back",
+    )
+
+
+def _on_resolved(ctx: _Ctx, office: OfficeState, event: PhaseResolved) -> _Outcome:
+    asked = f"phase of {office.office} set to {event.phase} by {event.who} ({event.reason})"
+    unchanged = office
+
+    def refuse(why: str) -> _Outcome:
+        return _Outcome(unchanged, (), f"{asked} refused: {why}")
+
+    if event.phase not in RESOLVABLE:
+        return refuse(f"only {', '.join(RESOLVABLE)} can be set by hand (runs set the others)")
+    running = office.run_id if office.phase in _RUNNING else office.catchup_id
+    if running is not None:
+        return refuse(f"run {running} is in progress: abort it first (`baton abort {running}`)")
+    if office.phase is event.phase:
+        return refuse(f"it is {office.phase} already")
+    was = office.phase
+    office = replace(
+        office,
+        phase=event.phase,
+        since=ctx.now,
+        pending=frozenset(),
+        pending_kind=None,
+        pending_alternate=None,
+        ready=frozenset(),
+        catchup_failures=0,
+        catchup_not_before=None,
+        handback_waiting=None,
+        previous_alternate=None,
+        aborting=None,
+    )
+    if event.phase is Phase.OPEN:
+        office = replace(office, closure=None, alternate=None)
+    elif event.phase is Phase.CLOSED:
+        held = Closure("declared", ctx.now, event.reason, who=event.who, drill=ctx.state.shadow, held=True)
+        office = replace(office, closure=held, alternate=None)
+    else:
+        alternate = event.alternate or office.alternate
+        if alternate is None:
+            return refuse("say which office operates it now (--to ALT)")
+        if alternate == office.office or alternate not in ctx.state.offices:
+            return refuse(f"{alternate} is not another office of the inventory")
+        closure = office.closure or Closure("declared", ctx.now, event.reason, who=event.who)
+        office = replace(office, closure=closure, alternate=alternate)
+    if office.approval is not None:
+        office = replace(
+            office,
+            approval=None,
+            approval_ended=f"{office.approval.id} withdrawn: {event.who} set the phase by hand",
+        )
+    office, cleared = _clear(office, *_WORK_ALERTS, Alert.OPERATED_BY_CLOSED, Alert.PHASE_RESOLVED)
+    where = f" (operated by {office.alternate})" if event.phase is Phase.HANDED_OVER else ""
+    message = (
+        f"{_name(office)} set from {was} to {event.phase}{where} by {event.who} ({event.reason}) after a "
+        "check by hand: Baton's own decision is overridden until an ack"
+    )
+    office, raised = _raise(office, Alert.PHASE_RESOLVED, message)
+    return _Outcome(office, cleared + raised, message)

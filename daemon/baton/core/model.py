@@ -153,6 +153,29 @@ class Inventory:
 # --- policy (baton.yaml) -------------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True, order=True)
+class GrantTerm:
+    """A grant of `operators.grants` that ends: its id (`baton.core.grants.Grant.id`) and when.
+    The core journals its expiry (on `Ticked`); the API refuses it from then on."""
+
+    grant: str
+    until: float
+
+
+@dataclass(frozen=True, slots=True)
+class ApprovalRule:
+    """`operators.approvals`: runs of `kinds` for `offices` need `required` approvals from
+    distinct people other than the requester, within `ttl_s`. `auto_proceed_s`: a detected
+    closure whose office is still DOWN that long after asking is handed over without them."""
+
+    offices: tuple[str, ...]
+    kinds: tuple[RunKind, ...] = (RunKind.HANDOVER, RunKind.HANDBACK)
+    required: int = 1
+    ttl_s: float = 900.0
+    auto_proceed_s: float | None = None
+    name: str = ""  # where it was written, for reasons ("operators.approvals[0]")
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """Decision parameters. Defaults follow design.md; `baton.config` validates them together."""
@@ -176,6 +199,10 @@ class Policy:
     # A stop gives runs in flight this long to reach their end, then cancels them at a safe
     # point; systemd's TimeoutStopSec must cover it (`baton.config.check_policy`).
     drain_s: float = 60.0
+    # Two-person rules (`operators.approvals`, regions resolved to offices) and the grants that
+    # end (`operators.grants` with `until`): decided by the core like every other rule.
+    approvals: tuple[ApprovalRule, ...] = ()
+    grant_terms: tuple[GrantTerm, ...] = ()
 
 
 # --- office state --------------------------------------------------------------------------
@@ -192,6 +219,32 @@ class Closure:
     until: float | None = None  # declared closures may say when the building reopens
     to: str | None = None  # operator's choice of alternate (kept so a blocked handover retries it)
     drill: bool = False  # decided in shadow mode: never carried out once shadow mode ends
+    # Approvals (never a change of `kind`): the request asked for running its handover, and who
+    # approved it ("auto-proceed" when nobody answered in time); `held`: set by an admin's
+    # resolve, no handover until an operator asks for one.
+    approval: str | None = None
+    approved_by: tuple[str, ...] = ()
+    held: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    """A run that waits for approvals (at most one per office). What the requester asked for is
+    kept, and carried out as they asked once enough distinct people other than them approved."""
+
+    id: str
+    kind: RunKind
+    requester: str  # "baton" when Baton asked (a detected closure, an automatic handback)
+    reason: str
+    at: float
+    expires: float
+    required: int
+    approvers: tuple[str, ...] = ()
+    auto_proceed_at: float | None = None
+    declared: bool = False  # an operator's declaration of a closure, applied once approved
+    until: float | None = None
+    to: str | None = None
+    grant: str | None = None  # the grant the requester asked under: its expiry withdraws the request
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +276,9 @@ class OfficeState:
     catchup_failures: int = 0
     catchup_not_before: float | None = None
     handback_waiting: str | None = None  # who asked for a handback while a catch-up ran
+    approval: Approval | None = None  # the run waiting for approvals
+    approval_ended: str = ""  # what became of the last request ("approval-x-1 expired at ...")
+    aborting: str | None = None  # the run an operator asked to abort (until its result arrives)
 
 
 @dataclass(frozen=True, slots=True)
@@ -237,4 +293,5 @@ class State:
     recent_down: tuple[tuple[float, str], ...] = ()  # (when, office) DOWN verdicts, storm window
     config_shadow: bool | None = None  # baton.yaml's `shadow` when last loaded (the shadow rule)
     epoch: int = 0  # the highest leadership epoch this vantage has held (fences its runs)
+    expired_grants: tuple[str, ...] = ()  # grants whose `until` passed, journaled (sorted ids)
     stopping: bool = False  # the daemon is stopping: no decision it could not carry out (not kept)
