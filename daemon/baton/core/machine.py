@@ -1250,7 +1250,7 @@ def _new_request(
 
 
 def _asking_text(request: Approval) -> str:
-    others = "anyone" if request.requester == "baton" else f"people other than {request.requester}"
+    others = "any operator" if request.requester == "baton" else f"people other than {request.requester}"
     auto = (
         f"; it proceeds on its own in {_secs(request.auto_proceed_at - request.at)} if the office is "
         "still DOWN"
