@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,6 +22,7 @@ from baton.core.model import Inventory, Policy, SecretRef
 from baton.inventory.loader import read_inventory, reference_hint
 from baton.inventory.numbers import bounded
 from baton.inventory.schema import Id, Port, Ref, Strict
+from baton.operators import OperatorSettings, OperatorsFile, apply_to_policy, to_settings
 from baton.secrets import SecretError, check, parse_ref
 from baton.yamlsource import (
     ConfigError,
@@ -127,6 +128,8 @@ class Config:
     handover_playbook: str | None = None
     handback_playbook: str | None = None
     base_dir: Path = Path()  # baton.yaml's directory: where `file:` references start
+    # `operators:` (who may do what, approval rules); none: everyone who gets in is an admin
+    operators: OperatorSettings = field(default_factory=OperatorSettings)
 
 
 # --- baton.yaml as written -----------------------------------------------------------------
@@ -261,6 +264,7 @@ class ConfigFile(Strict):
     handover_playbook: str | None = None
     handback_playbook: str | None = None
     policy: PolicyFile = Field(default_factory=PolicyFile)
+    operators: OperatorsFile | None = None
 
 
 # --- policy timing -------------------------------------------------------------------------
@@ -398,6 +402,7 @@ class ConfigReading:
     problems: list[Problem]
     inventory: Path | None = None  # the inventory the file names, even when other parts are broken
     document: Document | None = None
+    operators: OperatorSettings | None = None  # read even when other parts are broken
 
 
 def load_config(
@@ -433,6 +438,9 @@ def read_config(
         problems.sort(key=lambda p: p.line or 0)
         return ConfigReading(None, problems, inventory, doc)
     config = _to_config(parsed, base)
+    operators, operator_problems = to_settings(parsed.operators, doc)
+    config = replace(config, operators=operators)
+    problems.extend(operator_problems)
     problems.extend(_finding_problem(doc, f) for f in check_policy(config.policy))
     if config.etcd is not None:
         problems.extend(
@@ -442,7 +450,7 @@ def read_config(
     if check_credentials:
         problems.extend(_check_credentials(doc, parsed, base, environ))
     problems.sort(key=lambda p: p.line or 0)
-    return ConfigReading(None if errors_in(problems) else config, problems, inventory, doc)
+    return ConfigReading(None if errors_in(problems) else config, problems, inventory, doc, operators)
 
 
 def _ref(base: Path, text: str) -> SecretRef:
@@ -664,6 +672,15 @@ def check_all(
         finding = check_probe_time(config.policy, inventory)
         if finding is not None:
             problems.append(_finding_problem(doc, finding))
+    if reading is not None and reading.document is not None and inventory is not None:
+        # Approval rules name regions; the core decides with offices (and the grants that end).
+        operators = reading.operators or OperatorSettings()
+        policy, scope_problems = apply_to_policy(
+            operators, config.policy if config else Policy(), inventory, reading.document
+        )
+        problems.extend(scope_problems)
+        if config is not None:
+            config = replace(config, policy=policy)
     return Validation(directory, inventory, config, problems, reading.document if reading else None)
 
 
