@@ -33,7 +33,7 @@ from baton.journal import Journal, JournalError, RunRecord
 from baton.logs import get_logger
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
 from baton.playbook.render import office_context
-from baton.playbook.runner import RunOutcome, StepOutcome, execute, resume
+from baton.playbook.runner import FenceLost, RunOutcome, StepOutcome, execute, resume
 from baton.playbook.schema import Playbook
 from baton.playbook.steps import Connectors
 
@@ -98,12 +98,17 @@ class RunManager:
         *,
         clock: Callable[[], float] = time.time,
         fatal: Callable[[str], None] | None = None,
+        fence: Callable[[int], bool] | None = None,
+        fenced: Callable[[str, int], None] | None = None,
     ) -> None:
         self.journal = journal
         self.connectors = connectors
         self.settings = settings
         self._report = report
         self._fatal = fatal
+        self._fence = fence
+        self._fenced = fenced
+        self.epoch = 0  # the epoch this vantage leads with (recovery runs under it)
         self._clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._aborts: dict[str, asyncio.Event] = {}
@@ -153,6 +158,12 @@ class RunManager:
         except asyncio.CancelledError:
             bound.warning("run.interrupted")  # like a crash: the journal holds it, recovery finishes it
             raise
+        except FenceLost as exc:
+            # Not ours to act on any more: left unfinished for the leader (or for us, once we lead).
+            bound.warning("run.fenced", why=str(exc))
+            if exc.seen_epoch is not None and self._fenced is not None:
+                self._fenced(str(exc), exc.seen_epoch)
+            return
         except JournalError as exc:
             # The run cannot record what it does: it stops where it is (as in a crash), and so
             # does the daemon; the next start finishes the run from what the journal holds.
@@ -193,6 +204,8 @@ class RunManager:
                 progress=on_step,
                 abort=abort,
                 clock=self._clock,
+                fence=self._fence_for(action.epoch),
+                epoch=action.epoch,
             )
         finally:
             # Keep the last runs' progress for `baton run ID`; the journal has it all anyway.
@@ -224,6 +237,10 @@ class RunManager:
             event.done,
         )
 
+    def _fence_for(self, epoch: int) -> Callable[[], bool] | None:
+        check = self._fence
+        return None if check is None else (lambda: check(epoch))
+
     # --- start and stop ---------------------------------------------------------------------
 
     async def recover(self) -> list[RunFinished]:
@@ -248,14 +265,20 @@ class RunManager:
                 plan = plan_for_action(action, self.settings)
                 return None if isinstance(plan, str) else plan
 
-            outcome = await resume(
-                record,
-                journal=self.journal,
-                connectors=self.connectors,
-                inventory=self.settings.inventory,
-                plan_for=plan_for,
-                clock=self._clock,
-            )
+            try:
+                outcome = await resume(
+                    record,
+                    journal=self.journal,
+                    connectors=self.connectors,
+                    inventory=self.settings.inventory,
+                    plan_for=plan_for,
+                    clock=self._clock,
+                    fence=self._fence_for(self.epoch),
+                    epoch=self.epoch,
+                )
+            except FenceLost as exc:
+                log.warning("recovery.fenced", run_id=record.id, why=str(exc))
+                continue
             log.warning("recovery.done", run_id=outcome.run_id, office=outcome.office, result=outcome.result)
             events.append(outcome.to_event())
         return events

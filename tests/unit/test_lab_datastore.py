@@ -241,3 +241,29 @@ def test_bad_chunk_framing_raises(wire: bytes) -> None:
     reader.chunked = True
     with pytest.raises(FramingError):
         reader.feed(wire)
+
+
+def epoch_config(epoch: int) -> object:
+    return parse_xml(f'<config><management xmlns="{LAB_NS}"><epoch>{epoch}</epoch></management></config>')
+
+
+@pytest.mark.parametrize(
+    ("device", "ours", "committed"), [(0, 0, True), (9, 9, True), (4, 9, True), (9, 4, False)]
+)
+def test_a_commit_that_lowers_the_epoch_is_refused(
+    ds: Datastore, device: int, ours: int, committed: bool
+) -> None:
+    """The fencing token in the data: a deposed leader's commit fails and changes nothing."""
+    ds.edit_config("candidate", epoch_config(device), 1)
+    ds.commit(1)
+    ds.edit_config("candidate", acl_config(*ALT), 1)
+    ds.edit_config("candidate", epoch_config(ours), 1)
+    if committed:
+        ds.commit(1)
+        assert ("co-geumcheon", "co-bangbae") == offices(ds)
+        assert ours == ds.running_epoch()
+        return
+    with pytest.raises(RpcError, match=f"epoch {ours} is older than the device's {device}"):
+        ds.commit(1)
+    assert ("co-geumcheon",) == offices(ds)
+    assert device == ds.running_epoch()

@@ -121,6 +121,11 @@ def _module(ns: str, tree: dict[str, object]) -> dict[str, _Node]:
     return _q(ns, {k: build(v) for k, v in tree.items()})
 
 
+def _check_epoch(text: str) -> None:
+    if not text.strip().isdigit():
+        raise ValueError("an epoch is a whole number")
+
+
 _SCHEMA: dict[str, _Node] = {
     **_module(
         LAB_NS,
@@ -143,6 +148,9 @@ _SCHEMA: dict[str, _Node] = {
                 ),
                 "syslog": {"server": _Node("leaf-list", check=ipaddress.ip_address)},
                 "contact": _leaf(),
+                # The fencing epoch of the Baton leader that last changed the device: a commit
+                # that would lower it is refused (gNMI's election id, as data in the commit).
+                "epoch": _leaf(_check_epoch),
             }
         },
     ),
@@ -720,6 +728,13 @@ class Datastore:
                     info={"session-id": str(pending.session)},
                 )
         self.validate("candidate")
+        older, newer = _epoch(self._candidate), _epoch(self._running)
+        if older < newer:
+            raise RpcError(
+                "operation-failed",
+                f"epoch {older} is older than the device's {newer}: a newer Baton leader operates it",
+                error_type="application",
+            )
         new_running = copy.deepcopy(self._candidate)
         if confirmed:
             deadline = self._clock() + timeout_s
@@ -733,6 +748,9 @@ class Datastore:
             self._pending = None
         self._set_running(new_running)
         self._candidate_dirty = False
+
+    def running_epoch(self) -> int:
+        return _epoch(self._running)
 
     def cancel_commit(self, session: int, *, persist_id: str | None = None) -> None:
         pending = self._pending
@@ -775,3 +793,8 @@ class Datastore:
             self._rollback()
             return True
         return False
+
+
+def _epoch(root: Element) -> int:
+    text = root.findtext(f"{{{LAB_NS}}}management/{{{LAB_NS}}}epoch")
+    return int(text.strip()) if text and text.strip().isdigit() else 0

@@ -50,8 +50,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
+from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 
 from baton.adapters.errors import AdapterError, NetconfError, NetconfRpcError
+from baton.adapters.netconf import NetconfClient
 from baton.core.events import RunFinished
 from baton.core.model import Inventory, RunKind
 from baton.journal import Journal, RunRecord, StepRecord, StepStatus
@@ -71,7 +73,7 @@ from baton.playbook.progress import (
     Direction,
     RunFacts,
 )
-from baton.playbook.schema import NetconfEdit, retry_backoff_s
+from baton.playbook.schema import FenceMarker, NetconfEdit, retry_backoff_s
 from baton.playbook.steps import (
     Connectors,
     DeviceSession,
@@ -87,6 +89,8 @@ __all__ = [
     "UNREACHABLE",
     "DeviceOutcome",
     "DeviceStatus",
+    "Fence",
+    "FenceLost",
     "PlanFor",
     "RunOutcome",
     "StepOutcome",
@@ -226,6 +230,19 @@ def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+class FenceLost(Exception):
+    """This vantage may not change devices any more (its lease is gone, or a device has seen a
+    newer leader's epoch): the run stops where it is, unfinished, for whoever leads to finish."""
+
+    def __init__(self, why: str, seen_epoch: int | None = None) -> None:
+        self.seen_epoch = seen_epoch  # a device's epoch above ours: this vantage must step down
+        super().__init__(why)
+
+
+# May a change go to a device now? (the leadership's fence, for the run's epoch)
+Fence = Callable[[], bool]
+
+
 class _Answer(Exception):
     """A call ended with a result other than the action's ok status (carried as data)."""
 
@@ -278,8 +295,15 @@ class _Run:
         progress: Progress | None,
         abort: asyncio.Event | None,
         clock: Callable[[], float],
+        fence: Fence | None = None,
+        epoch: int = 0,
     ) -> None:
         self.plan = plan
+        self.fence = fence
+        self.epoch = epoch
+        # Why every device stops before its next action: a lost fence, a journal that fails, a
+        # bug in one device's drive (siblings must not go on changing devices without it).
+        self.stopped: BaseException | None = None
         self.journal = journal
         self.run_id = plan.run.id
         self.direction = direction
@@ -337,7 +361,10 @@ class _Run:
 
     async def _pass(self, phase: int) -> bool:
         """Drive every device as far as it can go now; True if any device did anything."""
-        acted = await asyncio.gather(*(self._drive(dev, phase) for dev in self.devs))
+        acted = await asyncio.gather(*(self._drive(dev, phase) for dev in self.devs), return_exceptions=True)
+        failed = [a for a in acted if isinstance(a, BaseException)]
+        if failed:
+            raise next((f for f in failed if isinstance(f, FenceLost)), failed[0])
         return any(acted)
 
     async def _drive(self, dev: _Dev, phase: int) -> bool:
@@ -354,7 +381,14 @@ class _Run:
                     if action is None:
                         break
                     acted = True
-                    await self._perform(dev, action)
+                    if self.stopped is not None:
+                        raise self.stopped
+                    try:
+                        await self._perform(dev, action)
+                    except Exception as exc:
+                        if self.stopped is None:
+                            self.stopped = exc
+                        raise
             finally:
                 keep = dev.hold and dev.progress.failed is None and dev.progress.unreachable is None
                 if not keep and not self._must_hold(dev):
@@ -506,6 +540,8 @@ class _Run:
     # --- actions -------------------------------------------------------------------------------
 
     async def _perform(self, dev: _Dev, action: pg.Action) -> None:
+        if self.fence is not None and not self.fence():
+            raise FenceLost("this vantage does not hold the lease any more: leaving the run to the leader")
         if isinstance(action, pg.RunStep | pg.Prepare) and not dev.contacted:
             dev.contacted = True
             first = dev.plan.steps[dev.progress.pos] if dev.progress.pos < len(dev.plan.steps) else None
@@ -644,6 +680,15 @@ class _Run:
             await nc.discard_changes()
             text = "candidate locked and clean" + ("" if cc else " (no :confirmed-commit)")
             facts: dict[str, object] = {"cc": cc, "persist": persist}
+            marker = self.plan.playbook.fence
+            if marker is not None:
+                seen = await _device_epoch(nc, marker)
+                if seen > self.epoch:
+                    raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
+                fenced = wrap_config(marker.config.replace("{epoch}", str(self.epoch)))
+                await nc.edit_config("candidate", fenced, rpc_timeout_s=_UNDO_TIMEOUT_S)
+                text += f"; epoch {self.epoch} (device had {seen})"
+                facts["epoch"] = self.epoch
             if dev.progress.backup is None:
                 # What running holds of every subtree the edits touch, before any edit: undoing
                 # committed edits restores exactly this (cancel-commit needs none, but a device
@@ -867,6 +912,15 @@ class _Run:
         return tuple(result)
 
 
+async def _device_epoch(nc: NetconfClient, marker: FenceMarker) -> int:
+    """The fencing epoch the device holds in running (0: none yet)."""
+    reply = await nc.get_config("running", marker.filter, rpc_timeout_s=_UNDO_TIMEOUT_S)
+    found = etree.fromstring(reply.encode()).xpath(marker.xpath, namespaces=marker.namespaces or None)
+    first = found[0] if isinstance(found, list) and found else None
+    text = (first.text or "") if first is not None and hasattr(first, "text") else ""
+    return int(text.strip()) if text.strip().isdigit() else 0
+
+
 def _edit_roots(dev: _Dev) -> tuple[str, ...]:
     return edit_roots([ps.step.config for ps in dev.plan.steps if isinstance(ps.step, NetconfEdit)])
 
@@ -886,8 +940,11 @@ async def execute(
     progress: Progress | None = None,
     abort: asyncio.Event | None = None,
     clock: Callable[[], float] = time.time,
+    fence: Fence | None = None,
+    epoch: int = 0,
 ) -> RunOutcome:
-    """Execute `plan` (see the module docstring); never raises for a device's failure.
+    """Execute `plan` (see the module docstring); never raises for a device's failure
+    (`FenceLost` when the leadership is lost: the run is left unfinished for the leader).
 
     confirm_window_s: the window (default: the playbook's, else 300 s; the service passes the
     one `Playbook.window_for` says); confirm_margin_s: how much of the window must be left to go
@@ -950,6 +1007,8 @@ async def execute(
         progress=progress,
         abort=abort,
         clock=clock,
+        fence=fence,
+        epoch=epoch,
     )
     return await _finish(state, journal, clock, bound)
 
@@ -964,6 +1023,8 @@ async def resume(
     concurrency: int = 8,
     progress: Progress | None = None,
     clock: Callable[[], float] = time.time,
+    fence: Fence | None = None,
+    epoch: int = 0,
 ) -> RunOutcome:
     """Finish a run the journal shows unfinished (a restart, or a takeover) by the rules of
     `baton.playbook.progress`: forward if it had decided so, else back. Never raises for a
@@ -1009,6 +1070,8 @@ async def resume(
         progress=progress,
         abort=None,
         clock=clock,
+        fence=fence,
+        epoch=epoch,
     )
     if direction is None:
         await state.turn_back("recovered after a restart before every device passed verify")

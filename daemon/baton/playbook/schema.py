@@ -320,6 +320,18 @@ class Targets(_Model):
     devices: list[str] = Field(default_factory=list)  # only these device ids
 
 
+class FenceMarker(_Model):
+    """Where the device keeps the fencing epoch of the Baton leader that last changed it: read
+    from running under the candidate lock before the run's first edit (a higher one means a
+    newer leader operates the device: the run stops, and this vantage steps down), and written
+    into the candidate with the run's edits, in the same commit. `config` holds `{epoch}`."""
+
+    filter: str  # subtree filter of the marker (get-config running)
+    xpath: str  # where the number is in the reply
+    namespaces: dict[str, str] = Field(default_factory=dict)
+    config: str  # the edit that sets it, with {epoch}
+
+
 class Playbook(_Model):
     name: str = Field(pattern=NAME_PATTERN)
     description: str = ""
@@ -339,6 +351,7 @@ class Playbook(_Model):
     # no route): `fail` fails the run like any failure; `skip` leaves it "unreachable (pending)"
     # and hands over the others (the daemon catches it up when it answers again).
     unreachable: Literal["fail", "skip"] = "fail"
+    fence: FenceMarker | None = None  # the leadership epoch on the device (several vantages)
     steps: list[Step] = Field(min_length=1)
 
     @property
