@@ -31,20 +31,25 @@ from types import MappingProxyType
 from typing import Any, Protocol
 
 from baton import codec
+from baton.audit import AuditEntry
 from baton.core.actions import AbortRun, Action, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
+    AbortRequested,
     Acked,
+    ApprovalDenied,
+    ApprovalGiven,
     ClosureDeclared,
     ConfigLoaded,
     Event,
     HandbackRequested,
     OfficeObserved,
     PauseSet,
+    PhaseResolved,
     ShadowSet,
     Ticked,
 )
 from baton.core.machine import Transition, step
-from baton.core.model import OfficeState, Policy, State
+from baton.core.model import OfficeState, Phase, Policy, State
 from baton.journal import Decision, Journal, JournalError, state_to_json
 from baton.logs import get_logger
 
@@ -75,6 +80,7 @@ class CommandOutcome:
     accepted: bool
     reason: str
     run_id: str | None = None
+    approval_id: str | None = None  # the request the command made, waiting for approvals
 
 
 def _significant(before: OfficeState | None, after: OfficeState) -> bool:
@@ -237,6 +243,7 @@ class Controller:
             command=None if command is None else (who, command[0], command[1], command[2]),
             who=who,
             durable=not routine,
+            audit=_audit_entry(event, transition, before, history, who, command, now),
         )
         for attempt in range(1, WRITE_ATTEMPTS + 1):
             try:
@@ -258,21 +265,66 @@ class Controller:
         before = self._state
         transition = self.apply(event, who=who, command=(name, args, reason))
         run_id = next((a.run_id for a in transition.actions if isinstance(a, StartRun)), None)
-        return CommandOutcome(accepted=transition.state != before, reason=transition.reason, run_id=run_id)
+        asked = [
+            office.approval.id
+            for office_id, office in transition.state.offices.items()
+            if office.approval is not None
+            and (
+                (old := before.offices.get(office_id)) is None
+                or old.approval is None
+                or old.approval.id != office.approval.id
+            )
+        ]
+        return CommandOutcome(
+            accepted=transition.state != before,
+            reason=transition.reason,
+            run_id=run_id,
+            approval_id=asked[0] if asked else None,
+        )
 
     # Convenience wrappers the API calls; each is one core event.
 
     def declare_closure(
-        self, office: str, *, who: str, reason: str, until: float | None = None, to: str | None = None
+        self,
+        office: str,
+        *,
+        who: str,
+        reason: str,
+        until: float | None = None,
+        to: str | None = None,
+        grant: str | None = None,
     ) -> CommandOutcome:
-        event = ClosureDeclared(office=office, who=who, reason=reason, until=until, to=to)
+        event = ClosureDeclared(office=office, who=who, reason=reason, until=until, to=to, grant=grant)
         return self.command(
             "handover", event, who=who, reason=reason, args={"office": office, "until": until, "to": to}
         )
 
-    def request_handback(self, office: str, *, who: str, reason: str) -> CommandOutcome:
-        event = HandbackRequested(office=office, who=who, reason=reason)
+    def request_handback(
+        self, office: str, *, who: str, reason: str, grant: str | None = None
+    ) -> CommandOutcome:
+        event = HandbackRequested(office=office, who=who, reason=reason, grant=grant)
         return self.command("handback", event, who=who, reason=reason, args={"office": office})
+
+    def approve(self, office: str, approval_id: str, *, who: str, reason: str = "") -> CommandOutcome:
+        event = ApprovalGiven(office=office, approval_id=approval_id, who=who)
+        args = {"office": office, "approval": approval_id}
+        return self.command("approve", event, who=who, reason=reason, args=args)
+
+    def deny(self, office: str, approval_id: str, *, who: str, reason: str) -> CommandOutcome:
+        event = ApprovalDenied(office=office, approval_id=approval_id, who=who, reason=reason)
+        args = {"office": office, "approval": approval_id}
+        return self.command("deny", event, who=who, reason=reason, args=args)
+
+    def abort(self, office: str, run_id: str, *, who: str, reason: str) -> CommandOutcome:
+        event = AbortRequested(office=office, run_id=run_id, who=who, reason=reason)
+        return self.command("abort", event, who=who, reason=reason, args={"office": office, "run": run_id})
+
+    def resolve(
+        self, office: str, phase: Phase, *, who: str, reason: str, alternate: str | None = None
+    ) -> CommandOutcome:
+        event = PhaseResolved(office=office, phase=phase, who=who, reason=reason, alternate=alternate)
+        args = {"office": office, "phase": phase.value, "alternate": alternate}
+        return self.command("resolve", event, who=who, reason=reason, args=args)
 
     def ack(self, office: str, *, who: str, reason: str = "") -> CommandOutcome:
         return self.command(
@@ -290,6 +342,47 @@ class Controller:
 
 def config_event(offices: Mapping[str, tuple[str, ...]], shadow: bool, policy: Policy) -> ConfigLoaded:
     return ConfigLoaded(MappingProxyType(dict(offices)), shadow=shadow, policy=policy)
+
+
+def _audit_entry(
+    event: Event,
+    transition: Transition,
+    before: State,
+    history: tuple[tuple[str, str | None, str, str], ...],
+    who: str,
+    command: tuple[str, Mapping[str, Any], str] | None,
+    now: float,
+) -> AuditEntry | None:
+    """The audit trail's row for a decision: every operator command (with what the core made of
+    it), and every decision of Baton's own that changed a phase, acted, alerted or ended a grant."""
+    after = transition.state
+    actions = [_describe(a) for a in transition.actions]
+    phases = [[office, old, new] for office, old, new, _ in history if old != new]
+    event_office = getattr(event, "office", None)
+    if command is not None:
+        name, args, reason = command
+        office = event_office if isinstance(event_office, str) else args.get("office")
+        detail = {
+            "args": dict(args),
+            "accepted": after != before,
+            "decided": transition.reason,
+            "actions": actions,
+            "phases": phases,
+        }
+        return AuditEntry(
+            now, "command", who, name, reason, office if isinstance(office, str) else None, detail
+        )
+    flags = ("paused", "shadow", "storm", "leader", "expired_grants")
+    changed = [f for f in flags if getattr(before, f) != getattr(after, f)]
+    if not (transition.actions or phases or changed):
+        return None
+    touched = {str(p[0]) for p in phases} | {a.office for a in transition.actions if a.office is not None}
+    offices = sorted(touched)
+    detail = {"offices": offices, "phases": phases, "actions": actions, "flags": changed}
+    if "expired_grants" in changed:
+        detail["expired_grants"] = list(after.expired_grants)
+    office = offices[0] if len(offices) == 1 else None
+    return AuditEntry(now, "decision", "baton", type(event).__name__, transition.reason, office, detail)
 
 
 def _describe(action: Action) -> str:

@@ -43,11 +43,13 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+from baton import audit
+from baton.audit import AuditEntry, AuditRecord, Verification
 from baton.codec import dumps, office_from_dict, office_to_dict
 from baton.core.model import OfficeState, Phase, RunKind, SecretRef
 from baton.secrets import Secret
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 class JournalError(Exception):
@@ -174,6 +176,7 @@ class Decision:
     command: tuple[str, str, Mapping[str, Any], str] | None = None  # (who, name, args, reason)
     who: str = "baton"
     durable: bool = True  # fsync before returning; False only for decisions with no actions
+    audit: AuditEntry | None = None  # the audit trail's row for it (`baton.audit`), if it is one
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,11 +347,18 @@ def _migrate_2_to_3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _migrate_3_to_4(conn: sqlite3.Connection) -> None:
+    for statement in audit.SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
 # _MIGRATIONS[n] takes a journal from user_version n to n+1. Append; never edit a shipped one.
 _MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (
     _migrate_0_to_1,
     _migrate_1_to_2,
     _migrate_2_to_3,
+    _migrate_3_to_4,
 )
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -572,6 +582,8 @@ class Journal:
                     "INSERT INTO commands (who, at, command, args, reason) VALUES (?, ?, ?, ?, ?)",
                     (who, decision.at, name, self._args_json(name, args), reason),
                 )
+            if decision.audit is not None:
+                audit.append(conn, decision.audit)
             return decision_id
 
     def last_state(self) -> tuple[dict[str, Any] | None, dict[str, OfficeState]]:
@@ -850,8 +862,32 @@ class Journal:
             )
             if cursor.rowcount != 1:
                 raise JournalError(self._path, f"run '{run_id}' is unknown or already finished")
+            audit.append(conn, _run_audit(conn, run_id, str(result), detail, at, done, pending))
+
+    def record_audit(self, entry: AuditEntry) -> int:
+        """Append one row to the audit trail on its own (a request the API refused)."""
+        with self._write(label="record_audit") as conn:
+            return audit.append(conn, entry)
 
     # --- reading -----------------------------------------------------------------------------
+
+    def audit_records(
+        self, office: str | None = None, since: float | None = None, limit: int | None = None
+    ) -> list[AuditRecord]:
+        """The audit trail, oldest first: `office` (rows about it), from `since`, the last `limit`."""
+        sql = "SELECT * FROM audit WHERE at >= ?"
+        params: list[Any] = [since if since is not None else float("-inf")]
+        if office is not None:
+            # A decision about several offices names them in its detail.
+            sql += " AND (office = ? OR (office IS NULL AND instr(detail, ?) > 0))"
+            params += [office, json.dumps(office)]
+        sql += " ORDER BY id DESC LIMIT ?"
+        params.append(limit if limit is not None else -1)
+        return [audit.record(row) for row in reversed(self._read(sql, tuple(params)))]
+
+    def verify_audit(self) -> Verification:
+        """Check the audit trail's hash chain (`baton audit verify`)."""
+        return audit.verify(self._read("SELECT * FROM audit ORDER BY id"))
 
     def run(self, run_id: str) -> RunRecord | None:
         rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
@@ -1018,4 +1054,43 @@ def _run_record(row: sqlite3.Row, steps: tuple[StepRecord, ...]) -> RunRecord:
         window_s=row["window_s"],
         done=frozenset(outcome.get("done", ())),
         pending=frozenset(outcome.get("pending", ())),
+    )
+
+
+def _run_audit(
+    conn: sqlite3.Connection,
+    run_id: str,
+    result: str,
+    detail: str,
+    at: float,
+    done: frozenset[str],
+    pending: frozenset[str],
+) -> AuditEntry:
+    """The audit row of a finished run: how it ended and every device's result (its last step)."""
+    row = conn.execute("SELECT office, kind, alternate, who FROM runs WHERE id = ?", (run_id,)).fetchone()
+    office, kind, alternate, who = row if row is not None else (None, "?", "?", "baton")
+    devices: dict[str, dict[str, Any]] = {}
+    for device, name, status, step_detail in conn.execute(
+        "SELECT device, step_name, status, detail FROM steps WHERE run_id = ? ORDER BY id", (run_id,)
+    ):
+        entry = devices.setdefault(device, {"steps": 0, "failed": 0})
+        entry["steps"] += 1
+        entry["failed"] += int(status in ("failed", "unknown"))
+        entry.update(last_step=name, status=status, detail=step_detail)
+    return AuditEntry(
+        at=at,
+        kind="run",
+        who=who,
+        what=run_id,
+        reason=f"{kind} run {run_id} of {office} ({alternate}) ended {result}"
+        + (f": {detail}" if detail else ""),
+        office=office,
+        detail={
+            "kind": kind,
+            "alternate": alternate,
+            "result": result,
+            "devices": devices,
+            "done": sorted(done),
+            "pending": sorted(pending),
+        },
     )
