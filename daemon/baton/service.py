@@ -288,8 +288,16 @@ class Service:
             return
         # READY=1 waits for the first poll round, bounded so a dead network cannot wedge start-up.
         deadline = max(30.0, 3 * self.config.policy.poll_interval_s)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.monitor.first_round_done.wait(), timeout=deadline)
+        # A stop asked for meanwhile is not kept waiting for the round.
+        waits = [
+            asyncio.ensure_future(self.monitor.first_round_done.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=deadline, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _tick_loop(self) -> None:
         while not self._stopping.is_set():
