@@ -12,16 +12,29 @@ Theory of operation. One aiohttp application answers on two kinds of listener:
 The API is never open without authentication: no identity → 401, and an app that could not
 authenticate anybody (no tokens, no peer credentials) is refused at construction.
 
+Who may do what is `baton.core.grants.authorize`'s answer (the `operators:` section): every
+handler asks it before it reads or hands a command to the controller, and a request outside one's
+grants gets 403 with its one sentence (the role and scope needed), journaled in the audit trail.
+
 Every command goes through the `Controller`, which journals who asked, what and why, and answers
-with the core's sentence: accepted → 200 (202 when a run started, with its id), refused → 409
-with the core's reason. Reads come from the controller's immutable snapshot and the journal.
-Every error body is `{"error": "<one sentence>"}`.
+with the core's sentence: accepted → 200 (202 when a run started, with its id, or when the
+command waits for approvals, with the approval's id), refused → 409 with the core's reason.
+Reads come from the controller's immutable snapshot and the journal. Every error body is
+`{"error": "<one sentence>"}`.
+
+Hostile input: everything a request carries is checked before it is used — text that is not
+UTF-8 (lone surrogates), control characters and bidirectional overrides in what is journaled
+and shown to operators, JSON nested deeper than `MAX_JSON_DEPTH`, numbers out of range, a bearer
+header that is not text — each a 4xx with one sentence. A request aiohttp cannot even parse is
+answered by `_QuietHandler`: one JSON sentence, never the request's own bytes (which may carry a
+token), and one log line without them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import grp
 import hmac
 import json
 import math
@@ -33,28 +46,38 @@ import ssl
 import stat
 import struct
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
 
 from baton import wallboard
+from baton.audit import AuditEntry
 from baton.config import ApiSettings, Config
 from baton.controller import CommandOutcome, Controller
-from baton.core.model import Inventory, OfficeState, Phase, SecretRef
+from baton.core.grants import GLOBAL, Identity, Target, authorize, grants_for, when
+from baton.core.machine import RESOLVABLE
+from baton.core.model import Approval, Inventory, OfficeState, Phase, SecretRef
 from baton.journal import Journal, RunRecord, StepRecord
-from baton.logs import get_logger
+from baton.logs import get_logger, mask_text, remember_secret
 
 API_VERSION = "v1"
 MAX_BODY_BYTES = 64 * 1024
 MAX_REASON_CHARS = 2000
+MAX_JSON_DEPTH = 8  # every body is an object of plain fields: deeper is not a request of ours
+MAX_AUDIT_LIMIT = 100_000
 DEFAULT_RUNS_LIMIT = 50
 MAX_RUNS_LIMIT = 1000
 SOCKET_MODE = 0o660
 _RUNNING = frozenset({Phase.HANDING_OVER, Phase.HANDING_BACK})
 _PEERCRED = struct.Struct("3i")  # struct ucred {pid_t pid; uid_t uid; gid_t gid;}
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13: the peer's supplementary groups
+_MAX_GROUPS = 256
+# Format characters that reorder or hide what an operator reads (Trojan Source, CVE-2021-42574).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
 
 
 def _log() -> Any:
@@ -110,10 +133,12 @@ class _Tokens:
     def add(self, name: str, token: str) -> None:
         if not token:
             raise ApiSetupError(f"API token {name} is empty: it would let anybody in")
+        remember_secret(token)  # never in a log line, whoever logs it
         self.entries.append((name, token.encode()))
 
     def identify(self, presented: str) -> str | None:
-        candidate = presented.encode()
+        # aiohttp hands undecodable header bytes over as surrogates: compare them as bytes.
+        candidate = presented.encode("utf-8", "surrogateescape")
         found: str | None = None
         # Compare with every token, in constant time each, so timing says nothing about which
         # token (or how much of one) matched.
@@ -128,6 +153,7 @@ TOKENS: web.AppKey[_Tokens] = web.AppKey("tokens")
 PEERCRED: web.AppKey[bool] = web.AppKey("allow_peercred")
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 WHO: web.RequestKey[str] = web.RequestKey("who")
+IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
 
 
 # --- the application --------------------------------------------------------------------------
@@ -166,6 +192,14 @@ def create_app(
     app.router.add_post(f"{v}/shadow", _shadow)
     app.router.add_get(f"{v}/runs", _runs)
     app.router.add_get(f"{v}/runs/{{run_id}}", _run)
+    app.router.add_post(f"{v}/runs/{{run_id}}/abort", _abort)
+    app.router.add_post(f"{v}/offices/{{office}}/resolve", _resolve)
+    app.router.add_get(f"{v}/approvals", _approvals)
+    app.router.add_post(f"{v}/approvals/{{approval_id}}/approve", _approve)
+    app.router.add_post(f"{v}/approvals/{{approval_id}}/deny", _deny)
+    app.router.add_get(f"{v}/grants", _grants)
+    app.router.add_get(f"{v}/audit", _audit)
+    app.router.add_get(f"{v}/audit/verify", _audit_verify)
     wallboard.add_routes(app)  # the NOC wall screen's page, its session login and its event stream
     return app
 
@@ -179,6 +213,9 @@ def _error(status: int, message: str, headers: Mapping[str, str] | None = None) 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    where = _untext(request.path) or next((w for v in request.query.values() if (w := _untext(v))), None)
+    if where is not None:
+        return _error(400, f"the request's path or query holds {where}: ask with plain text")
     try:
         return await handler(request)
     except _Problem as problem:
@@ -212,17 +249,22 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
             wallboard.UNAUTHORIZED if wallboard.is_wallboard(request) else message,
             headers={"WWW-Authenticate": 'Bearer realm="baton"'},
         )
-    request[WHO] = who
+    request[WHO] = who.name if isinstance(who, Identity) else who
+    request[IDENTITY] = who if isinstance(who, Identity) else Identity(who)
+    if wallboard.is_wallboard(request) and not isinstance(who, str):
+        # The wallboard's routes (and a session for it) are reads: any grant opens them. A
+        # session cookie was issued to someone who held one.
+        await _allow(request, "list")
     return await handler(request)
 
 
-def _identify(request: web.Request) -> str | None:
+def _identify(request: web.Request) -> Identity | None:
     app = request.app
     sock = request.transport.get_extra_info("socket") if request.transport is not None else None
     if sock is not None and sock.family == socket.AF_UNIX and app[PEERCRED]:
         raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size)
-        _pid, uid, _gid = _PEERCRED.unpack(raw)
-        return user_name(uid)
+        _pid, uid, gid = _PEERCRED.unpack(raw)
+        return Identity(user_name(uid), _peer_groups(sock, uid, gid))
     header = request.headers.get("Authorization", "")
     scheme, _, presented = header.partition(" ")
     presented = presented.strip()
@@ -234,7 +276,27 @@ def _identify(request: web.Request) -> str | None:
     who = app[TOKENS].identify(presented)
     if who is None:
         _log().warning("api.unauthorized", remote=request.remote, path=request.path, cause="token rejected")
-    return who
+        return None
+    return Identity(who)
+
+
+def _peer_groups(sock: socket.socket, uid: int, gid: int) -> frozenset[str]:
+    """The unix groups of the peer process as the kernel has them (SO_PEERGROUPS), by name;
+    what /etc/group says of the user where the kernel cannot tell."""
+    gids: set[int] = {gid}
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * _MAX_GROUPS)
+        gids.update(struct.unpack(f"{len(raw) // 4}I", raw[: len(raw) // 4 * 4]))
+    except OSError:
+        with contextlib.suppress(KeyError, OSError):
+            gids.update(os.getgrouplist(pwd.getpwuid(uid).pw_name, gid))
+    names = set()
+    for number in gids:
+        try:
+            names.add(grp.getgrgid(number).gr_name)
+        except KeyError:
+            names.add(f"gid:{number}")
+    return frozenset(names)
 
 
 def user_name(uid: int) -> str:
@@ -253,6 +315,8 @@ async def _body(request: web.Request, allowed: Mapping[str, str]) -> dict[str, A
     raw = await request.read()
     if not raw.strip():
         return {}
+    if _depth(raw) > MAX_JSON_DEPTH:
+        raise _Problem(400, f"the body nests deeper than {MAX_JSON_DEPTH} levels: send a flat JSON object")
     try:
         data = json.loads(raw)
     except UnicodeDecodeError:
@@ -261,13 +325,68 @@ async def _body(request: web.Request, allowed: Mapping[str, str]) -> dict[str, A
         raise _Problem(
             400, f"malformed JSON body: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except (ValueError, RecursionError):  # an integer of more than 4300 digits, say
+        raise _Problem(400, "the body holds a value out of any range this API takes") from None
     if not isinstance(data, dict):
         raise _Problem(400, f"the body must be a JSON object, not {_json_type(data)}")
+    bad = _untext_json(data)
+    if bad is not None:
+        raise _Problem(400, f"the body holds {bad}: send UTF-8 text")
     unknown = sorted(set(data) - set(allowed))
     if unknown:
         fields_ = ", ".join(f"'{name}' ({what})" for name, what in allowed.items()) or "none"
         raise _Problem(400, f"unknown field '{unknown[0]}'; this endpoint takes {fields_}")
     return data
+
+
+def _depth(raw: bytes) -> int:
+    """How deep JSON brackets nest in `raw` (outside strings), without parsing it."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                return deepest
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def _untext(text: str) -> str | None:
+    """What in `text` is not text (None when it all is): a lone surrogate or a control character."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "a character that is not UTF-8 text (a lone surrogate)"
+    for ch in text:
+        if unicodedata.category(ch) == "Cc" or ch in _BIDI:
+            return f"a control character (U+{ord(ch):04X})"
+    return None
+
+
+def _untext_json(value: object) -> str | None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a character that is not UTF-8 text (a lone surrogate)"
+        return None
+    if isinstance(value, dict):
+        return next((b for k, v in value.items() for b in (_untext_json(k), _untext_json(v)) if b), None)
+    if isinstance(value, list):
+        return next((b for v in value if (b := _untext_json(v))), None)
+    return None
 
 
 def _json_type(value: object) -> str:
@@ -292,6 +411,12 @@ def _reason(data: Mapping[str, Any], *, required: bool) -> str:
         return ""
     if not isinstance(value, str):
         raise _Problem(400, f"'reason' must be a string, not {_json_type(value)}")
+    # Tabs and line breaks become spaces; any other control character, or a bidirectional
+    # override, would be journaled and then shown to an operator's terminal: refused.
+    value = " ".join(value.replace("\t", " ").replace("\n", " ").replace("\r", " ").split(" "))
+    bad = _untext(value)
+    if bad is not None:
+        raise _Problem(400, f"'reason' holds {bad}: write plain text")
     value = " ".join(value.split())  # one line: it goes into logs, tables and the journal
     if required and not value:
         raise _Problem(400, "'reason' must not be empty: say why, in a few words (it is journaled)")
@@ -332,6 +457,11 @@ def _optional_str(data: Mapping[str, Any], name: str) -> str | None:
         return None
     if not isinstance(value, str) or not value.strip():
         raise _Problem(400, f"'{name}' must be a non-empty string, not {_json_type(value)}")
+    bad = _untext(value)
+    if bad is not None:
+        raise _Problem(400, f"'{name}' holds {bad}: write an office id")
+    if len(value) > 200:
+        raise _Problem(400, f"'{name}' is too long ({len(value)} characters) for an office id")
     return value.strip()
 
 
@@ -496,8 +626,60 @@ async def _healthz(request: web.Request) -> web.Response:
     return web.json_response({"ok": True})
 
 
+async def _allow(request: web.Request, command: str, office: str | None = None) -> str | None:
+    """Refuse (403, audited) unless the requester's grants allow `command` (on `office`); the
+    grant that allows it (None: no operators configured)."""
+    backend = _backend(request)
+    identity = request[IDENTITY]
+    known = backend.inventory.offices.get(office) if office is not None else None
+    target = Target(command, office, known.region if known is not None else None)
+    now = request.app[CLOCK]()
+    verdict = authorize(backend.config.operators.grants, identity, target, now)
+    if verdict.allowed:
+        return verdict.grant
+    _log().warning("api.forbidden", who=identity.name, command=command, office=office, why=verdict.reason)
+    entry = AuditEntry(now, "refused", identity.name, command, verdict.reason, office)
+    await backend.journal.call(backend.journal.record_audit, entry)
+    raise _Problem(403, verdict.reason)
+
+
+async def _office_for(request: web.Request, command: str) -> tuple[OfficeState, str | None]:
+    """The office of the path, once the requester may `command` it (404 only to those who read)."""
+    await _allow(request, "list")
+    office = _office_state(request)
+    grant = await _allow(request, command, office.office)
+    return office, grant
+
+
 async def _status(request: web.Request) -> web.Response:
+    await _allow(request, "list")
     return web.json_response(status_view(_backend(request), request.app[CLOCK]()))
+
+
+def approval_view(office: OfficeState, approval: Approval) -> dict[str, Any]:
+    return {
+        "id": approval.id,
+        "office": office.office,
+        "kind": approval.kind.value,
+        "requester": approval.requester,
+        "reason": approval.reason,
+        "at": approval.at,
+        "expires": approval.expires,
+        "required": approval.required,
+        "approvers": list(approval.approvers),
+        "auto_proceed_at": approval.auto_proceed_at,
+        "declared": approval.declared,
+        "until": approval.until,
+        "to": approval.to,
+        "alternate": approval.to or office.alternate,
+    }
+
+
+def approvals_view(backend: ApiBackend) -> list[dict[str, Any]]:
+    """The runs waiting for approvals, oldest first."""
+    offices = backend.controller.state.offices.values()
+    pending = [approval_view(o, o.approval) for o in offices if o.approval is not None]
+    return sorted(pending, key=lambda a: (a["at"], a["id"]))
 
 
 def status_view(backend: ApiBackend, now: float) -> dict[str, Any]:
@@ -522,12 +704,14 @@ def status_view(backend: ApiBackend, now: float) -> dict[str, Any]:
         # Closures decided in shadow mode: never carried out once shadow mode ends.
         "drills": sorted(o.office for o in state.offices.values() if o.closure and o.closure.drill),
         "alerts": alerts,
+        "approvals": approvals_view(backend),
         "daemon": backend.status_extra(),
         "now": now,
     }
 
 
 async def _offices(request: web.Request) -> web.Response:
+    await _allow(request, "list")
     backend = _backend(request)
     offices = backend.controller.state.offices
     views = [office_view(backend, offices[name]) for name in sorted(offices)]
@@ -536,25 +720,26 @@ async def _offices(request: web.Request) -> web.Response:
 
 async def _office(request: web.Request) -> web.Response:
     backend = _backend(request)
-    office = _office_state(request)
+    office, _ = await _office_for(request, "read")
     view = office_view(backend, office)
     view["alerts"] = [
         {"alert": a.alert, "message": a.message, "at": a.at}
         for a in backend.journal.active_alerts()
         if a.office == office.office
     ]
+    view["approval"] = None if office.approval is None else approval_view(office, office.approval)
     view["now"] = request.app[CLOCK]()
     return web.json_response(view)
 
 
 async def _devices(request: web.Request) -> web.Response:
-    office = _office_state(request)
+    office, _ = await _office_for(request, "read")
     devices = _backend(request).device_views(office.office)
     return web.json_response({"office": office.office, "devices": devices, "now": request.app[CLOCK]()})
 
 
 async def _plan(request: web.Request) -> web.Response:
-    office = _office_state(request)
+    office, _ = await _office_for(request, "plan")  # a dry run logs in to the devices
     to = request.query.get("to") or None
     try:
         plan = await _backend(request).plan(office.office, to)
@@ -574,18 +759,25 @@ def _answer(request: web.Request, command: str, outcome: CommandOutcome, office:
         office=office,
         accepted=outcome.accepted,
         run_id=outcome.run_id,
+        approval_id=outcome.approval_id,
     )
     if not outcome.accepted:
         raise _Problem(409, outcome.reason)
     backend = _backend(request)
-    body: dict[str, Any] = {"accepted": True, "reason": outcome.reason, "run_id": outcome.run_id}
-    if office is not None:
+    body: dict[str, Any] = {
+        "accepted": True,
+        "reason": outcome.reason,
+        "run_id": outcome.run_id,
+        "approval_id": outcome.approval_id,
+    }
+    if office is not None and office in backend.controller.state.offices:
         body["office"] = office_view(backend, backend.controller.state.offices[office])
-    return web.json_response(body, status=202 if outcome.run_id is not None else 200)
+    waiting = outcome.run_id is not None or outcome.approval_id is not None
+    return web.json_response(body, status=202 if waiting else 200)
 
 
 async def _handover(request: web.Request) -> web.Response:
-    office = _office_state(request)
+    office, grant = await _office_for(request, "handover")
     data = await _body(
         request,
         {
@@ -603,28 +795,52 @@ async def _handover(request: web.Request) -> web.Response:
             raise _Problem(400, str(exc)) from None
     to = _optional_str(data, "to")
     outcome = _backend(request).controller.declare_closure(
-        office.office, who=request[WHO], reason=reason, until=until, to=to
+        office.office, who=request[WHO], reason=reason, until=until, to=to, grant=grant
     )
     return _answer(request, "handover", outcome, office.office)
 
 
 async def _handback(request: web.Request) -> web.Response:
-    office = _office_state(request)
+    office, grant = await _office_for(request, "handback")
     data = await _body(request, {"reason": "string, required"})
     reason = _reason(data, required=True)
-    outcome = _backend(request).controller.request_handback(office.office, who=request[WHO], reason=reason)
+    outcome = _backend(request).controller.request_handback(
+        office.office, who=request[WHO], reason=reason, grant=grant
+    )
     return _answer(request, "handback", outcome, office.office)
 
 
 async def _ack(request: web.Request) -> web.Response:
-    office = _office_state(request)
+    office, _ = await _office_for(request, "ack")
     data = await _body(request, {"reason": "string"})
     reason = _reason(data, required=False)
     outcome = _backend(request).controller.ack(office.office, who=request[WHO], reason=reason)
     return _answer(request, "ack", outcome, office.office)
 
 
+async def _resolve(request: web.Request) -> web.Response:
+    office, _ = await _office_for(request, "resolve")
+    data = await _body(
+        request,
+        {
+            "phase": f"one of {', '.join(RESOLVABLE)}, required",
+            "reason": "string, required",
+            "to": "office id: who operates it, for HANDED_OVER",
+        },
+    )
+    phase = data.get("phase")
+    if not isinstance(phase, str) or phase not in {p.value for p in Phase}:
+        raise _Problem(400, f"'phase' must be one of {', '.join(RESOLVABLE)}")
+    reason = _reason(data, required=True)
+    to = _optional_str(data, "to")
+    outcome = _backend(request).controller.resolve(
+        office.office, Phase(phase), who=request[WHO], reason=reason, alternate=to
+    )
+    return _answer(request, "resolve", outcome, office.office)
+
+
 async def _pause(request: web.Request) -> web.Response:
+    await _allow(request, "pause")
     data = await _body(request, {"reason": "string, required"})
     reason = _reason(data, required=True)
     outcome = _backend(request).controller.set_paused(True, who=request[WHO], reason=reason)
@@ -632,6 +848,7 @@ async def _pause(request: web.Request) -> web.Response:
 
 
 async def _resume(request: web.Request) -> web.Response:
+    await _allow(request, "resume")
     data = await _body(request, {"reason": "string"})
     reason = _reason(data, required=False)
     outcome = _backend(request).controller.set_paused(False, who=request[WHO], reason=reason)
@@ -639,6 +856,7 @@ async def _resume(request: web.Request) -> web.Response:
 
 
 async def _shadow(request: web.Request) -> web.Response:
+    await _allow(request, "shadow")
     data = await _body(request, {"on": "boolean, required", "reason": "string"})
     on = data.get("on")
     if not isinstance(on, bool):
@@ -650,6 +868,7 @@ async def _shadow(request: web.Request) -> web.Response:
 
 
 async def _runs(request: web.Request) -> web.Response:
+    await _allow(request, "list")
     backend = _backend(request)
     limit = _int_query(request, "limit", DEFAULT_RUNS_LIMIT, 1, MAX_RUNS_LIMIT)
     office = request.query.get("office") or None
@@ -662,6 +881,7 @@ async def _runs(request: web.Request) -> web.Response:
 
 
 async def _run(request: web.Request) -> web.Response:
+    await _allow(request, "list")
     backend = _backend(request)
     run_id = request.match_info["run_id"]
     run = backend.journal.run(run_id)
@@ -674,6 +894,187 @@ async def _run(request: web.Request) -> web.Response:
     view = run_view(backend, run, with_steps=True)
     view["now"] = request.app[CLOCK]()
     return web.json_response(view)
+
+
+async def _abort(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    run_id = request.match_info["run_id"]
+    office = next(
+        (o.office for o in backend.controller.state.offices.values() if run_id in (o.run_id, o.catchup_id)),
+        None,
+    )
+    if office is None:
+        record = backend.journal.run(run_id)
+        if record is None:
+            raise _Problem(404, f"no run '{run_id}' (list them with: baton runs)")
+        office = record.office
+    await _allow(request, "abort", office)
+    data = await _body(request, {"reason": "string, required"})
+    reason = _reason(data, required=True)
+    if office not in backend.controller.state.offices:
+        raise _Problem(
+            409, f"run {run_id} is not in progress (office {office} is no longer in the inventory)"
+        )
+    outcome = backend.controller.abort(office, run_id, who=request[WHO], reason=reason)
+    if outcome.accepted:
+        # The run stops at its next safe point; the client follows it (`baton run ID`).
+        outcome = replace(outcome, run_id=run_id)
+    return _answer(request, "abort", outcome, office)
+
+
+async def _approvals(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    return web.json_response({"approvals": approvals_view(backend), "now": request.app[CLOCK]()})
+
+
+def _office_of_approval(backend: ApiBackend, approval_id: str) -> str | None:
+    """The office a request is (or was) about: pending, just ended, or named in its id."""
+    offices = backend.controller.state.offices
+    for office in offices.values():
+        if office.approval is not None and office.approval.id == approval_id:
+            return office.office
+    for office in offices.values():
+        if office.approval_ended.startswith(approval_id + " "):
+            return office.office
+    named = approval_id.removeprefix("approval-").rsplit("-", 1)[0]
+    return named if approval_id.startswith("approval-") and named in offices else None
+
+
+async def _approve(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    approval_id = request.match_info["approval_id"]
+    office = _office_of_approval(backend, approval_id)
+    if office is None:
+        raise _Problem(404, f"no approval '{approval_id}' (list them with: baton approvals)")
+    await _allow(request, "approve", office)
+    data = await _body(request, {"reason": "string"})
+    reason = _reason(data, required=False)
+    outcome = backend.controller.approve(office, approval_id, who=request[WHO], reason=reason)
+    return _answer(request, "approve", outcome, office)
+
+
+async def _deny(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    approval_id = request.match_info["approval_id"]
+    office = _office_of_approval(backend, approval_id)
+    if office is None:
+        raise _Problem(404, f"no approval '{approval_id}' (list them with: baton approvals)")
+    await _allow(request, "deny", office)
+    data = await _body(request, {"reason": "string, required"})
+    reason = _reason(data, required=True)
+    outcome = backend.controller.deny(office, approval_id, who=request[WHO], reason=reason)
+    return _answer(request, "deny", outcome, office)
+
+
+async def _grants(request: web.Request) -> web.Response:
+    """Who may do what and until when: every grant for an admin of all offices, else one's own."""
+    backend = _backend(request)
+    grants = backend.config.operators.grants
+    identity = request[IDENTITY]
+    now = request.app[CLOCK]()
+    everything = authorize(grants, identity, Target("grants"), now).allowed
+    shown = grants.grants if everything else grants_for(grants, identity)
+    ended = set(backend.controller.state.expired_grants)
+    return web.json_response(
+        {
+            "enforced": grants.enforced,
+            "you": identity.name,
+            "your_groups": sorted(g for g, members in grants.groups.items() if identity.name in members)
+            + sorted(identity.unix_groups),
+            "all": everything,
+            "grants": [
+                {
+                    "id": g.id,
+                    "to": g.to,
+                    "role": g.role.value,
+                    "scope": list(g.scope),
+                    "until": g.until,
+                    "until_text": None if g.until is None else when(g.until),
+                    "live": g.is_live(now),
+                    "ended_journaled": g.id in ended,
+                    "members": sorted(grants.groups.get(g.to.removeprefix("group:"), ()))
+                    if g.to.startswith("group:")
+                    else None,
+                    "where": g.where,
+                }
+                for g in shown
+            ],
+            "global_commands": sorted(GLOBAL),
+            "now": now,
+        }
+    )
+
+
+async def _audit(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    office = request.query.get("office") or None
+    since = None
+    if request.query.get("since"):
+        try:
+            since = parse_until(request.query["since"])
+        except ValueError:
+            raise _Problem(400, "query parameter 'since' must be an ISO 8601 time or epoch seconds") from None
+    limit = _int_query(request, "limit", MAX_AUDIT_LIMIT, 1, MAX_AUDIT_LIMIT)
+    records = await backend.journal.call(backend.journal.audit_records, office, since, limit)
+    return web.json_response({"records": [r.as_dict() for r in records], "now": request.app[CLOCK]()})
+
+
+async def _audit_verify(request: web.Request) -> web.Response:
+    await _allow(request, "list")
+    backend = _backend(request)
+    result = await backend.journal.call(backend.journal.verify_audit)
+    return web.json_response(
+        {"ok": result.ok, "rows": result.rows, "broken_id": result.broken_id, "why": result.why}
+    )
+
+
+# --- requests aiohttp cannot parse ----------------------------------------------------------
+
+
+class _QuietHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, but a request it cannot parse (or a failure outside every
+    middleware) is answered with one JSON sentence and logged in one line — never with the
+    request's own bytes, which aiohttp would echo in the body and the log (a bearer token
+    included), nor with a traceback."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        cause = type(exc).__name__ if exc is not None else "error"
+        first = (message or str(exc or "")).strip().splitlines()
+        what = mask_text(first[0].rstrip(":"))[:100] if first else "the request could not be read"
+        _log().warning("api.bad_request", remote=request.remote, status=status, cause=cause, what=what)
+        if request.writer.output_size > 0:
+            raise ConnectionError("response already started: cannot send the error")
+        if status >= 500:
+            sentence = "internal error: the daemon log has the details"
+        else:
+            sentence = f"malformed HTTP request ({what.lower()}): send a well-formed HTTP/1.1 request"
+        response = web.json_response({"error": sentence}, status=status)
+        response.force_close()
+        return response
+
+
+class _QuietServer(web_server.Server):
+    def __call__(self) -> web_protocol.RequestHandler:
+        return _QuietHandler(self, loop=self._loop, **self._kwargs)
+
+
+class _Runner(web.AppRunner):
+    async def _make_server(self) -> web_server.Server:
+        server = await super()._make_server()
+        # The application's server, with its connections handled by _QuietHandler.
+        server.__class__ = _QuietServer
+        return server
 
 
 # --- listeners --------------------------------------------------------------------------------
@@ -720,7 +1121,7 @@ async def start_listeners(
             os.unlink(settings.unix_socket)
         raise
     # access_log=None: requests that matter (commands, refusals) are logged by the handlers.
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = _Runner(app, access_log=None, handle_signals=False)
     await runner.setup()
     listeners = Listeners(runner, settings.unix_socket)
     try:

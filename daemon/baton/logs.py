@@ -31,6 +31,16 @@ _SECRET_KEY = re.compile(
     r"(^|_)(password|passwd|secret|token|community|auth_key|priv_key|private_key|passphrase)s?$", re.I
 )
 MASK = "***"
+# Credentials Baton resolved (`remember_secret`): masked wherever they appear in a log line, in
+# Baton's own fields and in what libraries log (aiohttp echoes a bad request's header lines).
+_KNOWN: set[str] = set()
+_KNOWN_LOCK = threading.Lock()
+_KNOWN_SORTED: tuple[str, ...] = ()
+MIN_MASKED_LEN = 4  # shorter values would mask ordinary words
+# Credentials in the shape of HTTP authentication, whatever their value.
+_AUTH_TEXT = re.compile(
+    r"(?i)(\b(?:proxy-)?authorization\s*:\s*(?:[a-z]+\s+)?|\bbearer\s+|\bbasic\s+)[^\s'\"\\]+"
+)
 # Libraries whose own logging is noise next to what Baton reports of the same failure.
 LIBRARY_LOGGERS = ("paramiko", "ncclient", "asyncssh")
 
@@ -40,6 +50,33 @@ def mask_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) ->
     for key in list(event):
         if key != "event" and _SECRET_KEY.search(key):
             event[key] = MASK
+    return event
+
+
+def remember_secret(value: str) -> None:
+    """`value` is a credential: no log line will carry it from now on."""
+    global _KNOWN_SORTED
+    if len(value) < MIN_MASKED_LEN:
+        return
+    with _KNOWN_LOCK:
+        if value not in _KNOWN:
+            _KNOWN.add(value)
+            _KNOWN_SORTED = tuple(sorted(_KNOWN, key=len, reverse=True))
+
+
+def mask_text(text: str) -> str:
+    """`text` with every known credential and anything in the shape of one replaced by ***."""
+    for secret in _KNOWN_SORTED:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return _AUTH_TEXT.sub(lambda m: m.group(1) + MASK, text)
+
+
+def mask_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask credentials inside every text value (tracebacks included)."""
+    for key, value in list(event.items()):
+        if isinstance(value, str):
+            event[key] = mask_text(value)
     return event
 
 
@@ -96,6 +133,7 @@ def configure(*, json: bool = True, level: str = "info", stream: TextIO | None =
                 structlog.processors.TimeStamper(fmt="iso", utc=True),
                 mask_secrets,
                 structlog.processors.format_exc_info,
+                mask_values,
             ],
         )
     )
@@ -113,6 +151,7 @@ def configure(*, json: bool = True, level: str = "info", stream: TextIO | None =
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             mask_secrets,
             structlog.processors.format_exc_info,
+            mask_values,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Literal, cast
 
 from baton.core.model import SecretRef
+from baton.logs import remember_secret
 
 KINDS = ("env", "file", "credential")
 REFERENCE_HINT = (
@@ -91,6 +92,7 @@ def resolve(ref: SecretRef, *, base_dir: Path | None = None, environ: Mapping[st
         value = env.get(ref.name)
         if value is None:
             raise SecretError(f"{ref}: environment variable {ref.name} is not set")
+        remember_secret(value)
         return value
     path = locate(ref, base_dir=base_dir, environ=env)
     try:
@@ -105,7 +107,9 @@ def resolve(ref: SecretRef, *, base_dir: Path | None = None, environ: Mapping[st
         raise SecretError(f"{ref}: file {path} is not UTF-8 text") from None
     except OSError as exc:
         raise SecretError(f"{ref}: cannot read {path}: {exc.strerror}") from None
-    return text.removesuffix("\n")
+    value = text.removesuffix("\n")
+    remember_secret(value)
+    return value
 
 
 def resolve_secret(
