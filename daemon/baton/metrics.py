@@ -195,6 +195,22 @@ class Metrics:
         self.paused = Gauge("baton_paused", "1 while an operator has paused automation.", registry=r)
         self.shadow = Gauge("baton_shadow", "1 in shadow mode (decide and report, act not).", registry=r)
         self.leader = Gauge("baton_leader", "1 while this vantage holds the lease.", registry=r)
+        self.leader_epoch = Gauge(
+            "baton_leader_epoch", "The fencing epoch this vantage last led with (0: never led).", registry=r
+        )
+        self.lease_remaining = Gauge(
+            "baton_lease_remaining_seconds",
+            "Until this vantage must stop acting unless a keepalive is answered; 0 when not leading.",
+            registry=r,
+        )
+        self.vantages_present = Gauge(
+            "baton_vantages_present",
+            "Vantages with a live presence key in etcd (this one included).",
+            registry=r,
+        )
+        self.etcd_errors_total = Counter(
+            "baton_etcd_errors_total", "etcd requests of the verdict exchange that failed.", registry=r
+        )
         self.loop_last_success = Gauge(
             "baton_loop_last_success_timestamp_seconds",
             "When the decision loop last completed an iteration (Unix time).",

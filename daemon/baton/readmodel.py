@@ -17,6 +17,7 @@ from baton.controller import Controller
 from baton.core.machine import choose_alternate
 from baton.core.model import Inventory, Phase, RunKind
 from baton.journal import Journal
+from baton.leadership import LeaderView
 from baton.monitor import Monitor
 from baton.playbook import dryrun
 from baton.playbook.plan import RunInfo, plan_run
@@ -47,6 +48,7 @@ class ReadModel:
         self.runs = runs
         self.connectors = connectors
         self.monitor: Monitor | None = None
+        self.leadership: LeaderView | None = None  # the service's leadership's live view
         self.clock = clock
         self.started_at = clock()
         self.last_loop_at: float | None = None
@@ -91,11 +93,27 @@ class ReadModel:
             "vantage": self.config.vantage.id,
             "vantage_office": self.config.vantage.office,
             "leader": state.leader,
+            "leadership": self.leadership_view(),
             "uptime_s": self.clock() - self.started_at,
             "last_loop_at": self.last_loop_at,
             "runs_in_progress": list(self.runs.running),
             "catchups_in_progress": [o.catchup_id for o in state.offices.values() if o.catchup_id],
             "pending_devices": {o.office: sorted(o.pending) for o in state.offices.values() if o.pending},
+        }
+
+    def leadership_view(self) -> dict[str, Any] | None:
+        view = self.leadership
+        if view is None:
+            return None
+        return {
+            "me": view.me,
+            "held": view.held,
+            "epoch": view.epoch,
+            "leader": view.leader,
+            "leader_api": view.leader_api,
+            "lease_left_s": view.lease_left_s,
+            "vantages": sorted(view.vantages),
+            "reason": view.reason,
         }
 
     # --- for the service ----------------------------------------------------------------------
@@ -113,7 +131,8 @@ class ReadModel:
             if on
         ]
         if not state.leader:
-            flags.append("NOT LEADER")
+            leader = self.leadership.leader if self.leadership is not None else None
+            flags.append(f"NOT LEADER (leader: {leader or 'none known'})")
         running = len(self.runs.running)
         text = f"{len(state.offices)} offices: {phases}"
         if running:

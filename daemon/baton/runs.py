@@ -247,6 +247,8 @@ class RunManager:
         """Finish every run the journal shows unfinished; their results, oldest first."""
         events = []
         for record in await self.journal.call(self.journal.unfinished_runs):
+            if record.id in self._tasks:
+                continue  # running in this process: not for recovery
             log.warning("recovery.started", run_id=record.id, office=record.office, steps=len(record.steps))
             if not record.steps:
                 # Decided and journaled, but the process died before the run touched anything:
@@ -301,6 +303,12 @@ class RunManager:
                 elif record.is_finished:
                     events.append(_finished(record))
         return events
+
+    async def settle(self) -> None:
+        """Wait for the runs in flight to end (fenced runs end at their next action)."""
+        tasks = list(self._tasks.values())
+        if tasks:
+            await asyncio.wait(tasks)
 
     async def shutdown(self, grace_s: float) -> None:
         """Start nothing new; let runs in flight finish (a safe point), cancel what outlasts `grace_s`."""

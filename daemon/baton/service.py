@@ -26,7 +26,13 @@ is extended while they drain), the monitor and API stop, the journal closes last
 that cannot record a decision stops the daemon loudly (exit 74): nothing is acted on that is
 not on disk.
 
-Leadership is an interface: `LocalLeadership` always holds the lease (one vantage).
+Leadership (`baton.leadership`): one vantage alone always holds the lease (`LocalLeadership`);
+with `etcd:` the vantages elect a leader on an etcd lease (`EtcdLeadership`). Only the leader
+acts: every run carries its epoch to the devices and asks the fence before every change; a
+vantage that gains the lease finishes the runs its journal shows unfinished (its own, fenced
+when it lost the lease) and acts on the offices it already judged closed. Every vantage
+publishes its office verdicts in etcd and applies everyone's as one round (`baton.vantages`):
+an office is DOWN only when a quorum of vantages sees it down.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -44,13 +51,15 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from baton import api
+from baton.adapters.etcd import EtcdClient, EtcdError
 from baton.adapters.snmp_access import PysnmpAccess
 from baton.adapters.traps import TrapReceiverError
-from baton.config import STOP_MARGIN_S, Config
+from baton.config import STOP_MARGIN_S, Config, EtcdSettings
 from baton.controller import Controller, JournalFailed, config_event, restore
 from baton.core.events import Event, LeaseChanged, OfficeObserved, RunFinished, Stopping, Ticked
 from baton.core.model import DeviceVerdict, Inventory, RunKind
 from baton.journal import Journal, JournalError, WriteHook
+from baton.leadership import EtcdLeadership, LeaderView, LocalLeadership, OnChange
 from baton.loading import Loaded, load_all
 from baton.logs import get_logger
 from baton.metrics import Metrics
@@ -62,6 +71,7 @@ from baton.readmodel import ReadModel
 from baton.runs import RunManager, RunSettings, chains_of
 from baton.sdnotify import Notifier
 from baton.secrets import resolve
+from baton.vantages import VerdictBoard
 from baton.yamlsource import ConfigError
 
 log = get_logger()
@@ -83,24 +93,17 @@ EX_IOERR = 74
 
 
 class Leadership(Protocol):
-    """Who may act. `held` is read at start; `run` keeps (or seeks) the lease and reports changes."""
+    """Who may act (`baton.leadership`): `held` at start, `fence` before every change a run makes,
+    `view` for status and metrics; `run` keeps (or seeks) the lease and reports changes."""
+
+    view: LeaderView
 
     @property
     def held(self) -> bool: ...
 
-    async def run(self, on_change: Callable[[bool], None]) -> None: ...
+    def fence(self, epoch: int) -> bool: ...
 
-
-class LocalLeadership:
-    """A single vantage: the lease is always held."""
-
-    @property
-    def held(self) -> bool:
-        return True
-
-    async def run(self, on_change: Callable[[bool], None]) -> None:
-        on_change(True)
-        await asyncio.Event().wait()  # hold it until cancelled
+    async def run(self, on_change: OnChange) -> None: ...
 
 
 def run_settings(loaded: Loaded) -> RunSettings:
@@ -129,7 +132,12 @@ class Service:
     ) -> None:
         self.config_path = config_path
         self.notifier = notifier or Notifier()
-        self.leadership: Leadership = leadership or LocalLeadership()
+        self._given_leadership = leadership
+        self.leadership: Leadership
+        self.board: VerdictBoard | None = None  # several vantages: verdicts go through etcd
+        self._etcd: EtcdClient | None = None
+        self._takeover: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
         self.clock = clock
         self.metrics = Metrics()
         self._journal_hook = journal_hook
@@ -177,12 +185,23 @@ class Service:
         snmp_access = PysnmpAccess(self.resolve)
         connectors = Connectors(resolve=self.resolve, snmp=snmp_access, executor=run_pool)
         settings = run_settings(loaded)
+        self.leadership = self._given_leadership or self._make_leadership()
         self.runs = RunManager(
-            self.journal, connectors, settings, self._report_run, clock=self.clock, fatal=self._journal_failed
+            self.journal,
+            connectors,
+            settings,
+            self._report_run,
+            clock=self.clock,
+            fatal=self._journal_failed,
+            fence=self.leadership.fence,
+            fenced=self._fenced,
         )
         self.controller = Controller(
             restore(self.journal), self.config.policy, self.journal, self.runs, self.clock
         )
+        # Recovery before the lease is known runs with the last epoch journaled; under etcd the
+        # fence stops it at once unless this vantage leads (its runs wait for it to lead).
+        self.runs.epoch = self.controller.state.epoch
         self.read = ReadModel(
             config=self.config,
             inventory=self.inventory,
@@ -193,6 +212,7 @@ class Service:
             connectors=connectors,
             clock=self.clock,
         )
+        self.read.leadership = self.leadership.view
         self.apply(config_event(chains_of(self.inventory), self.config.shadow, self.config.policy))
         self.apply(LeaseChanged(held=self.leadership.held))
         await self._recover()
@@ -206,6 +226,7 @@ class Service:
         listeners = await self._start_api()
         await self._start_monitor()
         lease_task = loop.create_task(self.leadership.run(self._lease_changed), name="leadership")
+        share_task = loop.create_task(self._share_loop(), name="verdicts") if self.board is not None else None
         log.info(
             "daemon.started",
             offices=len(self.inventory.offices),
@@ -226,9 +247,13 @@ class Service:
             drain_s = self.config.policy.drain_s
             async with self._extending(drain_s + STOP_MARGIN_S):
                 await self.runs.shutdown(drain_s)
-            lease_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lease_task
+            for task in (share_task, self._takeover, lease_task, *self._tasks):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if self._etcd is not None:
+                await self._etcd.close()
             await listeners.close()
             await metrics_runner.cleanup()
             snmp_access.close()
@@ -359,10 +384,113 @@ class Service:
         with contextlib.suppress(JournalFailed):  # the stop is already under way
             self.apply(event)
 
-    def _lease_changed(self, held: bool) -> None:
-        log.info("lease.changed", held=held)
+    def _lease_changed(self, held: bool, epoch: int = 0, leader: str | None = None) -> None:
+        log.warning("lease.changed", held=held, epoch=epoch, leader=leader)
+        was = self.controller.state.leader
+        if held:
+            self.runs.epoch = epoch
         with contextlib.suppress(JournalFailed):
-            self.apply(LeaseChanged(held=held))
+            self.apply(LeaseChanged(held=held, epoch=epoch, leader=leader))
+        if held and not was:
+            # A new term: finish what this vantage's journal shows unfinished, under the new epoch.
+            self._takeover = asyncio.get_running_loop().create_task(self._take_over(), name="takeover")
+
+    async def _take_over(self) -> None:
+        await self.runs.settle()  # runs of an earlier term end at their next action (fenced)
+        recovered = await self.runs.recover()
+        with contextlib.suppress(JournalFailed):
+            for event in recovered:
+                self.apply(event)
+            for event in self.runs.reconcile(self.controller.state):
+                self.apply(event)
+
+    def _fenced(self, why: str, seen_epoch: int) -> None:
+        """A device holds a newer leader's epoch than ours: another vantage leads; step down."""
+        log.critical("leadership.fenced", why=why, seen_epoch=seen_epoch)
+        step_down = getattr(self.leadership, "step_down", None)
+        if step_down is not None:
+            task = asyncio.get_running_loop().create_task(step_down(why), name="step down")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _make_leadership(self) -> Leadership:
+        me = self.config.vantage.id
+
+        def floor() -> int:
+            return self.controller.state.epoch
+
+        etcd = self.config.etcd
+        if etcd is None:
+            return LocalLeadership(me, floor=floor)
+        self._etcd = self._etcd_client(etcd)
+        self.board = VerdictBoard(
+            self._etcd,
+            prefix=etcd.prefix,
+            me=me,
+            quorum=etcd.quorum_of(me),
+            voters=etcd.vantages,
+            # A vantage that has not voted for three rounds is not counted (its lease may live on).
+            stale_s=3 * self.config.policy.poll_interval_s + etcd.lease_ttl_s,
+            clock=self.clock,
+        )
+        return EtcdLeadership(
+            self._etcd,
+            prefix=etcd.prefix,
+            me=me,
+            ttl_s=etcd.lease_ttl_s,
+            request_timeout_s=etcd.request_timeout_s,
+            api_address=self.config.api.tcp_listen,
+            floor=floor,
+        )
+
+    def _etcd_client(self, etcd: EtcdSettings) -> EtcdClient:
+        context = None
+        if etcd.ca is not None or etcd.cert is not None:
+            context = ssl.create_default_context(cadata=None if etcd.ca is None else self.resolve(etcd.ca))
+            if etcd.cert is not None and etcd.key is not None:
+                # A certificate and key are files (ssl loads nothing else); validation says so.
+                context.load_cert_chain(etcd.cert.name, etcd.key.name)
+        password = None if etcd.password is None else self.resolve(etcd.password)
+        return EtcdClient(
+            etcd.endpoints,
+            timeout_s=etcd.request_timeout_s,
+            ssl_context=context,
+            user=etcd.user,
+            password=password,
+        )
+
+    async def _share_loop(self) -> None:
+        """Every poll interval: this vantage's verdicts out, everyone's in, one round to the core."""
+        board = self.board
+        assert board is not None
+        while True:
+            await asyncio.sleep(self.config.policy.poll_interval_s)
+            lease = getattr(self.leadership, "lease", 0)
+            try:
+                if lease and board.mine:
+                    await board.publish(lease)
+                event = await board.collect(self._answering())
+            except EtcdError as exc:
+                self.metrics.etcd_errors_total.inc()
+                log.warning("vantages.exchange_failed", error=str(exc))
+                continue
+            with contextlib.suppress(JournalFailed):
+                self.apply(event)
+
+    def _answering(self) -> dict[str, frozenset[str]]:
+        """Of each office's pending devices, those that answer this vantage now."""
+        if self.monitor is None:
+            return {}
+        answering = {}
+        for office in self.controller.state.offices.values():
+            if office.pending:
+                up = {
+                    str(v["id"])
+                    for v in self.monitor.device_views(office.office)
+                    if v["verdict"] == DeviceVerdict.UP.value
+                }
+                answering[office.office] = frozenset(office.pending & up)
+        return answering
 
     def _journal_failed(self, why: str) -> None:
         log.critical("daemon.stopping_journal_failed", why=why)
@@ -424,6 +552,10 @@ class Service:
         async def metrics_handler(_request: web.Request) -> web.Response:
             self.metrics.update_state(self.controller.state, self.read.last_loop_at)
             self.metrics.runs_in_progress.set(len(self.runs.running))
+            view = self.leadership.view
+            self.metrics.leader_epoch.set(view.epoch)
+            self.metrics.lease_remaining.set(view.lease_left_s or 0.0 if view.held else 0.0)
+            self.metrics.vantages_present.set(len(view.vantages) or 1)
             return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
         app = web.Application()
@@ -442,6 +574,9 @@ class Service:
 
     async def _start_monitor(self) -> None:
         def deliver(event: OfficeObserved) -> None:
+            if self.board is not None:
+                self.board.note(event)  # decided from every vantage's votes, each round
+                return
             with contextlib.suppress(JournalFailed):  # the stop is already under way
                 self.apply(event)
 
