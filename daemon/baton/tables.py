@@ -26,8 +26,9 @@ def _cell(value: object) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    # A cell is one line: newlines in reasons would break the columns.
-    return " ".join(str(value).split()) or "-"
+    # A cell is one line: newlines in reasons would break the columns; and it is shown, never
+    # interpreted: control characters and bidirectional overrides are escaped.
+    return safe_text(" ".join(str(value).split())) or "-"
 
 
 def _line(row: Sequence[str], widths: Sequence[int], width: int | None) -> str:

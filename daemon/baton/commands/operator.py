@@ -1,5 +1,10 @@
 """Operator commands: `status`, `offices`, `devices`, `handover`, `handback`, `pause`, `resume`,
-`shadow`, `ack`, `runs`, `run`. They talk only to the control API (`baton.apiclient`).
+`shadow`, `ack`, `runs`, `run`, `approvals`, `approve`, `deny`, `abort`, `resolve`, `grants`,
+`audit`. They talk only to the control API (`baton.apiclient`); `audit verify --journal` also
+reads a journal file offline.
+
+Everything the daemon sends back is shown through `tables.safe_text`: a reason or a device's
+answer that holds control characters is shown escaped, never sent raw to the terminal.
 
 Tables for people, `--json` for scripts (the API's JSON, as is). Commands that change devices
 (handover, handback) ask the operator to type the office id first, unless `--yes`; without a
@@ -15,15 +20,17 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import time
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from baton import audit as audit_chain
 from baton.apiclient import ApiClient, ApiError, ClientError, DaemonUnreachable, NotPermitted, read_token
 from baton.cli import EX_CONFIG, EX_FAILURE, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, EX_USAGE
-from baton.tables import duration, relative, render_table
+from baton.tables import duration, relative, render_table, safe_text
 
 EX_NOPERM = 77
 POLL_INTERVAL_S = 0.5
@@ -101,6 +108,36 @@ def register(sub: Any) -> None:
     p = add("run", _run_detail, "show one run, its steps, and its live progress if it is running")
     p.add_argument("run_id", metavar="ID")
 
+    add("approvals", _approvals, "list the runs waiting for approvals")
+    p = add("approve", _approve, "approve a run waiting for approvals (the last one starts it)")
+    p.add_argument("approval_id", metavar="ID")
+    p.add_argument("--reason", default="", help="why (journaled with your name)")
+    p.add_argument(
+        "--no-follow", action="store_true", help="return at once instead of following the run it starts"
+    )
+    p = add("deny", _deny, "deny a run waiting for approvals (the requester withdraws it so)")
+    p.add_argument("approval_id", metavar="ID")
+    p.add_argument("--reason", required=True, help="why (journaled with your name)")
+    p = add("abort", _abort, "stop a run at its next safe point: it rolls back (followed live)")
+    p.add_argument("run_id", metavar="RUN")
+    p.add_argument("--reason", required=True, help="why (journaled with your name)")
+    p.add_argument("--no-follow", action="store_true", help="return at once instead of following the run")
+    p = add("resolve", _resolve, "admin: set an office's phase after checking its devices by hand")
+    p.add_argument("office", metavar="OFFICE")
+    p.add_argument("--phase", required=True, choices=("OPEN", "CLOSED", "HANDED_OVER"))
+    p.add_argument("--reason", required=True, help="what was checked (journaled with your name)")
+    p.add_argument("--to", metavar="ALT", help="for HANDED_OVER: the office that operates it now")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add("grants", _grants, "show who may do what, for which offices, until when")
+    p = add("audit", _audit, "the audit trail (JSON lines with --json); `audit verify` checks its chain")
+    p.add_argument("action", nargs="?", choices=("verify",), help="verify: check the hash chain")
+    p.add_argument("--office", metavar="OFFICE", help="only rows about this office")
+    p.add_argument("--since", metavar="WHEN", help="from this time: ISO 8601, epoch seconds, or 1d, 4h ago")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="only the last N rows")
+    p.add_argument(
+        "--journal", metavar="FILE", help="verify this journal file offline instead of asking the daemon"
+    )
+
 
 def _confirm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -113,11 +150,18 @@ def _confirm_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(message: str) -> None:
-    print(f"baton: {message}", file=sys.stderr)
+    print(f"baton: {safe_text(message)}", file=sys.stderr)
+
+
+def _say(text: object) -> None:
+    """One line the daemon wrote, for a person's terminal."""
+    print(safe_text(str(text)))
 
 
 def _run(args: argparse.Namespace, func: Command) -> int:
     """Connect as the options say, run `func`, and turn every failure into one line and a code."""
+    if func is _audit and args.action == "verify" and args.journal is not None:
+        return _verify_offline(args)
     try:
         client = _client(args)
         return func(args, client)
@@ -176,7 +220,15 @@ def _q(text: str) -> str:
 
 
 def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+    print(_json_text(json.dumps(data, indent=2, ensure_ascii=False)))
+
+
+_BIDI_JSON = re.compile("[\u202a-\u202e\u2066-\u2069\u200e\u200f\u061c]")
+
+
+def _json_text(text: str) -> str:
+    """JSON for a terminal: bidirectional overrides escaped too (JSON escapes control characters)."""
+    return _BIDI_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 def _width() -> int | None:
@@ -214,7 +266,7 @@ def _status(args: argparse.Namespace, client: ApiClient) -> int:
     rows += _daemon_rows(data.get("daemon", {}), now)
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"{key.ljust(width)}  {value}")
+        print(f"{key.ljust(width)}  {safe_text(str(value))}")
     alerts = data.get("alerts", [])
     print(f"{'alerts'.ljust(width)}  {len(alerts) or 'none'}")
     if alerts:
@@ -326,8 +378,8 @@ def _run_detail(args: argparse.Namespace, client: ApiClient) -> int:
         _print_json(run)
         return EX_OK
     now = float(run.get("now") or time.time())
-    print(_result_line(run, now))
-    print(f"reason: {run.get('reason') or '-'} (by {run.get('who') or '-'})")
+    _say(_result_line(run, now))
+    _say(f"reason: {run.get('reason') or '-'} (by {run.get('who') or '-'})")
     print(f"started: {_when(run.get('started'))}; finished: {_when(run.get('finished'))}")
     steps = run.get("steps", [])
     if steps:
@@ -430,16 +482,21 @@ def _handback(args: argparse.Namespace, client: ApiClient) -> int:
 
 def _after_command(args: argparse.Namespace, client: ApiClient, answer: dict[str, Any]) -> int:
     run_id = answer.get("run_id")
+    approval_id = answer.get("approval_id")
     if run_id is None or args.no_follow:
         if args.json:
             _print_json(answer)
         else:
-            print(answer["reason"])
+            _say(answer["reason"])
             if run_id is not None:
-                print(f"run {run_id} started; follow it with: baton run {run_id}")
+                _say(f"run {run_id} started; follow it with: baton run {run_id}")
+            elif approval_id is not None:
+                _say(
+                    f"waiting for approval {approval_id}: another operator runs `baton approve {approval_id}`"
+                )
         return EX_OK
     if not args.json:
-        print(answer["reason"])
+        _say(answer["reason"])
     try:
         run = follow(client, run_id, show=not args.json)
     except KeyboardInterrupt:
@@ -448,7 +505,7 @@ def _after_command(args: argparse.Namespace, client: ApiClient, answer: dict[str
     if args.json:
         _print_json({"command": answer, "run": run})
     else:
-        print(_result_line(run, float(run.get("now") or time.time())))
+        _say(_result_line(run, float(run.get("now") or time.time())))
     return EX_OK if run["status"] == "ok" else EX_FAILURE
 
 
@@ -456,7 +513,7 @@ def _simple(args: argparse.Namespace, answer: dict[str, Any]) -> int:
     if args.json:
         _print_json(answer)
     else:
-        print(answer["reason"])
+        _say(answer["reason"])
     return EX_OK
 
 
@@ -474,6 +531,171 @@ def _shadow(args: argparse.Namespace, client: ApiClient) -> int:
 
 def _ack(args: argparse.Namespace, client: ApiClient) -> int:
     return _simple(args, client.post(f"/v1/offices/{_q(args.office)}/ack", {"reason": args.reason}))
+
+
+# --- approvals, abort, resolve, grants, audit ------------------------------------------------
+
+
+def _approvals(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get("/v1/approvals")
+    if args.json:
+        _print_json(data)
+        return EX_OK
+    now = float(data.get("now") or time.time())
+    rows = [
+        (
+            a["id"],
+            a["office"],
+            a["kind"] + (f" → {a['alternate']}" if a.get("alternate") else ""),
+            a["requester"],
+            f"{len(a['approvers'])}/{a['required']}"
+            + (f" ({', '.join(a['approvers'])})" if a["approvers"] else ""),
+            relative(a["expires"], now),
+            a["reason"],
+        )
+        for a in data["approvals"]
+    ]
+    if not rows:
+        print("no run waits for approvals")
+        return EX_OK
+    print(
+        render_table(
+            ["ID", "OFFICE", "RUN", "ASKED BY", "APPROVED", "EXPIRES", "REASON"], rows, width=_width()
+        )
+    )
+    return EX_OK
+
+
+def _approve(args: argparse.Namespace, client: ApiClient) -> int:
+    answer = client.post(f"/v1/approvals/{_q(args.approval_id)}/approve", {"reason": args.reason})
+    return _after_command(args, client, answer)
+
+
+def _deny(args: argparse.Namespace, client: ApiClient) -> int:
+    return _simple(args, client.post(f"/v1/approvals/{_q(args.approval_id)}/deny", {"reason": args.reason}))
+
+
+def _abort(args: argparse.Namespace, client: ApiClient) -> int:
+    answer = client.post(f"/v1/runs/{_q(args.run_id)}/abort", {"reason": args.reason})
+    code = _after_command(args, client, answer)
+    # The abort did what it was asked if the run ended rolled back (it did not go through).
+    return EX_OK if code == EX_FAILURE else code
+
+
+def _resolve(args: argparse.Namespace, client: ApiClient) -> int:
+    office = client.get(f"/v1/offices/{_q(args.office)}")
+    if not args.yes:
+        refused = _confirm(
+            f"Set {_office_label(office)} from {office['phase']} to {args.phase} by hand? Baton's own "
+            "decision is overridden, loudly (journaled, an alert until an ack).",
+            args.office,
+        )
+        if refused is not None:
+            return refused
+    body: dict[str, Any] = {"phase": args.phase, "reason": args.reason}
+    if args.to is not None:
+        body["to"] = args.to
+    return _simple(args, client.post(f"/v1/offices/{_q(args.office)}/resolve", body))
+
+
+def _grants(args: argparse.Namespace, client: ApiClient) -> int:
+    data = client.get("/v1/grants")
+    if args.json:
+        _print_json(data)
+        return EX_OK
+    if not data["enforced"]:
+        print("no operators are configured (baton.yaml operators:): everyone who gets in is an admin")
+        return EX_OK
+    groups = ", ".join(data.get("your_groups") or []) or "none"
+    whose = "every grant" if data["all"] else "your grants"
+    _say(f"you: {data['you']} (groups: {groups}); {whose}:")
+    now = float(data.get("now") or time.time())
+    rows = [
+        (
+            g["to"],
+            g["role"],
+            ", ".join(g["scope"]),
+            "-" if g["until"] is None else f"{_when(g['until'])} ({relative(g['until'], now)})",
+            "live" if g["live"] else "ENDED",
+            ", ".join(g["members"]) if g.get("members") is not None else "",
+        )
+        for g in data["grants"]
+    ]
+    if not rows:
+        print("none: every request of yours is refused (ask an admin)")
+        return EX_OK
+    print(render_table(["WHO", "ROLE", "SCOPE", "UNTIL", "STATE", "MEMBERS"], rows, width=_width()))
+    return EX_OK
+
+
+def _parse_since(text: str, now: float) -> float:
+    """`--since`: a duration means that long ago; otherwise a time as `--until` takes it."""
+    match = _DURATION.match(text.strip())
+    if match and any(match.groups()):
+        return 2 * now - parse_when(text, now)
+    return parse_when(text, now)
+
+
+def _audit(args: argparse.Namespace, client: ApiClient) -> int:
+    if args.action == "verify":
+        result = client.get("/v1/audit/verify")
+        return _verified(args, result)
+    params: dict[str, str | int] = {}
+    if args.office:
+        params["office"] = args.office
+    if args.since:
+        params["since"] = f"{_parse_since(args.since, time.time()):.3f}"
+    if args.limit is not None:
+        if not 1 <= args.limit <= 100_000:
+            raise _Usage(f"--limit must be between 1 and 100000, not {args.limit}")
+        params["limit"] = args.limit
+    data = client.get("/v1/audit", params)
+    if args.json:
+        for record in data["records"]:  # JSON lines: one object per line, for a SIEM
+            print(_json_text(json.dumps(record, ensure_ascii=False, sort_keys=True)))
+        return EX_OK
+    rows = [
+        (r["id"], _when(r["at"]), r["kind"], r["office"], r["who"], r["what"], r["reason"])
+        for r in data["records"]
+    ]
+    if not rows:
+        print("the audit trail has no rows for that")
+        return EX_OK
+    print(render_table(["#", "AT", "KIND", "OFFICE", "WHO", "WHAT", "REASON"], rows, width=_width()))
+    return EX_OK
+
+
+def _verified(args: argparse.Namespace, result: dict[str, Any]) -> int:
+    if args.json:
+        _print_json(result)
+    elif result["ok"]:
+        print(f"audit trail intact: {result['rows']} row(s), every hash chained")
+    else:
+        _fail(f"audit trail broken at row {result['broken_id']}: {result['why']}")
+    return EX_OK if result["ok"] else EX_FAILURE
+
+
+def _verify_offline(args: argparse.Namespace) -> int:
+    """`baton audit verify --journal FILE`: the chain of a journal file (a copy will do), read-only."""
+    path = os.path.abspath(args.journal)
+    if not os.path.isfile(path):
+        _fail(f"no journal file {path}")
+        return EX_USAGE
+    try:
+        conn = sqlite3.connect(f"file:{urllib.parse.quote(path)}?mode=ro", uri=True, timeout=5.0)
+    except sqlite3.Error as exc:
+        _fail(f"cannot open journal {path}: {exc}")
+        return EX_FAILURE
+    try:
+        conn.row_factory = sqlite3.Row
+        result = audit_chain.verify(conn.execute("SELECT * FROM audit ORDER BY id"))
+    except sqlite3.Error as exc:
+        _fail(f"cannot read the audit trail of {path}: {exc}")
+        return EX_FAILURE
+    finally:
+        conn.close()
+    view = {"ok": result.ok, "rows": result.rows, "broken_id": result.broken_id, "why": result.why}
+    return _verified(args, view)
 
 
 # --- following a run --------------------------------------------------------------------------
@@ -510,7 +732,8 @@ def follow(client: ApiClient, run_id: str, *, show: bool) -> dict[str, Any]:
         devices = device_progress(run)
         if tty:
             now = float(run.get("now") or time.time())
-            lines = [_result_line(run, now), _progress_table(run)] if devices else [_result_line(run, now)]
+            line = safe_text(_result_line(run, now))
+            lines = [line, _progress_table(run)] if devices else [line]
             text = "\n".join(lines)
             if drawn:
                 sys.stdout.write(f"\x1b[{drawn}F\x1b[J")  # back to the first line drawn, clear below
@@ -521,7 +744,7 @@ def follow(client: ApiClient, run_id: str, *, show: bool) -> dict[str, Any]:
             for device, state in sorted(devices.items()):
                 if seen.get(device) != state:
                     step, status = state
-                    print(f"{device}: {step} {status}".rstrip(), flush=True)
+                    print(safe_text(f"{device}: {step} {status}".rstrip()), flush=True)
             seen = devices
         if run.get("status") != "running":
             if tty and drawn:
