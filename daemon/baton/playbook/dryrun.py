@@ -6,6 +6,12 @@ unlock. Running is never touched: nothing is committed, and the candidate is dis
 a step fails. The diff is a unified diff of running vs candidate, both pretty-printed by lxml
 from the parsed reply (blank text dropped), so it shows content changes, not whitespace.
 Non-NETCONF steps are shown rendered ("would run: ssh command ...") and not run.
+
+Secrets never show: before diffing, the text of every leaf that holds one is replaced by `***`
+in both configurations — the well-known ones (communities, keys, passwords, secrets; see
+`is_secret_leaf`) and those the inventory names in a device's `vars.secret_leaves` (inherited
+from defaults and groups like any var). A secret the candidate changes shows as `*** (changed)`.
+Every credential Baton resolved is masked in what is left as well (`baton.logs.mask_text`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 
 from baton.adapters.errors import AdapterError, NetconfError
+from baton.logs import MASK, mask_text
 from baton.playbook.plan import DevicePlan, RunPlan
 from baton.playbook.schema import (
     NetconfEdit,
@@ -65,14 +72,93 @@ def normalize_xml(text: str) -> str:
     return str(etree.tostring(root, pretty_print=True, encoding="unicode"))
 
 
-def config_diff(running: str, candidate: str, device: str) -> str:
+# Leaves that hold a secret whatever the vendor: by their name, compared lower-case with "_" as "-".
+SECRET_LEAVES = frozenset(
+    {
+        "community",
+        "community-name",
+        "password",
+        "secret",
+        "key",
+        "auth-key",
+        "priv-key",
+        "private-key",
+        "passphrase",
+        "shared-secret",
+        "pre-shared-key",
+        "psk",
+        "authentication-key",
+        "md5-key",
+        "hmac-key",
+        "encrypted-password",
+        "simple-password",
+        "auth-password",
+        "priv-password",
+        "tacacs-key",
+        "radius-key",
+        "snmp-community",
+    }
+)
+_SECRET_SUFFIXES = ("password", "secret", "community", "-key", "passphrase", "-psk")
+
+
+def is_secret_leaf(name: str, extra: frozenset[str] = frozenset()) -> bool:
+    """Does an element named `name` (any namespace) hold a secret?"""
+    local = name.rsplit("}", 1)[-1].lower().replace("_", "-")
+    return local in SECRET_LEAVES or local in extra or local.endswith(_SECRET_SUFFIXES)
+
+
+def mask_secret_leaves(text: str, extra: frozenset[str] = frozenset(), known: set[str] | None = None) -> str:
+    """`text` (XML) with every secret leaf's value replaced: `***`, or `*** (changed)` when it is
+    not one of `known` (the values the running configuration holds). Not XML: returned as is."""
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    try:
+        root = etree.fromstring(text.encode(), parser)
+    except etree.XMLSyntaxError:
+        return text
+    for element in root.iter():
+        if not isinstance(element.tag, str) or not is_secret_leaf(element.tag, extra):
+            continue
+        value = (element.text or "").strip()
+        if value:
+            element.text = MASK if known is None or value in known else f"{MASK} (changed)"
+    return str(etree.tostring(root, encoding="unicode"))
+
+
+def _secret_values(text: str, extra: frozenset[str]) -> set[str]:
+    parser = etree.XMLParser(remove_blank_text=True, resolve_entities=False, no_network=True)
+    try:
+        root = etree.fromstring(text.encode(), parser)
+    except etree.XMLSyntaxError:
+        return set()
+    return {
+        (e.text or "").strip()
+        for e in root.iter()
+        if isinstance(e.tag, str) and is_secret_leaf(e.tag, extra) and (e.text or "").strip()
+    }
+
+
+def config_diff(
+    running: str, candidate: str, device: str, secret_leaves: frozenset[str] = frozenset()
+) -> str:
+    """Unified diff of running vs candidate, every secret masked (see the module docstring)."""
+    extra = frozenset(n.lower().replace("_", "-") for n in secret_leaves)
+    known = _secret_values(running, extra)
     lines = difflib.unified_diff(
-        normalize_xml(running).splitlines(keepends=True),
-        normalize_xml(candidate).splitlines(keepends=True),
+        normalize_xml(mask_secret_leaves(running, extra)).splitlines(keepends=True),
+        normalize_xml(mask_secret_leaves(candidate, extra, known)).splitlines(keepends=True),
         f"{device} running",
         f"{device} candidate",
     )
-    return "".join(lines)
+    return mask_text("".join(lines))
+
+
+def secret_leaves_of(dp: DevicePlan) -> frozenset[str]:
+    """The leaves the inventory marks secret for this device (`vars.secret_leaves`)."""
+    named = dp.device.vars.get("secret_leaves") or ()
+    if isinstance(named, str):
+        named = (named,)
+    return frozenset(str(n) for n in named) if isinstance(named, list | tuple) else frozenset()
 
 
 async def device_diff(dp: DevicePlan, connectors: Connectors) -> tuple[str | None, str | None]:
@@ -84,7 +170,7 @@ async def device_diff(dp: DevicePlan, connectors: Connectors) -> tuple[str | Non
     try:
         nc = await connectors.netconf(device)
     except AdapterError as exc:
-        return None, str(exc)
+        return None, mask_text(str(exc))
     try:
         if not nc.supports_candidate:
             return None, f"{device.id} has no :candidate datastore"
@@ -104,9 +190,9 @@ async def device_diff(dp: DevicePlan, connectors: Connectors) -> tuple[str | Non
                 await nc.discard_changes()
             finally:
                 await nc.unlock("candidate")
-        return config_diff(running, candidate, device.id), None
+        return config_diff(running, candidate, device.id, secret_leaves_of(dp)), None
     except NetconfError as exc:
-        return None, str(exc)
+        return None, mask_text(str(exc))
     finally:
         await nc.close()
 
@@ -116,7 +202,7 @@ async def dry_run(plan: RunPlan, connectors: Connectors | None, concurrency: int
     sem = asyncio.Semaphore(concurrency or plan.playbook.concurrency)
 
     async def one(dp: DevicePlan) -> DeviceDryRun:
-        steps = tuple((ps.name, describe_step(ps.step)) for ps in dp.steps)
+        steps = tuple((ps.name, mask_text(describe_step(ps.step))) for ps in dp.steps)
         if connectors is None:
             return DeviceDryRun(dp.device.id, steps, dp.skipped, None)
         async with sem:
