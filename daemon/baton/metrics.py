@@ -246,6 +246,25 @@ class Metrics:
             ["office"],
             registry=r,
         )
+        self.approvals_pending = Gauge(
+            "baton_approvals_pending",
+            "1 while a run of the office waits for approvals (kind: handover, handback), else 0.",
+            ["office", "kind"],
+            registry=r,
+        )
+        self.approval_requested = Gauge(
+            "baton_approval_requested_timestamp_seconds",
+            "When the run waiting for approvals was asked for (Unix time; its age is time() minus "
+            "this); 0 when none waits.",
+            ["office", "kind"],
+            registry=r,
+        )
+        self.approval_expires = Gauge(
+            "baton_approval_expires_timestamp_seconds",
+            "When the request waiting for approvals ends unless approved (Unix time); 0 when none waits.",
+            ["office", "kind"],
+            registry=r,
+        )
         self.journal_errors_total = Counter(
             "baton_journal_errors_total", "Journal writes that failed (nothing was acted on).", registry=r
         )
@@ -268,6 +287,12 @@ class Metrics:
                 self.alert_active.labels(alert=alert.value, office=office.office).set(
                     1 if alert.value in office.alerts else 0
                 )
+            for kind in RunKind:
+                request = office.approval if office.approval and office.approval.kind is kind else None
+                labels = {"office": office.office, "kind": kind.value}
+                self.approvals_pending.labels(**labels).set(1 if request else 0)
+                self.approval_requested.labels(**labels).set(request.at if request else 0)
+                self.approval_expires.labels(**labels).set(request.expires if request else 0)
         self.alert_active.labels(alert=Alert.STORM_GUARD.value, office="").set(1 if state.storm else 0)
         self.storm_guard_engaged.set(1 if state.storm else 0)
         self.paused.set(1 if state.paused else 0)
@@ -286,6 +311,10 @@ class Metrics:
                 self.alert_active.remove(alert.value, office)
         with contextlib.suppress(KeyError):
             self.confirm_deadline.remove(office)
+        for kind in RunKind:
+            for gauge in (self.approvals_pending, self.approval_requested, self.approval_expires):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(office, kind.value)
 
     def render(self) -> bytes:
         """The registry in the Prometheus text exposition format."""
