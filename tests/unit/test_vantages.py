@@ -91,3 +91,27 @@ def test_no_run_starts_with_a_stale_epoch_after_the_lease_is_lost() -> None:
     state = step(state, LeaseChanged(held=True, epoch=4), Policy(), 3.0).state
     assert 5 == state.epoch  # only grows
     assert MappingProxyType is type(state.offices)
+
+
+@pytest.mark.parametrize(("leader", "alerted"), [("v2", False), (None, True)])
+def test_a_follower_closes_the_office_and_leaves_the_handover_to_the_leader(
+    leader: str | None, alerted: bool
+) -> None:
+    """A follower keeps the same view (CLOSED) but starts nothing; it raises the automation-blocked
+    alert only when no vantage is known to lead (then nobody acts: that is an emergency)."""
+    state = step(make_state(), LeaseChanged(held=False, leader=leader), Policy(), 0.0).state
+    assert (False, leader) == (state.leader, state.leader_elsewhere)
+    down = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (D, "8/8 down")}}, quorum=2)
+    state = step(state, down, Policy(), 1.0).state
+    t = step(state, Ticked("a"), Policy(), 40.0)
+    assert Phase.CLOSED is t.state.offices["a"].phase
+    assert not [a for a in t.actions if isinstance(a, StartRun)]
+    raised = [a.alert for a in t.actions if isinstance(a, RaiseAlert)]
+    assert ([Alert.AUTOMATION_BLOCKED] if alerted else []) == raised
+    if leader:
+        assert f"handed over by the leading vantage ({leader})" in t.reason
+    # It leads next: the handover starts on the next tick, with its epoch.
+    t = step(t.state, LeaseChanged(held=True, epoch=9, leader="v1"), Policy(), 41.0)
+    t = step(t.state, Ticked("a"), Policy(), 42.0)
+    [run] = [a for a in t.actions if isinstance(a, StartRun)]
+    assert (Phase.HANDING_OVER, 9, None) == (t.state.offices["a"].phase, run.epoch, t.state.leader_elsewhere)

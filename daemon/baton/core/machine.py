@@ -377,10 +377,15 @@ def _on_lease(state: State, event: LeaseChanged) -> Transition:
         epoch = max(state.epoch, event.epoch)
         said = f" (epoch {epoch})" if event.epoch else ""
         return Transition(
-            replace(state, leader=True, epoch=epoch),
+            replace(state, leader=True, leader_elsewhere=None, epoch=epoch),
             (),
             f"lease held{said}; blocked handovers retry on the next tick",
         )
+    elsewhere = event.leader
+    if not state.leader and elsewhere != state.leader_elsewhere:
+        # Following: who leads changed (nothing of ours was running).
+        who = f"vantage {elsewhere} leads" if elsewhere else "no vantage leads"
+        return Transition(replace(state, leader_elsewhere=elsewhere), (), f"lease not held; {who}")
     # Re-sent even if the lease was already lost: aborting twice is harmless, a run left going is not.
     aborts = tuple(
         AbortRun(o.office, run_id, "lease lost")
@@ -389,10 +394,12 @@ def _on_lease(state: State, event: LeaseChanged) -> Transition:
         if run_id is not None
     )
     if not aborts:
-        return Transition(replace(state, leader=False), (), "lease lost; no run in progress")
+        return Transition(
+            replace(state, leader=False, leader_elsewhere=elsewhere), (), "lease lost; no run in progress"
+        )
     runs = ", ".join(a.run_id for a in aborts)
     return Transition(
-        replace(state, leader=False),
+        replace(state, leader=False, leader_elsewhere=elsewhere),
         aborts,
         f"lease lost; aborting run(s) {runs} (phases stay until their results arrive)",
     )
@@ -832,6 +839,11 @@ def _try_handover(ctx: _Ctx, office: OfficeState, prefix: str) -> _Outcome:
             f"{prefix}; CLOSED, not handing over: set CLOSED by {office.closure.who}'s resolve "
             f"(`baton handover {office.office}` hands it over)",
         )
+    if not ctx.state.leader and ctx.state.leader_elsewhere:
+        # Not blocked: the leader acts on its own view of the same votes (no alert from followers).
+        office, cleared = _clear(office, *_BLOCKER_ALERTS)
+        why = f"{prefix}; CLOSED, handed over by the leading vantage ({ctx.state.leader_elsewhere})"
+        return _Outcome(office, cleared, why)
     if not ctx.state.leader:
         return _blocked(
             office, Alert.AUTOMATION_BLOCKED, f"{prefix}; CLOSED, not handing over: no lease on this vantage"

@@ -289,6 +289,7 @@ class State:
     paused: bool = False
     shadow: bool = False
     leader: bool = True  # this vantage holds the lease
+    leader_elsewhere: str | None = None  # not leading: the vantage that does, when known
     storm: bool = False
     recent_down: tuple[tuple[float, str], ...] = ()  # (when, office) DOWN verdicts, storm window
     config_shadow: bool | None = None  # baton.yaml's `shadow` when last loaded (the shadow rule)
