@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.core.actions import Alert, RaiseAlert, StartRun
-from baton.core.events import LeaseChanged, RoundObserved, Ticked
+from baton.core.events import ClosureDeclared, HandbackRequested, LeaseChanged, RoundObserved, Ticked
 from baton.core.machine import abstaining, combine, step
 from baton.core.model import OfficeVerdict, Phase, Policy
 from tests.unit.core_builders import make_state
@@ -115,3 +115,10 @@ def test_a_follower_closes_the_office_and_leaves_the_handover_to_the_leader(
     t = step(t.state, Ticked("a"), Policy(), 42.0)
     [run] = [a for a in t.actions if isinstance(a, StartRun)]
     assert (Phase.HANDING_OVER, 9, None) == (t.state.offices["a"].phase, run.epoch, t.state.leader_elsewhere)
+
+
+def test_a_follower_refuses_a_handover_request_naming_the_leader() -> None:
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    t = step(state, ClosureDeclared("a", who="alice", reason="fire"), Policy(), 1.0)
+    t = step(t.state, HandbackRequested("a", who="alice", reason="office reopened"), Policy(), 2.0)
+    assert "does not hold the lease (vantage v2 leads" in t.reason

@@ -801,10 +801,17 @@ def _offer_handback(ctx: _Ctx, office: OfficeState) -> _Outcome:
     return _Outcome(office, raised, why)
 
 
+def _no_lease(state: State) -> str:
+    there = state.leader_elsewhere
+    return "this vantage does not hold the lease" + (
+        f" (vantage {there} leads: ask it, `baton status` there)" if there else ""
+    )
+
+
 def _guard_blocker(ctx: _Ctx) -> str | None:
     """Why no automatic run may start anywhere now (None: it may)."""
     if not ctx.state.leader:
-        return "this vantage does not hold the lease"
+        return _no_lease(ctx.state)
     if ctx.state.stopping:
         return "Baton is stopping"
     if ctx.state.paused:
@@ -1070,7 +1077,7 @@ def _on_handback(
     if ctx.state.shadow:
         return _Outcome(office, (), f"{asked} refused: shadow mode never runs a handback")
     if not ctx.state.leader:
-        return _Outcome(office, (), f"{asked} refused: this vantage does not hold the lease")
+        return _Outcome(office, (), f"{asked} refused: {_no_lease(ctx.state)}")
     if ctx.state.stopping:
         return _Outcome(office, (), f"{asked} refused: Baton is stopping (ask again once it is back)")
     if not approved_by and office.alternate is not None:
