@@ -15,16 +15,18 @@ skips the test locally and fails it in CI (see ``util.skip_or_fail``).
 | sshd_server        | SshdProcess (plain OpenSSH, pubkey only)          | sshd.py    |
 | peer_test_user     | TestUser (session): user, password, client key    | sshd.py    |
 | etcd_server        | EtcdProcess: .host .port .url .stop()             | etcd.py    |
+| etcd_cluster       | EtcdCluster: .endpoints, .members (kill/stop/start/pause/resume) | etcd.py |
 | promtool           | absolute path of promtool                         | etcd.py    |
 """
 
-from tests.peers.etcd import etcd_server, promtool
+from tests.peers.etcd import etcd_cluster, etcd_server, promtool
 from tests.peers.netconfd import netconfd_device, netconfd_factory
 from tests.peers.netns import snmpd_netns
 from tests.peers.snmpd import snmpd_agent, snmpd_factory, snmptrap_sender
 from tests.peers.sshd import peer_test_user, sshd_server
 
 __all__ = [
+    "etcd_cluster",
     "etcd_server",
     "netconfd_device",
     "netconfd_factory",

@@ -82,6 +82,55 @@ def _kv(item: Mapping[str, Any]) -> KV:
     )
 
 
+# gRPC codes that say "this member cannot serve now" (Unavailable: no leader, request timed out;
+# DeadlineExceeded), and the HTTP statuses the gateway maps them to: try another endpoint.
+_UNAVAILABLE = frozenset({4, 14, 503, 504})
+
+
+def _first_message(text: str) -> dict[str, Any]:
+    """The gateway's answer: one JSON object (unary) or newline-separated objects (a stream:
+    keepalive), of which the first one is the answer."""
+    for line in text.splitlines():
+        if line.strip():
+            data = json.loads(line)
+            if not isinstance(data, dict):
+                raise ValueError(f"not a JSON object: {line[:100]}")
+            return data
+    return {}
+
+
+def _message_of(data: Mapping[str, Any]) -> str:
+    error = data.get("error")
+    if isinstance(error, Mapping):  # a stream's error: {"error": {"grpc_code", "http_code", "message"}}
+        return str(error.get("message") or error)
+    return str(data.get("message") or error or data)[:300]
+
+
+def _failure(status: int, data: Mapping[str, Any]) -> tuple[int, str] | None:
+    """None for a good answer, else (gRPC code or HTTP status, message)."""
+    error = data.get("error")
+    if status == 200 and error is None:
+        return None
+    code = data.get("code")
+    if isinstance(error, Mapping):
+        code = error.get("grpc_code", error.get("http_code"))
+    try:
+        number = int(code) if code is not None else status
+    except (TypeError, ValueError):
+        number = status
+    message = _message_of(data)
+    if status in _UNAVAILABLE:
+        number = status
+    elif "deadline exceeded" in message.lower():  # etcd's own deadline, as gRPC Unknown (code 2)
+        number = 4
+    return number, f"{status} {message}"
+
+
+def _token_refused(message: str) -> bool:
+    text = message.lower()
+    return "invalid auth token" in text or "auth store is old" in text or "user name is empty" in text
+
+
 # --- txn building blocks (the gateway's JSON, built here only) --------------------------------
 
 
@@ -147,51 +196,97 @@ class EtcdClient:
         return self._session
 
     async def _post(self, path: str, body: Mapping[str, Any], *, auth: bool = True) -> dict[str, Any]:
-        """POST to the endpoint that last answered, then to each other one; each attempt bounded."""
+        """POST to the endpoint that last answered, then to each other one; each attempt bounded
+        by `timeout_s`, authentication included. A member that answers but cannot serve (no raft
+        leader, no quorum: gRPC Unavailable or DeadlineExceeded) counts as not answering."""
         errors: list[str] = []
         count = len(self.endpoints)
         for step in range(count):
             index = (self._current + step) % count
             endpoint = self.endpoints[index]
-            headers = {}
-            if auth and self._user is not None:
-                if self._token is None:
-                    await self._authenticate(endpoint)
-                if self._token is not None:
-                    headers["Authorization"] = self._token
             try:
                 async with asyncio.timeout(self.timeout_s):
-                    async with self._http().post(
-                        f"{endpoint}/v3/{path}", json=body, headers=headers
-                    ) as response:
-                        text = await response.text()
-                        status = response.status
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                    status, data = await self._attempt(endpoint, path, body, auth=auth)
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
+                # ValueError: an answer cut short or garbled (a member dying mid-answer)
                 errors.append(f"{endpoint}: {type(exc).__name__} {exc}".strip())
                 continue
+            failure = _failure(status, data)
+            if failure is None:
+                self._current = index
+                return data
+            code, message = failure
+            if code in _UNAVAILABLE:
+                errors.append(f"{endpoint}: {message}")
+                continue
             self._current = index
-            data = json.loads(text) if text else {}
-            if status == 200:
-                return dict(data)
-            message = str(data.get("message") or data.get("error") or text[:200])
-            if status == 401 and auth and self._user is not None and "token" in message.lower():
-                self._token = None
-                return await self._post(path, body, auth=auth)
-            raise EtcdError(f"etcd {path}: {status} {message}")
+            raise EtcdError(f"etcd {path}: {message}")
         raise EtcdUnavailable(f"no etcd endpoint answered within {self.timeout_s:g} s: {'; '.join(errors)}")
 
-    async def _authenticate(self, endpoint: str) -> None:
-        body = {"name": self._user, "password": self._password}
+    async def _attempt(
+        self, endpoint: str, path: str, body: Mapping[str, Any], *, auth: bool
+    ) -> tuple[int, dict[str, Any]]:
+        """One endpoint: (HTTP status, the first JSON message). A token refused as invalid or
+        stale is renewed once."""
+        renewed = False
+        while True:
+            headers = await self._headers(endpoint) if auth else {}
+            async with self._http().post(f"{endpoint}/v3/{path}", json=body, headers=headers) as response:
+                status, data = response.status, _first_message(await response.text())
+            failure = _failure(status, data)
+            if failure is not None and headers and not renewed and _token_refused(failure[1]):
+                self._token = None
+                renewed = True
+                continue
+            return status, data
+
+    async def _headers(self, endpoint: str) -> dict[str, str]:
+        if self._user is None:
+            return {}
+        if self._token is None:
+            body = {"name": self._user, "password": self._password or ""}
+            async with self._http().post(f"{endpoint}/v3/auth/authenticate", json=body) as response:
+                status, data = response.status, _first_message(await response.text())
+            failure = _failure(status, data)
+            if failure is not None:
+                if failure[0] in _UNAVAILABLE:
+                    raise aiohttp.ClientError(failure[1])  # this endpoint cannot serve: try the next
+                raise EtcdError(f"etcd refused the credentials (etcd.user / etcd.password): {failure[1]}")
+            token = data.get("token")
+            if not token:
+                raise EtcdError("etcd answered the authentication without a token")
+            self._token = str(token)
+        return {"Authorization": self._token}
+
+    async def wait_change(self, key: str, after_revision: int, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for `key` to change (put or delete) after `after_revision`:
+        True when it did (or the watch was cancelled: look again), False when the time ran out.
+        A watch that cannot be set up or breaks sleeps out the rest of the time, so a caller's
+        loop around it never spins faster than `timeout_s`."""
+        started = time.monotonic()
+        endpoint = self.endpoints[self._current]
+        body = {"create_request": {"key": _b64(key), "start_revision": str(after_revision + 1)}}
         try:
-            async with asyncio.timeout(self.timeout_s):
-                async with self._http().post(f"{endpoint}/v3/auth/authenticate", json=body) as response:
-                    data = await response.json(content_type=None)
-        except (TimeoutError, aiohttp.ClientError, OSError, ValueError):
-            return
-        token = data.get("token") if isinstance(data, dict) else None
-        if not token:
-            raise EtcdError("etcd refused the credentials (etcd.user / etcd.password)")
-        self._token = str(token)
+            async with asyncio.timeout(timeout_s):
+                try:
+                    headers = await self._headers(endpoint)
+                    url = f"{endpoint}/v3/watch"
+                    async with self._http().post(url, json=body, headers=headers) as response:
+                        if response.status != 200:
+                            raise EtcdError(f"etcd watch: HTTP {response.status}")
+                        async for line in response.content:
+                            message = json.loads(line) if line.strip() else {}
+                            result = message.get("result") if isinstance(message, dict) else None
+                            if result is None and message:
+                                raise EtcdError(f"etcd watch: {_message_of(message)}")
+                            if result and (result.get("events") or result.get("canceled")):
+                                return True
+                except (aiohttp.ClientError, OSError, ValueError, EtcdError) as exc:
+                    log.debug("etcd.watch_failed", endpoint=endpoint, error=f"{type(exc).__name__} {exc}")
+                await asyncio.sleep(max(0.0, timeout_s - (time.monotonic() - started)))
+        except TimeoutError:
+            pass
+        return False
 
     # --- leases -----------------------------------------------------------------------------
 
