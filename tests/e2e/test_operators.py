@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
+from baton.apiclient import ApiClient
 from tests.e2e.conftest import E2E, office_lab
-from tests.e2e.harness import CliResult, LabProcess, wait_for
+from tests.e2e.harness import CliResult, LabProcess, find_secrets, lab_secrets, wait_for
 from tests.peers.users import as_user, ensure_users
 
 pytestmark = pytest.mark.slow
@@ -231,3 +232,12 @@ def test_a_grant_ends_on_time_and_a_reload_renews_it(e2e: E2E) -> None:
 
     grant_lee(time.time() + 3600)
     assert 1 == cli_as(e2e, "baton-t-lee", *ack).code
+
+
+def test_a_dry_run_shows_no_secret(e2e: E2E) -> None:
+    """The plan API's diff of a lab device: the trap community next to the change is masked."""
+    plan = ApiClient(socket_path=e2e.daemon.socket).get("/v1/offices/seoul-gwacheon/plan")
+    diffs = "\n".join(d["diff"] or "" for d in plan["devices"])
+    assert diffs, plan
+    assert "<community>***</community>" in diffs.replace(" ", "")
+    assert [] == find_secrets(lab_secrets(e2e.lab.dir), {"plan": json.dumps(plan)})
