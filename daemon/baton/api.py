@@ -537,6 +537,7 @@ def office_view(backend: ApiBackend, office: OfficeState) -> dict[str, Any]:
             "at": closure.at,
             "to": closure.to,
             "drill": closure.drill,
+            "approved_by": list(closure.approved_by),
         },
         "devices": len(backend.inventory.devices_of(office.office)),
     }

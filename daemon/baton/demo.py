@@ -28,7 +28,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import random
+import secrets
 import shutil
 import signal
 import socket
@@ -406,7 +408,7 @@ class Demo:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.playbooks = find_playbooks(opts.playbooks)
         self.skip = skips_unreachable(self.playbooks)
-        ssh_port, self.metrics_port, snmp_port, trap_port = free_ports(4)
+        ssh_port, self.metrics_port, snmp_port, trap_port, self.api_port = free_ports(5)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         os.environ["BATON_SOCKET"] = str(self.socket_path)
 
@@ -506,6 +508,21 @@ class Demo:
                 "storm_max_ratio": 0.5,  # one office of four DOWN is not a storm
             }
         )
+        # Two people for the sealed office's handover: whoever runs the demo asks (an admin),
+        # the duty manager approves with a token of their own, on the TCP API.
+        self.duty_token.write_text(secrets.token_urlsafe(24) + "\n")
+        self.duty_token.chmod(0o600)
+        config.setdefault("api", {})["tcp_listen"] = f"127.0.0.1:{self.api_port}"
+        config["api"]["tokens"] = [f"file:{self.duty_token.relative_to(self.dir)}"]
+        config["operators"] = {
+            "grants": [
+                {"to": pwd.getpwuid(os.getuid()).pw_name, "role": "admin", "scope": ["all"]},
+                {"to": "token:duty-manager", "role": "operator", "scope": ["region:seoul"]},
+            ],
+            "approvals": [
+                {"scope": [f"office:{SEALED_OFFICE}"], "runs": ["handover"], "approvals": 1, "ttl_s": 900}
+            ],
+        }
         path.write_text(
             "# Written by `baton demo` from the lab's baton.yaml: short timers, this demo's ports.\n"
             + yaml.safe_dump(config, sort_keys=False)
@@ -518,6 +535,10 @@ class Demo:
                 "# Written by `baton lab`; `baton demo` counts the OLTs (subscriber access) as critical.\n"
                 + yaml.safe_dump(groups, sort_keys=False)
             )
+
+    @property
+    def duty_token(self) -> Path:
+        return self.dir / "inventory" / "credentials" / "duty-manager"
 
     def watching(self) -> None:
         self.title(f"Baton watches {self.options.offices} offices")
@@ -641,18 +662,41 @@ class Demo:
         before = self.metrics()
         self.say(f"A confirmed infection seals {SEALED_OFFICE}. Its devices are all fine, so no")
         self.say("automation would close it: an operator declares the closure, and Baton hands the")
-        self.say(f"office to its alternate, {SEALED_ALTERNATE}:")
+        self.say(f"office to its alternate, {SEALED_ALTERNATE} — once a second person agrees:")
         self.cli(
             f'baton handover {SEALED_OFFICE} --reason "sealed for disinfection" --yes',
             ["handover", SEALED_OFFICE, "--reason", "sealed for disinfection", "--yes"],
         )
+        approval = self.office(SEALED_OFFICE).get("approval") or {}
+        if not approval.get("id"):
+            raise DemoError(f"the handover of {SEALED_OFFICE} waiting for an approval", "none waits")
+        self.checkpoint(
+            f"{SEALED_OFFICE} still {self.office(SEALED_OFFICE)['phase']}: its handover waits for approval "
+            f"{approval['id']} (baton.yaml operators.approvals: two people for this office)"
+        )
+        self.pause()
+        self.say("Whoever asked cannot approve it too:")
+        self.cli(f"baton approve {approval['id']}", ["approve", approval["id"]], ok=(1,))
+        self.say()
+        self.say("The duty manager, on another machine with a token of their own (the TCP API), sees")
+        self.say("the request and approves it:")
+        tcp = ["--url", f"http://127.0.0.1:{self.api_port}", "--token-file", str(self.duty_token)]
+        shown = (
+            f'--url http://127.0.0.1:{self.api_port} --token-file "$DEMO/inventory/credentials/duty-manager"'
+        )
+        self.cli(f"baton approvals {shown}", ["approvals", *tcp])
+        self.cli(
+            f'baton approve {approval["id"]} --reason "confirmed with the site" {shown}',
+            ["approve", approval["id"], "--reason", "confirmed with the site", *tcp],
+        )
         view = self.expect_phase(SEALED_OFFICE, "HANDED_OVER")
         closure = view.get("closure") or {}
-        if closure.get("kind") != "declared":
-            raise DemoError(f"a declared closure of {SEALED_OFFICE}", f"closure {closure}")
+        if closure.get("kind") != "declared" or not closure.get("approved_by"):
+            raise DemoError(f"a declared, approved closure of {SEALED_OFFICE}", f"closure {closure}")
         self.checkpoint(
-            f"{SEALED_OFFICE} declared closed by {closure.get('who')} ({closure.get('reason')}): "
-            f"HANDED_OVER to {view.get('alternate')}, verdict {view['verdict']}"
+            f"{SEALED_OFFICE} declared closed by {closure.get('who')} ({closure.get('reason')}), approved "
+            f"by {', '.join(closure['approved_by'])}: HANDED_OVER to {view.get('alternate')}, "
+            f"verdict {view['verdict']}"
         )
         self.pause()
         self.say()
@@ -676,7 +720,12 @@ class Demo:
         self.say(f"  - saw {CLOSED_OFFICE} lose mains power (a power alarm trap, then polls),")
         self.say(f"    judged it DOWN, closed it after the hold-down and handed it over to {ALTERNATE}")
         self.say("    on its own;")
-        self.say(f"  - handed {SEALED_OFFICE} over to {SEALED_ALTERNATE} on an operator's word, and back.")
+        self.say(
+            f"  - handed {SEALED_OFFICE} over to {SEALED_ALTERNATE} on an operator's word and a second "
+            "person's approval, and back;"
+        )
+        self.say("  - kept who asked, who approved and what it decided in a hash-chained audit trail:")
+        self.cli(f"baton audit --office {SEALED_OFFICE}", ["audit", "--office", SEALED_OFFICE])
         self.say("Every handover committed with a NETCONF confirmed commit, verified, then confirmed:")
         self.say("had Baton died midway, the routers would have rolled back on their own.")
         self.say()

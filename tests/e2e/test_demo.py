@@ -26,7 +26,10 @@ STORY = (
     "Power returns at seoul-geumcheon",
     "An operator closes seoul-suwon: sealed for disinfection",
     "$ baton handover seoul-suwon --reason",
+    "waiting for approval approval-seoul-suwon-",
+    "$ baton approve approval-seoul-suwon-",
     "==> seoul-suwon declared closed by",
+    "approved by token:duty-manager",
     "HANDED_OVER to seoul-gwacheon",
     "$ baton handback seoul-suwon --reason",
     "==> seoul-suwon OPEN again",
@@ -67,7 +70,8 @@ def assert_in_order(text: str, expected: tuple[str, ...]) -> None:
 
 
 def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
-    """Power failure detected and handed over, a declared closure handed over and back: exit 0."""
+    """Power failure detected and handed over, a declared closure approved by a second person,
+    handed over and back: exit 0."""
     result = run_demo(tmp_path, "--fast")
 
     assert 0 == result.returncode, result.stdout
