@@ -59,8 +59,8 @@ from baton.audit import AuditEntry
 from baton.config import ApiSettings, Config
 from baton.controller import CommandOutcome, Controller
 from baton.core.grants import GLOBAL, Identity, Target, authorize, grants_for, when
-from baton.core.machine import RESOLVABLE
-from baton.core.model import Approval, Inventory, OfficeState, Phase, SecretRef
+from baton.core.machine import RESOLVABLE, choose_alternate
+from baton.core.model import Approval, Inventory, OfficeState, Phase, RunKind, SecretRef, State
 from baton.journal import Journal, RunRecord, StepRecord
 from baton.logs import get_logger, mask_text, remember_secret
 
@@ -657,7 +657,10 @@ async def _status(request: web.Request) -> web.Response:
     return web.json_response(status_view(_backend(request), request.app[CLOCK]()))
 
 
-def approval_view(office: OfficeState, approval: Approval) -> dict[str, Any]:
+def approval_view(office: OfficeState, approval: Approval, state: State | None = None) -> dict[str, Any]:
+    alternate = approval.to or office.alternate
+    if alternate is None and state is not None and approval.kind is RunKind.HANDOVER:
+        alternate = choose_alternate(state, office.office)[0]  # where it would go now
     return {
         "id": approval.id,
         "office": office.office,
@@ -672,14 +675,14 @@ def approval_view(office: OfficeState, approval: Approval) -> dict[str, Any]:
         "declared": approval.declared,
         "until": approval.until,
         "to": approval.to,
-        "alternate": approval.to or office.alternate,
+        "alternate": alternate,
     }
 
 
 def approvals_view(backend: ApiBackend) -> list[dict[str, Any]]:
     """The runs waiting for approvals, oldest first."""
-    offices = backend.controller.state.offices.values()
-    pending = [approval_view(o, o.approval) for o in offices if o.approval is not None]
+    state = backend.controller.state
+    pending = [approval_view(o, o.approval, state) for o in state.offices.values() if o.approval is not None]
     return sorted(pending, key=lambda a: (a["at"], a["id"]))
 
 
@@ -728,7 +731,8 @@ async def _office(request: web.Request) -> web.Response:
         for a in backend.journal.active_alerts()
         if a.office == office.office
     ]
-    view["approval"] = None if office.approval is None else approval_view(office, office.approval)
+    state = backend.controller.state
+    view["approval"] = None if office.approval is None else approval_view(office, office.approval, state)
     view["now"] = request.app[CLOCK]()
     return web.json_response(view)
 

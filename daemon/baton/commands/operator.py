@@ -577,8 +577,14 @@ def _deny(args: argparse.Namespace, client: ApiClient) -> int:
 
 def _abort(args: argparse.Namespace, client: ApiClient) -> int:
     answer = client.post(f"/v1/runs/{_q(args.run_id)}/abort", {"reason": args.reason})
+    if args.no_follow:
+        return _after_command(args, client, answer)
     code = _after_command(args, client, answer)
-    # The abort did what it was asked if the run ended rolled back (it did not go through).
+    if code == EX_OK:
+        # It finished before it reached a point where it could stop: the abort came too late.
+        _fail(f"run {args.run_id} finished before it could stop: it was not rolled back")
+        return EX_FAILURE
+    # The abort did what it was asked: the run ended rolled back.
     return EX_OK if code == EX_FAILURE else code
 
 
