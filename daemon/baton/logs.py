@@ -38,8 +38,11 @@ _KNOWN_LOCK = threading.Lock()
 _KNOWN_SORTED: tuple[str, ...] = ()
 MIN_MASKED_LEN = 4  # shorter values would mask ordinary words
 # Credentials in the shape of HTTP authentication, whatever their value.
+# An Authorization header line whatever its value; a bearer token elsewhere (16+ token characters:
+# "no bearer credentials" is a sentence, not a token).
 _AUTH_TEXT = re.compile(
-    r"(?i)(\b(?:proxy-)?authorization\s*:\s*(?:[a-z]+\s+)?|\bbearer\s+|\bbasic\s+)[^\s'\"\\]+"
+    r"(?i)(\b(?:proxy-)?authorization\s*:\s*(?:[a-z]+\s+)?)[^\s'\"\\]+"
+    r"|(\bbearer\s+)[A-Za-z0-9._~+/=-]{16,}"
 )
 # Libraries whose own logging is noise next to what Baton reports of the same failure.
 LIBRARY_LOGGERS = ("paramiko", "ncclient", "asyncssh")
@@ -69,7 +72,7 @@ def mask_text(text: str) -> str:
     for secret in _KNOWN_SORTED:
         if secret in text:
             text = text.replace(secret, MASK)
-    return _AUTH_TEXT.sub(lambda m: m.group(1) + MASK, text)
+    return _AUTH_TEXT.sub(lambda m: (m.group(1) or m.group(2)) + MASK, text)
 
 
 def mask_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
