@@ -61,7 +61,7 @@ from baton.controller import CommandOutcome, Controller
 from baton.core.grants import GLOBAL, Identity, Target, authorize, grants_for, when
 from baton.core.machine import RESOLVABLE, choose_alternate
 from baton.core.model import Approval, Inventory, OfficeState, Phase, RunKind, SecretRef, State
-from baton.journal import Journal, RunRecord, StepRecord
+from baton.journal import Journal, JournalError, RunRecord, StepRecord
 from baton.logs import get_logger, mask_text, remember_secret
 
 API_VERSION = "v1"
@@ -640,7 +640,11 @@ async def _allow(request: web.Request, command: str, office: str | None = None) 
         return verdict.grant
     _log().warning("api.forbidden", who=identity.name, command=command, office=office, why=verdict.reason)
     entry = AuditEntry(now, "refused", identity.name, command, verdict.reason, office)
-    await backend.journal.call(backend.journal.record_audit, entry)
+    try:
+        await backend.journal.call(backend.journal.record_audit, entry)
+    except JournalError as exc:
+        # The refusal stands; only its audit row is lost (the log line above keeps it).
+        _log().error("api.audit_write_failed", who=identity.name, command=command, error=str(exc))
     raise _Problem(403, verdict.reason)
 
 
