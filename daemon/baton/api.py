@@ -1061,7 +1061,10 @@ class _QuietHandler(web_protocol.RequestHandler):
         cause = type(exc).__name__ if exc is not None else "error"
         first = (message or str(exc or "")).strip().splitlines()
         what = mask_text(first[0].rstrip(":"))[:100] if first else "the request could not be read"
-        _log().warning("api.bad_request", remote=request.remote, status=status, cause=cause, what=what)
+        if status >= 500:  # a bug outside every middleware: its traceback, masked like every line
+            _log().error("api.internal_error", remote=request.remote, cause=cause, exc_info=exc)
+        else:
+            _log().warning("api.bad_request", remote=request.remote, status=status, cause=cause, what=what)
         if request.writer.output_size > 0:
             raise ConnectionError("response already started: cannot send the error")
         if status >= 500:
