@@ -329,6 +329,7 @@ class Service:
             if self._reload_requested:
                 self._reload_requested = False
                 await self.reload()
+            self._follow_leader()
             for office in list(self.controller.state.offices):
                 self.apply(Ticked(office))
             if self.clock() - self._compacted_at >= COMPACT_EVERY_S:
@@ -394,6 +395,13 @@ class Service:
         if held and not was:
             # A new term: finish what this vantage's journal shows unfinished, under the new epoch.
             self._takeover = asyncio.get_running_loop().create_task(self._take_over(), name="takeover")
+
+    def _follow_leader(self) -> None:
+        """Following: tell the core who leads when that changed (its refusals name the leader)."""
+        view, state = self.leadership.view, self.controller.state
+        elsewhere = view.leader if view.leader != view.me else None
+        if not state.leader and not view.held and elsewhere != state.leader_elsewhere:
+            self.apply(LeaseChanged(held=False, epoch=view.epoch, leader=elsewhere))
 
     async def _take_over(self) -> None:
         await self.runs.settle()  # runs of an earlier term end at their next action (fenced)

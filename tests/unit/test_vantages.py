@@ -120,5 +120,10 @@ def test_a_follower_closes_the_office_and_leaves_the_handover_to_the_leader(
 def test_a_follower_refuses_a_handover_request_naming_the_leader() -> None:
     state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
     t = step(state, ClosureDeclared("a", who="alice", reason="fire"), Policy(), 1.0)
-    t = step(t.state, HandbackRequested("a", who="alice", reason="office reopened"), Policy(), 2.0)
-    assert "does not hold the lease (vantage v2 leads" in t.reason
+    assert "refused: this vantage does not hold the lease (vantage v2 leads" in t.reason
+    assert Phase.OPEN is t.state.offices["a"].phase  # not recorded where nobody would act on it
+    down = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (D, "8/8 down")}}, quorum=2)
+    t = step(step(t.state, down, Policy(), 2.0).state, Ticked("a"), Policy(), 60.0)
+    assert Phase.CLOSED is t.state.offices["a"].phase
+    t = step(t.state, HandbackRequested("a", who="alice", reason="office reopened"), Policy(), 61.0)
+    assert "refused: this vantage does not hold the lease (vantage v2 leads" in t.reason

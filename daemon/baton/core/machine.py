@@ -40,7 +40,8 @@ Choices the design left open, taken as a NOC operator would want them:
 - A declared closure without `until` is never handed back automatically (nor proposed): the
   building is closed until an operator says otherwise. With `until` in the past it is refused.
 - A declared closure without the lease is still recorded (CLOSED): it is a fact, and the vantage
-  acts on it once it holds the lease. A handback request without the lease is refused.
+  acts on it once it holds the lease — unless another vantage is known to lead: then it is
+  refused, naming that vantage (recorded here, nobody would act on it). A handback request without the lease is refused.
 - In HANDED_OVER a new declaration re-labels the closure (e.g. detected → declared, which stops
   automatic handback); moving to a different alternate needs a handback first.
 - Handback of a CLOSED office that no run ever touched reopens it without a run.
@@ -1018,6 +1019,9 @@ def _on_declared(
     def refuse(why: str) -> _Outcome:
         return _Outcome(office, (), f"{asked} refused: {why}")
 
+    if not ctx.state.leader and ctx.state.leader_elsewhere:
+        # Recorded here, nobody would act on it: the leading vantage must hear it.
+        return refuse(_no_lease(ctx.state))
     if office.phase in _RUNNING:
         return refuse(f"{office.run_kind} run {office.run_id} in progress")
     if office.approval is not None:
