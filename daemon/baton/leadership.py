@@ -145,17 +145,23 @@ class EtcdLeadership:
         self._on_change = on_change
         watch = asyncio.get_running_loop().create_task(self.watch_deadline(), name="lease deadline")
         try:
+            unreachable = False
             while True:
                 retry_s: float | None = None
                 started = self._clock()
                 try:
                     await self._cycle()
+                    if unreachable:
+                        log.warning("leadership.etcd_reachable", held=self.held, reason=self.view.reason)
+                    unreachable = False
                 except EtcdUnavailable as exc:
                     # The lease may be alive: keep it and try again — at once when this attempt
                     # already waited out its timeouts (a raft election ends any moment), else
                     # after one request timeout; the deadline ends the term.
                     self.view.reason = f"etcd unreachable: {exc}"
-                    log.info("leadership.etcd_unreachable", error=str(exc), held=self.held)
+                    if not unreachable:  # one line when it starts, one when it ends
+                        log.warning("leadership.etcd_unreachable", error=str(exc), held=self.held)
+                    unreachable = True
                     retry_s = max(0.0, min(self.margin_s, self.ttl_s / 3) - (self._clock() - started))
                 except EtcdError as exc:
                     # etcd answered, but not as asked (the lease is gone, credentials refused):
@@ -204,7 +210,10 @@ class EtcdLeadership:
             self.lease, granted = await self.client.grant(self.ttl_s)
             self._extend(sent, granted)
         else:
-            left = await self.client.keepalive(self.lease)
+            lease = self.lease
+            left = await self.client.keepalive(lease)
+            if self.lease != lease:
+                return  # stepped down meanwhile: that lease is revoked
             if left <= 0:
                 self._lost("the lease expired")
                 self.lease = 0
@@ -220,6 +229,8 @@ class EtcdLeadership:
         await self._campaign()
 
     async def _present(self) -> None:
+        if not self.lease:
+            return  # never a key without a lease: it would outlive this vantage
         value = json.dumps({"vantage": self.view.me, "api": self.api_address, "at": time.time()})
         await self.client.put(f"{self.prefix}vantages/{self.view.me}", value, lease=self.lease)
         self.view.vantages = {
@@ -235,6 +246,8 @@ class EtcdLeadership:
             return
         value = json.dumps({"vantage": self.view.me, "api": self.api_address})
         for _ in range(2):
+            if not self.lease:
+                return  # stepped down meanwhile; a leader key without a lease would never go
             result = await self.client.txn(
                 [created(self.key, 0)], [put(self.key, value, self.lease)], [get(self.key)]
             )
@@ -267,6 +280,7 @@ class EtcdLeadership:
         """The leader key is ours (created at `create_revision`): the epoch, above every floor,
         written while the key is still ours; then this vantage leads."""
         self._create_revision = create_revision
+        lease = self.lease
         floor_kv = await self.client.get(f"{self.prefix}epoch")
         try:
             written_floor = int(floor_kv.text) if floor_kv is not None else 0
@@ -276,8 +290,8 @@ class EtcdLeadership:
         written = await self.client.txn(
             [created(self.key, create_revision)], [put(f"{self.prefix}epoch", str(epoch))]
         )
-        if not written.succeeded:
-            return  # the key went meanwhile: the next cycle campaigns again
+        if not written.succeeded or self.lease != lease:
+            return  # the key went, or this vantage stepped down, meanwhile
         if self._clock() >= self._deadline:
             # Won too late to act on: the next cycle finds its own key and starts a new term.
             self.view.reason = "won the campaign after the lease deadline"
