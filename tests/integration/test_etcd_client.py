@@ -284,6 +284,33 @@ async def test_all_members_down_is_etcd_unavailable_within_the_deadline(
         await client.close()
 
 
+async def test_a_member_without_quorum_says_so_at_once(etcd_cluster: EtcdCluster) -> None:
+    """Two of three members killed: the one left has no raft leader and, asked to require one,
+    answers "no leader" at once — EtcdUnavailable (try elsewhere), not an EtcdError, and well
+    before a timeout (etcd itself would hold the request for 7 s)."""
+    survivor, *others = etcd_cluster.members
+    client = EtcdClient([survivor.url], timeout_s=3.0)
+    try:
+        await client.put(f"{PREFIX}k", "before")
+        lease, _ = await client.grant(30)
+        for member in others:
+            member.kill()
+        started = time.monotonic()
+        while (survivor.status() or {}).get("leader"):
+            assert time.monotonic() - started < 10, "the survivor still has a raft leader"
+            await asyncio.sleep(0.05)
+        print(f"\nsurvivor without a raft leader {time.monotonic() - started:.2f} s after the kills")
+        for call in (client.get(f"{PREFIX}k"), client.keepalive(lease), client.grant(5)):
+            started = time.monotonic()
+            with pytest.raises(EtcdUnavailable, match="no leader"):
+                await call
+            print(f"EtcdUnavailable (no leader) after {time.monotonic() - started:.3f} s")
+        # A watch that cannot be set up waits out its time and says "no change seen".
+        assert not await client.wait_change(f"{PREFIX}k", 1, 0.2)
+    finally:
+        await client.close()
+
+
 async def test_a_member_restarted_serves_again(etcd_cluster: EtcdCluster) -> None:
     """A killed member started again (same data, same ports) serves the data written meanwhile."""
     victim = etcd_cluster.raft_followers()[0]

@@ -2,12 +2,15 @@
 
 Theory of operation. Patroni talks to etcd the same way (no client library: the maintained
 Python ones either do not import with current protobuf or talk to one host only, see
-../shared/ha-notes.md). Every request has a hard deadline per endpoint tried and goes to the
-endpoint that last answered, then to the others in turn; `EtcdUnavailable` says that none
-answered in time. Reads are linearizable (etcd's default for range: not `serializable`).
-64-bit numbers arrive as strings and keys and values as base64: both are handled here, and
-nothing of the gateway's JSON leaves this module. With `user`/`password`, a token from
-/v3/auth/authenticate is sent with every request and renewed once when refused.
+../shared/ha-notes.md). Every request has a hard deadline per endpoint tried (authentication
+included) and goes to the endpoint that last answered, then to the others in turn; a member
+that answers that it cannot serve (no raft leader, no quorum: every request asks it to say so
+at once) counts as not answering. `EtcdUnavailable` says that none answered in time; any other
+`EtcdError` is etcd's own answer. Reads are linearizable (etcd's default for range: not
+`serializable`). 64-bit numbers arrive as strings and keys and values as base64: both are
+handled here, and nothing of the gateway's JSON leaves this module. With `user`/`password`, a
+token from /v3/auth/authenticate is sent with every request and renewed once when refused.
+`wait_change` watches one key (a follower waiting for the leader key to go).
 """
 
 from __future__ import annotations
@@ -81,6 +84,11 @@ def _kv(item: Mapping[str, Any]) -> KV:
         lease=int(item.get("lease", 0)),
     )
 
+
+# gRPC metadata through the gateway (etcd's clientv3.WithRequireLeader): a member that has lost
+# its raft leader (cut off from the quorum, or during an election) answers "no leader" at once
+# instead of holding the request until etcd's own timeout (7 s) — the client moves on to another.
+REQUIRE_LEADER = {"Grpc-Metadata-hasleader": "true"}
 
 # gRPC codes that say "this member cannot serve now" (Unavailable: no leader, request timed out;
 # DeadlineExceeded), and the HTTP statuses the gateway maps them to: try another endpoint.
@@ -231,7 +239,9 @@ class EtcdClient:
         renewed = False
         while True:
             headers = await self._headers(endpoint) if auth else {}
-            async with self._http().post(f"{endpoint}/v3/{path}", json=body, headers=headers) as response:
+            async with self._http().post(
+                f"{endpoint}/v3/{path}", json=body, headers={**REQUIRE_LEADER, **headers}
+            ) as response:
                 status, data = response.status, _first_message(await response.text())
             failure = _failure(status, data)
             if failure is not None and headers and not renewed and _token_refused(failure[1]):
@@ -245,7 +255,8 @@ class EtcdClient:
             return {}
         if self._token is None:
             body = {"name": self._user, "password": self._password or ""}
-            async with self._http().post(f"{endpoint}/v3/auth/authenticate", json=body) as response:
+            url = f"{endpoint}/v3/auth/authenticate"
+            async with self._http().post(url, json=body, headers=REQUIRE_LEADER) as response:
                 status, data = response.status, _first_message(await response.text())
             failure = _failure(status, data)
             if failure is not None:
@@ -271,6 +282,7 @@ class EtcdClient:
                 try:
                     headers = await self._headers(endpoint)
                     url = f"{endpoint}/v3/watch"
+                    headers = {**REQUIRE_LEADER, **headers}
                     async with self._http().post(url, json=body, headers=headers) as response:
                         if response.status != 200:
                             raise EtcdError(f"etcd watch: HTTP {response.status}")
