@@ -33,6 +33,7 @@ _EVENTS: dict[str, type[Any]] = {
         core_events.ShadowSet,
         core_events.LeaseChanged,
         core_events.RoundObserved,
+        core_events.LeaderReported,
         core_events.ApprovalGiven,
         core_events.ApprovalDenied,
         core_events.AbortRequested,

@@ -468,22 +468,32 @@ class Service:
         )
 
     async def _share_loop(self) -> None:
-        """Every poll interval: this vantage's verdicts out, everyone's in, one round to the core."""
+        """Every poll interval: this vantage's verdicts out; the leader decides from everyone's
+        (one round) and publishes its state, a follower adopts that state (`baton.vantages`)."""
         board = self.board
         assert board is not None
         while True:
             await asyncio.sleep(self.config.policy.poll_interval_s)
             lease = getattr(self.leadership, "lease", 0)
+            event: Event | None
             try:
                 if lease and board.mine:
                     await board.publish(lease)
-                event = await board.collect(self._answering())
+                if self.leadership.held:
+                    board.forget_adopted()
+                    event = await board.collect(self._answering())
+                else:
+                    event = await board.leader_report(self.leadership.view.leader)
             except EtcdError as exc:
                 self.metrics.etcd_errors_total.inc()
                 log.warning("vantages.exchange_failed", error=str(exc))
                 continue
-            with contextlib.suppress(JournalFailed):
-                self.apply(event)
+            if event is not None:
+                with contextlib.suppress(JournalFailed):
+                    self.apply(event)
+            if self.leadership.held and lease:
+                with contextlib.suppress(EtcdError):
+                    await board.publish_state(lease, self.controller.state)
 
     def _answering(self) -> dict[str, frozenset[str]]:
         """Of each office's pending devices, those that answer this vantage now."""

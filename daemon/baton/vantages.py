@@ -4,11 +4,14 @@ Theory of operation. Each vantage keeps its latest verdict of every office (what
 said last) and writes them, as one JSON document, to `<prefix>verdicts/<vantage>` on its own
 lease: a vantage that dies or is cut off stops voting when its lease ends, and a document older
 than `stale_s` is not counted either (a vantage whose monitor is wedged while its lease lives).
-Every vantage reads every document each round and applies one `RoundObserved` (votes, quorum)
-to its core: the leader acts on it; followers keep the same view of which offices are closed,
-so that whoever leads next knows. Deciding — DOWN only from a quorum, a minority's DOWN an
-UNREACHABLE with a split-view alert, a vantage that sees most offices down abstaining — is the
-core's (`baton.core`); this module only carries the votes.
+The leader reads every document each round and applies one `RoundObserved` (votes, quorum) to
+its core, and publishes its state (`<prefix>state`, on its lease: every office's phase, closure,
+alternate, pending devices, and the pause, shadow and storm flags). Followers do not decide:
+they adopt what the leader published (`LeaderReported`, only what changed), so that whoever
+leads next knows every office's story — a run under way there becomes FAILED if this vantage
+comes to lead before it ends (its journal is on the other vantage). Deciding — DOWN only from a
+quorum, a minority's DOWN an UNREACHABLE with a split-view alert, a vantage that sees most
+offices down abstaining — is the core's (`baton.core`); this module only carries the votes.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Mapping
+from dataclasses import replace
+from typing import Any
 
 from baton.adapters.etcd import EtcdClient
-from baton.core.events import OfficeObserved, RoundObserved
-from baton.core.model import OfficeVerdict
+from baton.codec import dumps, office_from_dict, office_to_dict
+from baton.core.events import LeaderReported, OfficeObserved, RoundObserved
+from baton.core.model import OfficeVerdict, State
 from baton.logs import get_logger
 
 log = get_logger(component="vantages")
@@ -50,6 +56,8 @@ class VerdictBoard:
         self._clock = clock
         self.mine: dict[str, tuple[OfficeVerdict, str]] = {}
         self.seen: dict[str, float] = {}  # vantage -> when its counted document was written
+        self._adopted: dict[str, str] = {}  # office -> the leader's JSON of it last adopted
+        self._adopted_flags = ""
 
     @property
     def key(self) -> str:
@@ -89,6 +97,67 @@ class VerdictBoard:
             docs[vantage] = offices
             self.seen[vantage] = at
         return RoundObserved(votes=_votes(docs), quorum=self.quorum, answering=dict(answering))
+
+    async def publish_state(self, lease: int, state: State) -> None:
+        """The leader's state, for the followers (flap history left out: it changes every round)."""
+        doc = {
+            "vantage": self.me,
+            "epoch": state.epoch,
+            "at": self._clock(),
+            "flags": _flags(state),
+            "offices": {o: office_to_dict(replace(s, history=())) for o, s in sorted(state.offices.items())},
+        }
+        await self.client.put(f"{self.prefix}state", dumps(doc), lease=lease)
+
+    async def leader_report(self, leader: str | None) -> LeaderReported | None:
+        """What the leading vantage published that this follower has not adopted yet (None: nothing)."""
+        if leader is None:
+            return None
+        kv = await self.client.get(f"{self.prefix}state")
+        if kv is None:
+            return None
+        try:
+            doc = kv.json()
+            if doc.get("vantage") != leader:
+                return None  # written by a leader that is gone: its lease has not ended yet
+            flags = doc["flags"]
+            changed = {
+                office: text
+                for office, data in doc["offices"].items()
+                if self._adopted.get(office) != (text := dumps(data))
+            }
+            offices = {office: office_from_dict(doc["offices"][office]) for office in changed}
+            report = LeaderReported(
+                leader=leader,
+                epoch=int(doc["epoch"]),
+                offices=offices,
+                paused=bool(flags["paused"]),
+                shadow=bool(flags["shadow"]),
+                storm=bool(flags["storm"]),
+                recent_down=tuple((float(at), str(o)) for at, o in flags["recent_down"]),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("vantages.bad_state", leader=leader, error=str(exc))
+            return None
+        if not changed and dumps(flags) == self._adopted_flags:
+            return None
+        self._adopted.update(changed)
+        self._adopted_flags = dumps(flags)
+        return report
+
+    def forget_adopted(self) -> None:
+        """Leading now: the next time it follows, it adopts everything again."""
+        self._adopted.clear()
+        self._adopted_flags = ""
+
+
+def _flags(state: State) -> dict[str, Any]:
+    return {
+        "paused": state.paused,
+        "shadow": state.shadow,
+        "storm": state.storm,
+        "recent_down": [list(entry) for entry in state.recent_down],
+    }
 
 
 def _votes(docs: Mapping[str, Mapping[str, object]]) -> Votes:

@@ -182,8 +182,8 @@ def test_the_leader_hands_over_and_the_devices_carry_its_epoch(world: World) -> 
     assert world.handed_over()
     assert {epoch} == world.device_epochs()
     for follower in set(VANTAGES) - {leader}:
-        # The same view, no run, no automation-blocked alert: the leader acts.
-        wait_for(lambda f=follower: _phase(world, f) == "CLOSED", TIMEOUT_S, f"{follower} sees CLOSED")
+        # The leader's view (adopted from etcd), no run, no automation-blocked alert.
+        wait_for(lambda f=follower: _phase(world, f) == "HANDED_OVER", TIMEOUT_S, f"{follower} sees it")
         assert not world.daemons[follower].journal.runs(OFFICE)
         alerts = world.daemons[follower].office(OFFICE).get("alerts", [])
         assert "AUTOMATION_BLOCKED" not in {a if isinstance(a, str) else a.get("alert") for a in alerts}
@@ -201,10 +201,11 @@ def test_the_leader_killed_another_takes_over_and_hands_back(world: World) -> No
     took_s = time.monotonic() - killed_at
     print(f"takeover after SIGKILL of the leader: {took_s:.2f} s (lease {LEASE_TTL_S:g} s)")
     assert world.epoch(new) > old_epoch
-    # The new leader judged the office CLOSED from the shared votes; it hands it over again
-    # under its epoch (the same edits: nothing changes but the epoch), then back once it reopens.
-    world.daemons[new].wait_phase(OFFICE, "HANDED_OVER", TIMEOUT_S)
-    assert {world.epoch(new)} == world.device_epochs()
+    # The new leader had adopted the old one's state: HANDED_OVER already, nothing run again
+    # (the devices still carry the old epoch), the handback is its own (under its epoch).
+    assert "HANDED_OVER" == _phase(world, new)
+    assert not world.daemons[new].journal.runs(OFFICE)
+    assert {old_epoch} == world.device_epochs()
     world.lab("power_on", office=OFFICE)
     wait_for(
         lambda: "HEALTHY" == world.daemons[new].office(OFFICE)["verdict"],
@@ -215,6 +216,13 @@ def test_the_leader_killed_another_takes_over_and_hands_back(world: World) -> No
     assert 0 == handback.code, handback
     world.daemons[new].wait_phase(OFFICE, "OPEN", TIMEOUT_S)
     assert not any(world.handed_over(d) for d in (ROUTER, f"{OFFICE}-agg1"))
+    assert {world.epoch(new)} == world.device_epochs()
+    # Its runs: the catch-up of the device the old leader left pending (it answered once the
+    # power was back), then the handback. No second handover.
+    runs = world.daemons[new].journal.runs(OFFICE)
+    assert [("handover", True), ("handback", False)] == [
+        (r["kind"], r["id"].startswith("catchup-")) for r in runs
+    ]
     world.daemons[old].start(lambda offices: True)  # back as a follower
     wait_for(lambda: world.status(old) is not None, TIMEOUT_S, f"{old} answers")
     assert world.leaders() == [new]

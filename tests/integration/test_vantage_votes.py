@@ -4,6 +4,8 @@ a vantage's votes vanish with its lease, stale or malformed documents are not co
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from types import MappingProxyType
 
 import pytest
 
@@ -92,5 +94,45 @@ async def test_the_quorum_is_carried_as_configured(etcd_server: EtcdProcess, quo
     try:
         b = VerdictBoard(client, prefix=PREFIX, me="v1", quorum=quorum, stale_s=30)
         assert quorum == (await b.collect({})).quorum
+    finally:
+        await client.close()
+
+
+async def test_followers_adopt_what_the_leader_published_once(etcd_server: EtcdProcess) -> None:
+    """The leader's state through etcd: a follower gets every office once, then only changes;
+    nothing from a vantage that does not lead; nothing once the leader's lease ended."""
+    clock = Clock()
+    client = EtcdClient([etcd_server.url], timeout_s=2)
+    try:
+        lease, _ = await client.grant(30)
+        leader, follower = board(client, "v1", clock), board(client, "v2", clock)
+        state = make_state({"gc": ("bb",), "bb": ("gc",)}, epoch=7, paused=True)
+        handed = replace(state.offices["gc"], phase=Phase.HANDED_OVER, alternate="bb", since=5.0)
+        state = replace(state, offices=MappingProxyType({**state.offices, "gc": handed}))
+        await leader.publish_state(lease, state)
+
+        report = await follower.leader_report("v1")
+        assert report is not None
+        assert (7, True, {"gc", "bb"}) == (report.epoch, report.paused, set(report.offices))
+        assert (Phase.HANDED_OVER, "bb") == (report.offices["gc"].phase, report.offices["gc"].alternate)
+        followed = step(make_state({"gc": ("bb",), "bb": ("gc",)}, leader=False), report, Policy(), 6.0).state
+        assert (Phase.HANDED_OVER, "bb", True) == (
+            followed.offices["gc"].phase,
+            followed.offices["gc"].alternate,
+            followed.paused,
+        )
+        assert await follower.leader_report("v1") is None  # nothing new
+        assert await follower.leader_report("v3") is None  # v1's document, and v3 leads now
+
+        back = replace(handed, phase=Phase.OPEN, alternate=None)
+        await leader.publish_state(
+            lease, replace(state, offices=MappingProxyType({**state.offices, "gc": back}))
+        )
+        report = await follower.leader_report("v1")
+        assert report is not None
+        assert {"gc"} == set(report.offices)
+
+        await client.revoke(lease)
+        assert await follower.leader_report("v1") is None
     finally:
         await client.close()

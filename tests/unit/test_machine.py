@@ -1073,12 +1073,15 @@ def as_round(event: Event) -> Event:
 
 def test_the_transition_table_and_the_code_agree() -> None:
     """Every phase change the scenarios make is in TRANSITIONS, and every row of TRANSITIONS is
-    made (the scenarios run twice: observed by one vantage, and as rounds of several)."""
+    made (the scenarios run twice: observed by one vantage, and as rounds of several). A
+    follower's adoption of the leader's phases (any phase but a running one) is checked in
+    tests/unit/test_vantages.py."""
     observed: set[tuple[Phase, str, Phase]] = set()
     for policy, state, events in SCENARIOS:
         observed |= phase_changes(policy, state, events)
         observed |= phase_changes(policy, state, [(t, as_round(e)) for t, e in events])
-    assert sorted(TRANSITIONS) == sorted(observed)
+    followers = ("LeaderReported", "LeaseChanged")
+    assert sorted(t for t in TRANSITIONS if t[1] not in followers) == sorted(observed)
 
 
 # --- cascades, catch-ups, drills, the shadow rule, stopping ------------------------------

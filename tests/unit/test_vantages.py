@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 import pytest
@@ -9,9 +10,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from baton.core.actions import Alert, RaiseAlert, StartRun
-from baton.core.events import ClosureDeclared, HandbackRequested, LeaseChanged, RoundObserved, Ticked
-from baton.core.machine import abstaining, combine, step
-from baton.core.model import OfficeVerdict, Phase, Policy
+from baton.core.events import (
+    ClosureDeclared,
+    HandbackRequested,
+    LeaderReported,
+    LeaseChanged,
+    RoundObserved,
+    Ticked,
+)
+from baton.core.machine import TRANSITIONS, abstaining, combine, step
+from baton.core.model import OfficeVerdict, Phase, Policy, RunKind
 from tests.unit.core_builders import make_state
 
 D, H, G = OfficeVerdict.DOWN, OfficeVerdict.HEALTHY, OfficeVerdict.DEGRADED
@@ -127,3 +135,91 @@ def test_a_follower_refuses_a_handover_request_naming_the_leader() -> None:
     assert Phase.CLOSED is t.state.offices["a"].phase
     t = step(t.state, HandbackRequested("a", who="alice", reason="office reopened"), Policy(), 61.0)
     assert "refused: this vantage does not hold the lease (vantage v2 leads" in t.reason
+
+
+def _reported(phase: Phase, alternate: str | None = "b", **changes: object) -> LeaderReported:
+    theirs = replace(make_state().offices["a"], phase=phase, alternate=alternate, run_id="r-1", **changes)
+    return LeaderReported("v2", 11, {"a": theirs}, paused=True)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "adopted"),
+    [
+        (Phase.OPEN, Phase.OPEN),
+        (Phase.SUSPECT, Phase.SUSPECT),
+        (Phase.CLOSED, Phase.CLOSED),
+        (Phase.HANDING_OVER, Phase.CLOSED),  # its run under way: the next leader hands over again
+        (Phase.HANDED_OVER, Phase.HANDED_OVER),
+        (Phase.HANDING_BACK, Phase.HANDED_OVER),  # ...and hands back again
+        (Phase.FAILED, Phase.FAILED),
+    ],
+)
+def test_a_follower_adopts_the_leaders_phases_as_intents(theirs: Phase, adopted: Phase) -> None:
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    t = step(state, _reported(theirs), Policy(), 1.0)
+    a = t.state.offices["a"]
+    assert (adopted, "b", None) == (a.phase, a.alternate, a.run_id)
+    assert (True, 11, "v2") == (t.state.paused, t.state.epoch, t.state.leader_elsewhere)
+    assert () == t.actions
+
+
+def test_the_leader_ignores_reports() -> None:
+    state = step(make_state(), LeaseChanged(held=True, epoch=3), Policy(), 0.0).state
+    t = step(state, _reported(Phase.HANDED_OVER), Policy(), 1.0)
+    assert t.state == state
+    assert "ignored: this vantage leads" in t.reason
+
+
+def test_a_follower_that_takes_over_finishes_the_leaders_story() -> None:
+    """The leader reported the office handed over, then died: the next leader hands it back
+    (epoch 12) once it is healthy for the hold, as the leader would have."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    report = replace(_reported(Phase.HANDED_OVER, verdict=H, verdict_since=1.0), paused=False)
+    state = step(state, report, Policy(), 1.0).state
+    state = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0).state
+    t = step(state, Ticked("a"), Policy(auto_handback=True), 700.0)
+    [run] = [a for a in t.actions if isinstance(a, StartRun)]
+    assert (Phase.HANDING_BACK, "b", 12) == (t.state.offices["a"].phase, run.alternate, run.epoch)
+
+
+@pytest.mark.parametrize(
+    ("theirs", "kind"), [(Phase.HANDING_OVER, "handover"), (Phase.HANDING_BACK, "handback")]
+)
+def test_a_leader_that_died_mid_run_leaves_the_office_failed_for_an_operator(
+    theirs: Phase, kind: str
+) -> None:
+    """Its devices are where its run left them (that run's journal is on the dead vantage): not
+    guessed at. FAILED, one alert that says what to do; `baton handover` finishes it."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    report = replace(_reported(theirs, verdict=D, run_kind=RunKind(kind)), paused=False)
+    state = step(state, report, Policy(), 1.0).state
+    assert state.offices["a"].remote_run == f"{kind} run r-1 on v2"
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    assert Phase.FAILED is t.state.offices["a"].phase
+    [alert] = [a for a in t.actions if isinstance(a, RaiseAlert)]
+    assert Alert.RUN_FAILED is alert.alert
+    assert f"{kind} run r-1 on v2 was under way" in alert.message
+    t = step(t.state, Ticked("a"), Policy(), 60.0)
+    assert not [a for a in t.actions if isinstance(a, StartRun)]  # nothing guessed
+    t = step(t.state, ClosureDeclared("a", who="alice", reason="finish it"), Policy(), 61.0)
+    assert Phase.HANDING_OVER is t.state.offices["a"].phase
+
+
+def test_a_run_that_ended_there_is_no_longer_remote() -> None:
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    state = step(state, replace(_reported(Phase.HANDING_OVER, verdict=D), paused=False), Policy(), 1.0).state
+    state = step(state, replace(_reported(Phase.HANDED_OVER, verdict=D), paused=False), Policy(), 2.0).state
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    assert (Phase.HANDED_OVER, None) == (t.state.offices["a"].phase, t.state.offices["a"].remote_run)
+    assert () == t.actions
+
+
+@given(phase=st.sampled_from(list(Phase)), alternate=st.sampled_from(["b", "c", None]))
+def test_a_report_never_makes_a_follower_act_or_run(phase: Phase, alternate: str | None) -> None:
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    t = step(state, _reported(phase, alternate), Policy(), 1.0)
+    assert () == t.actions
+    assert t.state.offices["a"].phase not in (Phase.HANDING_OVER, Phase.HANDING_BACK)
+    assert (state.offices["a"].phase, "LeaderReported", t.state.offices["a"].phase) in TRANSITIONS or (
+        state.offices["a"].phase is t.state.offices["a"].phase
+    )

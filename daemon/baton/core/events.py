@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from baton.core.model import OfficeVerdict, Phase, Policy, RunKind, frozen_map
+from baton.core.model import OfficeState, OfficeVerdict, Phase, Policy, RunKind, frozen_map
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +161,25 @@ class PhaseResolved:
     alternate: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class LeaderReported:
+    """What the leading vantage published in etcd of its state (only what changed since the
+    last report): a follower adopts it, so that whoever leads next knows every office's story
+    (`baton.vantages`). A run under way there is adopted as its intent: HANDING_OVER as CLOSED
+    (the next leader hands over, again), HANDING_BACK as HANDED_OVER."""
+
+    leader: str
+    epoch: int
+    offices: Mapping[str, OfficeState] = field(default_factory=frozen_map)
+    paused: bool = False
+    shadow: bool = False
+    storm: bool = False
+    recent_down: tuple[tuple[float, str], ...] = ()
+
+
 Event = (
     RoundObserved
+    | LeaderReported
     | ConfigLoaded
     | Stopping
     | OfficeObserved

@@ -41,7 +41,8 @@ Choices the design left open, taken as a NOC operator would want them:
   building is closed until an operator says otherwise. With `until` in the past it is refused.
 - A declared closure without the lease is still recorded (CLOSED): it is a fact, and the vantage
   acts on it once it holds the lease — unless another vantage is known to lead: then it is
-  refused, naming that vantage (recorded here, nobody would act on it). A handback request without the lease is refused.
+  refused, naming that vantage (recorded here, nobody would act on it). A handback request
+  without the lease is refused.
 - In HANDED_OVER a new declaration re-labels the closure (e.g. detected → declared, which stops
   automatic handback); moving to a different alternate needs a handback first.
 - Handback of a CLOSED office that no run ever touched reopens it without a run.
@@ -70,6 +71,7 @@ from baton.core.events import (
     ConfigLoaded,
     Event,
     HandbackRequested,
+    LeaderReported,
     LeaseChanged,
     OfficeObserved,
     PauseSet,
@@ -97,6 +99,7 @@ FLAP_MIN_SAMPLES = 5
 
 _OBSERVED = OfficeObserved.__name__
 _ROUND = RoundObserved.__name__  # several vantages: observations combined, then as above
+_REPORTED = LeaderReported.__name__  # a follower adopts the leader's phases
 _TICKED = Ticked.__name__
 _DECLARED = ClosureDeclared.__name__
 _HANDBACK = HandbackRequested.__name__
@@ -117,6 +120,8 @@ _SETTLE_CHANGES = (
     (Phase.HANDED_OVER, Phase.HANDING_BACK),  # automatic handback
     (Phase.HANDED_OVER, Phase.HANDING_OVER),  # its alternate closed: re-homed (a cascade)
 )
+
+_RUNNING_PHASES = (Phase.HANDING_OVER, Phase.HANDING_BACK)
 
 # Every phase change `step` can make: (from phase, event name, to phase).
 TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
@@ -153,6 +158,10 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         ),
         (Phase.CLOSED, _APPROVED, Phase.HANDING_OVER),
         *((p, _APPROVED, Phase.HANDING_BACK) for p in (Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)),
+        # a follower adopts the leader's view (a run there as its intent: never a running phase)
+        *((p, _REPORTED, q) for p in Phase for q in Phase if q not in _RUNNING_PHASES and p is not q),
+        # ...and comes to lead while that run was under way there
+        *((p, LeaseChanged.__name__, Phase.FAILED) for p in (Phase.CLOSED, Phase.HANDED_OVER)),
         # an admin's resolve, after checking the devices by hand
         *(
             (p, _RESOLVED, q)
@@ -208,9 +217,11 @@ def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
             state, event.shadow, f"shadow mode {'on' if event.shadow else 'off'} by {event.who}", now
         )
     if isinstance(event, LeaseChanged):
-        return _on_lease(state, event)
+        return _on_lease(state, event, now)
     if isinstance(event, RoundObserved):
         return _on_round(state, event, policy, now)
+    if isinstance(event, LeaderReported):
+        return _on_reported(state, event)
     if isinstance(event, ConfigLoaded):
         return _on_config(state, event, now)
     if isinstance(event, Stopping):
@@ -373,14 +384,34 @@ def _on_config(state: State, event: ConfigLoaded, now: float) -> Transition:
     return Transition(shadowed.state, shadowed.actions, f"{reason}; {shadowed.reason}")
 
 
-def _on_lease(state: State, event: LeaseChanged) -> Transition:
+def _on_lease(state: State, event: LeaseChanged, now: float) -> Transition:
     if event.held:
         epoch = max(state.epoch, event.epoch)
         said = f" (epoch {epoch})" if event.epoch else ""
+        offices = dict(state.offices)
+        alerts: list[Action] = []
+        failed: list[str] = []
+        for office in state.offices.values():
+            if office.remote_run is None or state.leader:
+                continue
+            # The leader stopped in the middle of a run: its devices are where that run left
+            # them (its journal is on that vantage). Not guessed at: FAILED, for an operator.
+            why = (
+                f"{_name(office)}: {office.remote_run} was under way when that vantage stopped leading; "
+                "the devices are where it left them: check them, then `baton handover` or "
+                "`baton handback` finishes it"
+            )
+            changed = replace(office, phase=Phase.FAILED, since=now, remote_run=None)
+            offices[office.office], raised = _raise(changed, Alert.RUN_FAILED, why)
+            alerts.extend(raised)
+            failed.append(office.office)
+        taken = f"; FAILED (a run of the last leader under way): {', '.join(failed)}" if failed else ""
         return Transition(
-            replace(state, leader=True, leader_elsewhere=None, epoch=epoch),
-            (),
-            f"lease held{said}; blocked handovers retry on the next tick",
+            replace(
+                state, offices=MappingProxyType(offices), leader=True, leader_elsewhere=None, epoch=epoch
+            ),
+            tuple(alerts),
+            f"lease held{said}; blocked handovers retry on the next tick{taken}",
         )
     elsewhere = event.leader
     if not state.leader and elsewhere != state.leader_elsewhere:
@@ -519,6 +550,50 @@ def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) ->
         else f"round of {len(event.votes)} office(s) from the vantages: nothing changes"
     )
     return Transition(state, tuple(actions), reason)
+
+
+_INTENT = {Phase.HANDING_OVER: Phase.CLOSED, Phase.HANDING_BACK: Phase.HANDED_OVER}
+
+
+def _on_reported(state: State, event: LeaderReported) -> Transition:
+    """A follower takes the leader's view of every office it reported (see `LeaderReported`)."""
+    if state.leader:
+        return Transition(state, (), f"state reported by {event.leader} ignored: this vantage leads")
+    offices = dict(state.offices)
+    changed = []
+    for office_id, theirs in sorted(event.offices.items()):
+        mine = offices.get(office_id)
+        if mine is None:
+            continue
+        running = theirs.phase in _INTENT
+        adopted = replace(
+            theirs,
+            alternates=mine.alternates,  # the chain is this vantage's configuration
+            phase=_INTENT.get(theirs.phase, theirs.phase),
+            remote_run=f"{theirs.run_kind} run {theirs.run_id} on {event.leader}" if running else None,
+            # Runs live in the leader's journal; alerts are raised and cleared by this journal.
+            run_id=None,
+            run_kind=None,
+            catchup_id=None,
+            aborting=None,
+            alerts=mine.alerts,
+        )
+        if adopted != mine:
+            offices[office_id] = adopted
+            said = f" ({theirs.phase} there)" if running else ""
+            changed.append(f"{office_id} {adopted.phase}{said}")
+    new = replace(
+        state,
+        offices=MappingProxyType(offices),
+        paused=event.paused,
+        shadow=event.shadow,
+        storm=event.storm,
+        recent_down=event.recent_down,
+        leader_elsewhere=event.leader,
+        epoch=max(state.epoch, event.epoch),  # the floor of this vantage's own next term
+    )
+    what = "; ".join(changed) if changed else "no office changes"
+    return Transition(new, (), f"state reported by the leading vantage {event.leader}: {what}")
 
 
 def _track_flapping(office: OfficeState, policy: Policy) -> tuple[OfficeState, tuple[Action, ...], str]:

@@ -279,6 +279,10 @@ class OfficeState:
     approval: Approval | None = None  # the run waiting for approvals
     approval_ended: str = ""  # what became of the last request ("approval-x-1 expired at ...")
     aborting: str | None = None  # the run an operator asked to abort (until its result arrives)
+    # Following: the run the leading vantage reported under way here ("handover run r-1 on v2");
+    # if this vantage comes to lead before it ends, the office is FAILED: the devices are where
+    # that run left them, and an operator finishes it.
+    remote_run: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
