@@ -33,6 +33,16 @@ handback) bypass hold-down, anti-flap, flapping, approval, storm and pause, but 
 never shadow mode. A blocked handover stays CLOSED with one alert naming the blocker; it is
 retried on every settle.
 
+Operators. Under an approval rule (`Policy.approvals`) a run waits as an `Approval` on its
+office: Baton asks once per detected closure; an operator's declaration or handback asks and
+changes nothing until approved. The last of N approvals from distinct people other than the
+requester carries out exactly what was asked (the kind of closure never changes); a request
+ends at its TTL (an alert), when denied, or when withdrawn (its office reopened, a run overtook
+it, its requester's grant ended, an admin set the phase). `auto_proceed_s` lets a detected
+closure still DOWN go on unanswered. Grants that end (`Policy.grant_terms`) are recorded on
+`Ticked`. `AbortRequested` sends `AbortRun` (the run rolls back at a safe point); an admin's
+`PhaseResolved` sets OPEN, CLOSED (held: no handover until asked) or HANDED_OVER, loudly.
+
 Choices the design left open, taken as a NOC operator would want them:
 - Alerts are raised once and cleared once (`OfficeState.alerts` remembers which are up); the
   blocker alert of a CLOSED office is replaced when the blocker changes, and a handback proposal
