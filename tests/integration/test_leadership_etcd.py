@@ -28,7 +28,7 @@ import pytest
 from baton.adapters.etcd import EtcdClient, TxnResult
 from baton.config import EtcdSettings
 from baton.leadership import EtcdLeadership
-from tests.peers.etcd import EtcdCluster
+from tests.peers.etcd import ELECTION_MS, EtcdCluster
 from tests.peers.util import PeerProcess
 
 pytestmark = pytest.mark.peer("etcd")
@@ -372,11 +372,14 @@ async def test_etcd_down_the_leader_lets_go_by_its_deadline(etcd_cluster: EtcdCl
             down = time.monotonic()
             for member in down_members:
                 member.kill()
-            await asyncio.sleep(0.05)  # a keepalive answered just before the kill is counted
-            left = leader.leadership.lease_left_s()
-            assert left is not None
-            deadline = time.monotonic() + left
-            await wait_until(lambda: not leader.held, TTL_S + 1, "the leader lets go")
+            # All killed: no keepalive can succeed after `down`. Quorum lost: the member left may
+            # be the raft leader, which renews leases on its own until it notices it lost the
+            # quorum (up to 2 election timeouts; etcd's next leader extends every lease by one
+            # election timeout for exactly that reason). Measured: up to 1.9 s; 1 s of slack for
+            # a loaded machine, where raft's ticks run late.
+            renewals_s = 0.0 if how == "all killed" else 2 * ELECTION_MS / 1000 + 1.0
+            await wait_until(lambda: not leader.held, renewals_s + TTL_S + 1, "the leader lets go")
+            deadline = leader.leadership.deadline  # the last one: etcd did not answer since
             await wait_until(lambda: any(not held for _, held, _, _ in leader.changes), 1, "on_change(False)")
             await asyncio.sleep(0.2)
         late = [(round(t - deadline, 3), names) for t, names in sampler.samples if t >= deadline and names]
@@ -384,9 +387,12 @@ async def test_etcd_down_the_leader_lets_go_by_its_deadline(etcd_cluster: EtcdCl
         told = next(t for t, held, _, _ in leader.changes if not held)
         unheld = next(t for t, names in sampler.samples if t > down and leader.me not in names)
         print(
-            f"\netcd {how}; {leader.me}'s deadline {deadline - down:.3f} s later; held first sampled False "
+            f"\netcd {how}; {leader.me}'s deadline {deadline - down:.3f} s after; held first sampled False "
             f"{unheld - deadline:+.3f} s from it, on_change(False) {told - deadline:+.3f} s from it"
         )
+        # The deadline is that of a keepalive sent before etcd went (sent + TTL − margin), and the
+        # end of the term is reported then, while etcd is still down.
+        assert deadline <= down + renewals_s + TTL_S - TIMEOUT_S
         assert told < deadline + 1.0
 
         for member in down_members:
