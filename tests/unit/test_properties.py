@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from baton.core.actions import AbortRun, Action, Alert, ClearAlert, RaiseAlert, StartRun
@@ -349,7 +349,9 @@ def test_machine_invariants_hold_for_any_event_sequence(
     now = 0.0
     for _ in range(data.draw(st.integers(1, 60))):
         now += data.draw(st.sampled_from([0.0, 1.0, 10.0, 30.0, 100.0, 700.0, 4000.0]))
-        state = check_step(state, draw_event(data, state, now), policy, now)
+        event = draw_event(data, state, now)
+        note(f"{now}: {event}")
+        state = check_step(state, event, policy, now)
 
 
 # --- health ---------------------------------------------------------------------------------

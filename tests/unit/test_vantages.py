@@ -15,6 +15,7 @@ from baton.core.events import (
     HandbackRequested,
     LeaderReported,
     LeaseChanged,
+    OfficeObserved,
     RoundObserved,
     Ticked,
 )
@@ -223,3 +224,23 @@ def test_a_report_never_makes_a_follower_act_or_run(phase: Phase, alternate: str
     assert (state.offices["a"].phase, "LeaderReported", t.state.offices["a"].phase) in TRANSITIONS or (
         state.offices["a"].phase is t.state.offices["a"].phase
     )
+
+
+def test_a_round_raises_or_clears_the_storm_guard_once() -> None:
+    """Found by the invariant property: within one round an office that recovers lifted the
+    storm guard and the next offices DOWN engaged it again: two alerts for no change."""
+    chains = {"o0": (), "o1": (), "o2": ("o0",), "o3": ()}
+    policy = Policy(failures_to_down=1, hold_down_s=0.0, anti_flap_block_s=0.0, handback_hold_s=0.0)
+    state = make_state(chains)
+    for office in ("o0", "o1"):
+        state = step(state, OfficeObserved(office, D, "down"), policy, 0.0).state
+    assert state.storm
+    votes = {
+        "o2": {"v1": (H, ""), "v2": (D, ""), "v3": (D, "")},
+        "o0": {"v1": (H, ""), "v2": (H, ""), "v3": (D, "")},
+        "o3": {"v1": (D, ""), "v2": (H, ""), "v3": (D, "")},
+    }
+    t = step(state, RoundObserved(votes, quorum=1), policy, 700.0)
+    storm = [a for a in t.actions if getattr(a, "alert", None) is Alert.STORM_GUARD]
+    assert len(storm) <= 1
+    assert bool(storm) == (t.state.storm != state.storm)

@@ -531,6 +531,7 @@ def combine(
 
 def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) -> Transition:
     """Every office judged from every vantage's verdict, then observed as one verdict each."""
+    before = state
     abstain = abstaining(event.votes)
     actions: list[Action] = []
     reasons: list[str] = []
@@ -559,6 +560,13 @@ def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) ->
         if reasons
         else f"round of {len(event.votes)} office(s) from the vantages: nothing changes"
     )
+    # One office may clear the storm guard and the next engage it again within the round: the
+    # alert is raised or cleared once, by what the round did as a whole.
+    storm = [a for a in actions if isinstance(a, RaiseAlert | ClearAlert) and a.alert is Alert.STORM_GUARD]
+    if len(storm) > 1:
+        actions = [a for a in actions if a not in storm]
+        if state.storm != before.storm:
+            actions.append(storm[-1])
     return Transition(state, tuple(actions), reason)
 
 
