@@ -145,3 +145,28 @@ async def test_a_lost_lease_stops_the_run_and_the_next_leader_finishes_it(
         assert not store.locks
         assert not store.confirm_pending
         assert store.running_epoch() in (0, 3, 5)
+
+
+async def test_an_undo_commit_carries_the_epoch(lab: RunningLab, tmp_path: Path) -> None:
+    """A device without :confirmed-commit is undone by a commit restoring what running held
+    before the run, which had no epoch: without the run's epoch in that commit the device
+    refuses it as from an older leader and the office is left half handed over."""
+    plan, connectors = _plan(lab, RunKind.HANDOVER, "run-undo")
+    first, last = plan.devices[0].device.id, plan.devices[-1].device.id
+    lab.call(lambda net: net.set_confirmed_commit(first, False))
+    lab.call(lambda net: net.refuse_commits(last, True))
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        outcome = await execute(
+            plan,
+            journal=journal,
+            connectors=connectors,
+            epoch=7,
+            fence=lambda: True,
+            concurrency=1,
+            confirm_window_s=3600,
+        )
+    assert "rolled_back" == outcome.result, outcome.detail
+    by_id = {d.device: d for d in outcome.devices}
+    assert DeviceStatus.ROLLED_BACK == by_id[first].status, by_id[first].error
+    assert not any(_admitted(lab, plan)), "a device kept the alternate's access"
+    assert 7 == lab.lab.device(first).datastore.running_epoch()  # an epoch never goes down

@@ -685,8 +685,7 @@ class _Run:
                 seen = await _device_epoch(nc, marker)
                 if seen > self.epoch:
                     raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
-                fenced = wrap_config(marker.config.replace("{epoch}", str(self.epoch)))
-                await nc.edit_config("candidate", fenced, rpc_timeout_s=_UNDO_TIMEOUT_S)
+                await self._fence_candidate(nc)
                 text += f"; epoch {self.epoch} (device had {seen})"
                 facts["epoch"] = self.epoch
             if dev.progress.backup is None:
@@ -702,6 +701,14 @@ class _Run:
             return text, facts
 
         await self._journaled(dev, PREPARE, index, "apply", prepare)
+
+    async def _fence_candidate(self, nc: NetconfClient) -> None:
+        """Every commit of the run carries its epoch: an undo restores running as it was before
+        the run, epoch leaf included, and a device refuses a commit that lowers its epoch."""
+        marker = self.plan.playbook.fence
+        if marker is not None:
+            fenced = wrap_config(marker.config.replace("{epoch}", str(self.epoch)))
+            await nc.edit_config("candidate", fenced, rpc_timeout_s=_UNDO_TIMEOUT_S)
 
     async def _ensure_confirm_journaled(self) -> None:
         async with self._deciding:
@@ -848,6 +855,7 @@ class _Run:
                 await nc.discard_changes()
                 restored = restore_config(backup, roots)
                 await nc.edit_config("candidate", restored, rpc_timeout_s=_UNDO_TIMEOUT_S)
+                await self._fence_candidate(nc)
                 await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
             return f"running restored as it was before the run ({len(roots)} subtree(s))", {}
 
@@ -866,6 +874,7 @@ class _Run:
                     await nc.edit_config(
                         "candidate", wrap_config(comp.config), comp.operation, rpc_timeout_s=comp.timeout_s
                     )
+                await self._fence_candidate(nc)
                 await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
             return f"compensating edits committed ({', '.join(names)})", {}
 
@@ -886,6 +895,7 @@ class _Run:
                 async with nc.locked("candidate"):
                     await nc.discard_changes()
                     await nc.edit_config("candidate", wrap_config(comp.config), comp.operation)
+                    await self._fence_candidate(nc)
                     await nc.commit()
                 return "compensating edit committed", {}
             detail = await asyncio.wait_for(
