@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import MappingProxyType
 
 from hypothesis import HealthCheck, given, note, settings
@@ -17,6 +18,7 @@ from baton.core.events import (
     ConfigLoaded,
     Event,
     HandbackRequested,
+    LeaderReported,
     LeaseChanged,
     OfficeObserved,
     PauseSet,
@@ -107,7 +109,7 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
             ["observed"] * 6
             + ["ticked"] * 4
             + ["declared", "handback", "acked", "finished"] * 2
-            + ["pause", "shadow", "lease", "stopping", "config", "round"]
+            + ["pause", "shadow", "lease", "stopping", "config", "round", "reported"]
             + ["approve"] * 4
             + ["deny", "abort", "resolve"]
         )
@@ -127,6 +129,23 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
             for o in chosen
         }
         return RoundObserved(MappingProxyType(votes), quorum=data.draw(st.integers(1, 3)))
+    if kind == "reported":
+        # What a leading vantage published: any phase, any alternate, a run there or not.
+        chosen = data.draw(st.lists(st.sampled_from(names), max_size=3, unique=True))
+        offices = {
+            o: replace(
+                state.offices[o],
+                phase=data.draw(st.sampled_from(list(Phase))),
+                alternate=data.draw(st.sampled_from([None, *names, "zz"])),
+                run_id=data.draw(st.sampled_from([None, "their-run"])),
+                run_kind=data.draw(st.sampled_from([None, *RunKind])),
+                verdict=data.draw(st.sampled_from(list(OfficeVerdict))),
+            )
+            for o in chosen
+        }
+        return LeaderReported(
+            "v2", data.draw(st.integers(0, 9)), MappingProxyType(offices), paused=data.draw(st.booleans())
+        )
     if kind == "config":
         chains = {name: o.alternates for name, o in state.offices.items()}
         return ConfigLoaded(MappingProxyType(chains), shadow=data.draw(st.booleans()))
@@ -174,7 +193,9 @@ def draw_event(data: st.DataObject, state: State, now: float) -> Event:
     if kind == "shadow":
         return ShadowSet(flag, "op")
     return LeaseChanged(
-        held=data.draw(st.sampled_from([True, True, False])), epoch=data.draw(st.integers(0, 9))
+        held=data.draw(st.sampled_from([True, True, False])),
+        epoch=data.draw(st.integers(0, 9)),
+        leader=data.draw(st.sampled_from([None, "v2", "v3"])),
     )
 
 
@@ -266,7 +287,14 @@ def check_step(before: State, event: Event, policy: Policy, now: float) -> State
     # Cascades: an office operated by a closed (or handed-over, or failed) office is never left
     # so without a run or an alert, once it is settled (its own observation or tick).
     settled = before.offices.get(getattr(event, "office", ""))
-    if isinstance(event, OfficeObserved | Ticked) and settled is not None:
+    # A follower that knows the leader mirrors it: time moves no phase there, and cascades and
+    # TTLs are the leader's to act on (what it reports is adopted).
+    following = not before.leader and before.leader_elsewhere is not None
+    if following and isinstance(event, Ticked):
+        assert {n: o.phase for n, o in before.offices.items()} == {
+            n: o.phase for n, o in after.offices.items()
+        }, "a follower's clock decides nothing"
+    if isinstance(event, OfficeObserved | Ticked) and settled is not None and not following:
         office_after = after.offices[settled.office]
         operator_office = after.offices.get(office_after.alternate or "")
         lost = operator_office is None or operator_office.phase in (
@@ -306,6 +334,7 @@ def check_approvals(
 ) -> None:
     """Approvals: never skipped, never from the requester, never twice, never past their TTL,
     never a change of the kind of closure; grants end when their term says."""
+    following = not before.leader and before.leader_elsewhere is not None  # the leader expires TTLs
     for run in starts:
         if run.devices is not None or run.previous is not None:
             continue  # catch-ups and re-homes follow a run that was approved (or needed none)
@@ -325,7 +354,7 @@ def check_approvals(
             assert len(request.approvers) < request.required, "a complete approval is carried out at once"
         if office.aborting is not None:
             assert office.aborting in (office.run_id, office.catchup_id), "an abort names a run in progress"
-    if isinstance(event, Ticked) and event.office in after.offices:
+    if isinstance(event, Ticked) and event.office in after.offices and not following:
         office = after.offices[event.office]
         assert office.approval is None or office.approval.expires > now, "a TTL really expires"
         assert after.expired_grants == tuple(

@@ -102,14 +102,14 @@ def test_a_restart_changes_nothing(
         for at, event in timed[:split]:
             clock.now = at
             controller.apply(event)
-        leader = controller.state.leader
+        leader, elsewhere = controller.state.leader, controller.state.leader_elsewhere
         # A new process: the state from the journal, the configuration loaded again (the same
-        # file), the lease as the leadership says.
+        # file), the lease and who holds it as the leadership says.
         second = Recorder()
         last_load = next((e for _, e in reversed(timed[:split]) if isinstance(e, ConfigLoaded)), load)
         restarted = Controller(restore(journal), last_load.policy, journal, second, clock)
         restarted.apply(last_load)
-        restarted.apply(LeaseChanged(held=leader))
+        restarted.apply(LeaseChanged(held=leader, leader=elsewhere))
         on_restart = len(second.actions)
         for at, event in timed[split:]:
             clock.now = at

@@ -106,23 +106,25 @@ def test_no_run_starts_with_a_stale_epoch_after_the_lease_is_lost() -> None:
 def test_a_follower_closes_the_office_and_leaves_the_handover_to_the_leader(
     leader: str | None, alerted: bool
 ) -> None:
-    """A follower keeps the same view (CLOSED) but starts nothing; it raises the automation-blocked
-    alert only when no vantage is known to lead (then nobody acts: that is an emergency)."""
+    """A follower starts nothing. Knowing the leader, it decides nothing either (rounds and time
+    move no phase: the leader's reports do); with no vantage known to lead it closes the office
+    and raises the automation-blocked alert (then nobody acts: that is an emergency)."""
     state = step(make_state(), LeaseChanged(held=False, leader=leader), Policy(), 0.0).state
     assert (False, leader) == (state.leader, state.leader_elsewhere)
     down = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (D, "8/8 down")}}, quorum=2)
     state = step(state, down, Policy(), 1.0).state
     t = step(state, Ticked("a"), Policy(), 40.0)
-    assert Phase.CLOSED is t.state.offices["a"].phase
+    assert (Phase.OPEN if leader else Phase.CLOSED) is t.state.offices["a"].phase
     assert not [a for a in t.actions if isinstance(a, StartRun)]
     raised = [a.alert for a in t.actions if isinstance(a, RaiseAlert)]
     assert ([Alert.AUTOMATION_BLOCKED] if alerted else []) == raised
     if leader:
-        assert f"handed over by the leading vantage ({leader})" in t.reason
-    # It leads next: the handover starts on the next tick, with its epoch.
+        assert f"as reported by the leading vantage {leader}" in t.reason
+    # It leads next: its round closes the office, the handover starts with its epoch.
     t = step(t.state, LeaseChanged(held=True, epoch=9, leader="v1"), Policy(), 41.0)
-    t = step(t.state, Ticked("a"), Policy(), 42.0)
-    [run] = [a for a in t.actions if isinstance(a, StartRun)]
+    rounded = step(t.state, down, Policy(), 42.0)
+    t = step(rounded.state, Ticked("a"), Policy(), 80.0)
+    [run] = [a for a in rounded.actions + t.actions if isinstance(a, StartRun)]
     assert (Phase.HANDING_OVER, 9, None) == (t.state.offices["a"].phase, run.epoch, t.state.leader_elsewhere)
 
 
@@ -131,9 +133,8 @@ def test_a_follower_refuses_a_handover_request_naming_the_leader() -> None:
     t = step(state, ClosureDeclared("a", who="alice", reason="fire"), Policy(), 1.0)
     assert "refused: this vantage does not hold the lease (vantage v2 leads" in t.reason
     assert Phase.OPEN is t.state.offices["a"].phase  # not recorded where nobody would act on it
-    down = RoundObserved({"a": {"v1": (D, "8/8 down"), "v2": (D, "8/8 down")}}, quorum=2)
-    t = step(step(t.state, down, Policy(), 2.0).state, Ticked("a"), Policy(), 60.0)
-    assert Phase.CLOSED is t.state.offices["a"].phase
+    t = step(t.state, _reported(Phase.HANDED_OVER), Policy(), 2.0)  # the leader handed it over
+    assert Phase.HANDED_OVER is t.state.offices["a"].phase
     t = step(t.state, HandbackRequested("a", who="alice", reason="office reopened"), Policy(), 61.0)
     assert "refused: this vantage does not hold the lease (vantage v2 leads" in t.reason
 

@@ -171,7 +171,10 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         # a follower adopts the leader's view (a run there as its intent: never a running phase)
         *((p, _REPORTED, q) for p in Phase for q in Phase if q not in _RUNNING_PHASES and p is not q),
         # ...and comes to lead while that run was under way there
-        *((p, LeaseChanged.__name__, Phase.FAILED) for p in (Phase.CLOSED, Phase.HANDED_OVER)),
+        *(
+            (p, LeaseChanged.__name__, Phase.FAILED)
+            for p in (Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.HANDED_OVER)
+        ),
         # an admin's resolve, after checking the devices by hand
         *(
             (p, _RESOLVED, q)
@@ -251,7 +254,7 @@ def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
         office = state.offices[event.office]
         storm_state, storm_actions, storm_note = _track_storm(state, policy, now, None)
         ctx = _Ctx(storm_state, policy, now)
-        outcome = _approval_clock(ctx, office) or _settle(ctx, office)
+        outcome = _follow(ctx, office) or _approval_clock(ctx, office) or _settle(ctx, office)
         note = "; ".join(n for n in (grant_note, storm_note) if n)
         return _finish(ctx.state, outcome, grant_actions + storm_actions, note)
     if isinstance(event, ClosureDeclared):
@@ -402,7 +405,7 @@ def _on_lease(state: State, event: LeaseChanged, now: float) -> Transition:
         alerts: list[Action] = []
         failed: list[str] = []
         for office in state.offices.values():
-            if office.remote_run is None or state.leader:
+            if office.remote_run is None or state.leader or office.phase in _RUNNING:
                 continue
             # The leader stopped in the middle of a run: its devices are where that run left
             # them (its journal is on that vantage). Not guessed at: FAILED, for an operator.
@@ -531,6 +534,9 @@ def combine(
 
 def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) -> Transition:
     """Every office judged from every vantage's verdict, then observed as one verdict each."""
+    if not state.leader and state.leader_elsewhere:
+        there = state.leader_elsewhere
+        return Transition(state, (), f"round ignored: vantage {there} leads, its reported state is adopted")
     before = state
     abstain = abstaining(event.votes)
     actions: list[Action] = []
@@ -669,6 +675,18 @@ def _track_storm(
 
 
 # --- settling: what time and guards allow now ---------------------------------------------
+
+
+def _follow(ctx: _Ctx, office: OfficeState) -> _Outcome | None:
+    """A follower that knows the leader takes its offices' phases from the leader's reports:
+    time settles nothing here (a hold-down ending on two vantages would be two decisions)."""
+    there = ctx.state.leader_elsewhere
+    if ctx.state.leader or not there:
+        return None
+    office, cleared = _clear(office, *_BLOCKER_ALERTS)
+    return _Outcome(
+        office, cleared, f"{_name(office)} {office.phase}, as reported by the leading vantage {there}"
+    )
 
 
 def _settle(ctx: _Ctx, office: OfficeState) -> _Outcome:
