@@ -630,8 +630,10 @@ def test_a_handback_is_proposed_once_and_withdrawn_when_health_drops() -> None:
     ] == [t.actions for t in ts]
     assert (
         "office a HANDED_OVER to b; DEGRADED (1/8 devices down or unreachable: acc-3), "
-        "handback once HEALTHY for 600 s" == ts[-1].reason
+        "handback proposed to an operator once HEALTHY for 600 s" == ts[-1].reason
     )
+    _, ts = drive(handed_over(make_state()), Policy(auto_handback=True), (100.0, Ticked("a")))
+    assert ts[-1].reason.endswith(", handback once HEALTHY for 600 s"), ts[-1].reason
 
 
 def test_automatic_handback_waits_for_the_anti_flap_block() -> None:

@@ -787,12 +787,12 @@ def _settle_handed_over(ctx: _Ctx, office: OfficeState) -> _Outcome:
         until = "until an operator hands it back" if closure.until is None else f"until {closure.until:.0f}"
         return _Outcome(office, (), f"{where}; declared closed by {closure.who} {until}")
     if _healthy_for(ctx, office) is None:
+        then = "handback" if ctx.policy.auto_handback else "handback proposed to an operator"
         office, cleared = _clear(office, Alert.HANDBACK_PROPOSED)
         return _Outcome(
             office,
             cleared,
-            f"{where}; {_verdict_text(office)}, "
-            f"handback once HEALTHY for {_secs(ctx.policy.handback_hold_s)}",
+            f"{where}; {_verdict_text(office)}, {then} once HEALTHY for {_secs(ctx.policy.handback_hold_s)}",
         )
     return _offer_handback(ctx, office)
 
