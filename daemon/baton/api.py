@@ -770,9 +770,9 @@ def _answer(request: web.Request, command: str, outcome: CommandOutcome, office:
         run_id=outcome.run_id,
         approval_id=outcome.approval_id,
     )
-    if not outcome.accepted:
-        raise _Problem(409, outcome.reason)
     backend = _backend(request)
+    if not outcome.accepted:
+        raise _Problem(409, outcome.reason + _leader_api(backend, outcome.reason))
     body: dict[str, Any] = {
         "accepted": True,
         "reason": outcome.reason,
@@ -783,6 +783,15 @@ def _answer(request: web.Request, command: str, outcome: CommandOutcome, office:
         body["office"] = office_view(backend, backend.controller.state.offices[office])
     waiting = outcome.run_id is not None or outcome.approval_id is not None
     return web.json_response(body, status=202 if waiting else 200)
+
+
+def _leader_api(backend: ApiBackend, reason: str) -> str:
+    """Refused on a follower: where the leader's API listens, for the operator to ask it."""
+    view = backend.status_extra().get("leadership") or {}
+    leader, api = view.get("leader"), view.get("leader_api")
+    if view.get("held") or not leader or not api or f"vantage {leader} leads" not in reason:
+        return ""
+    return f"; {leader}'s API listens on {api}"
 
 
 async def _handover(request: web.Request) -> web.Response:

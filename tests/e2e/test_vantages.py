@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import secrets
 import signal
 import time
 from collections.abc import Iterator
@@ -85,7 +86,14 @@ class World:
 def _config(lab: LabProcess, vantage: str, endpoints: list[str], traps_port: int) -> Path:
     config = yaml.safe_load(lab.config_path.read_text())
     config["vantage"] = {"id": vantage, "office": ALTERNATE}
-    config["api"] = {"unix_socket": str(lab.dir / f"{vantage}.sock")}
+    token = lab.dir / f"{vantage}.token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
+    config["api"] = {
+        "unix_socket": str(lab.dir / f"{vantage}.sock"),
+        "tcp_listen": f"127.0.0.1:{free_port()}",  # named in a follower's refusals
+        "tokens": [f"file:{token}"],
+    }
     config["metrics_listen"] = f"127.0.0.1:{free_port()}"
     config["journal_path"] = str(lab.dir / f"{vantage}.sqlite3")
     config["traps"] = {**config["traps"], "port": traps_port}
@@ -171,6 +179,8 @@ def test_one_vantage_leads_and_the_others_name_it(world: World) -> None:
         refused = world.daemons[follower].cli("handover", OFFICE, "--reason", "test", "--yes", "--no-follow")
         assert 0 != refused.code
         assert f"vantage {leader} leads" in refused.out + refused.err
+        listens = yaml.safe_load(world.daemons[leader].config_path.read_text())["api"]["tcp_listen"]
+        assert f"{leader}'s API listens on {listens}" in refused.out + refused.err
         assert "OPEN" == _phase(world, follower)
 
 
