@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from baton.journal import StepStatus
-from baton.playbook.runner import COMMIT, CONFIRM, DeviceStatus, execute
+from baton.playbook.runner import COMMIT, CONFIRM, DeviceStatus, FenceLost, execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,
@@ -165,3 +165,53 @@ async def test_device_refusing_commits_fails_the_run_and_rolls_back_the_others(
     assert StepStatus.ROLLED_BACK == statuses(record, "discard-candidate")["gc-lab-1"]
     committed = [d for d, status in statuses(record, COMMIT).items() if status is StepStatus.DONE]
     assert dict.fromkeys(committed, StepStatus.ROLLED_BACK) == statuses(record, "cancel-commit")
+
+
+# The fence on a standard NETCONF server: an ietf-netconf-acm group whose one user-name is the
+# epoch (replaced whole by every commit). netconfd cannot refuse a lower value by itself (YANG has
+# no "not below the old value"), so this proves the runner's half: the marker read under the
+# candidate lock stops a deposed leader before it changes anything.
+FENCE = """
+fence:
+  filter: '<nacm xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-acm"><groups/></nacm>'
+  xpath: "//a:group[a:name='baton-fence']/a:user-name"
+  namespaces: {a: "urn:ietf:params:xml:ns:yang:ietf-netconf-acm"}
+  config: |
+    <nacm xmlns="urn:ietf:params:xml:ns:yang:ietf-netconf-acm"
+          xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">
+      <groups><group nc:operation="replace"><name>baton-fence</name>
+        <user-name>{epoch}</user-name></group></groups>
+    </nacm>
+"""
+
+
+async def test_a_deposed_leader_is_stopped_by_the_epoch_on_netconfd(
+    three_netconfd: list[NetconfdProcess], tmp_path: Path
+) -> None:
+    devices = [device_for(f"gc-nc-{i}", nc.endpoint) for i, nc in enumerate(three_netconfd, 1)]
+    fenced = tmp_path / "fenced-handover.yaml"
+    fenced.write_text((PLAYBOOKS / "netconfd-handover.yaml").read_text() + FENCE)
+    inventory = inventory_of(devices)
+    with open_journal(tmp_path) as journal:
+        new = await execute(
+            make_plan(inventory, fenced, "run-new"),
+            journal=journal,
+            connectors=Connectors(read_secret),
+            epoch=9,
+        )
+        assert "ok" == new.result, new.detail
+        held = [await get_running_async(d, None) for d in devices]
+        assert all("<name>baton-fence</name>" in r and "<user-name>9</user-name>" in r for r in held)
+        with pytest.raises(FenceLost) as lost:
+            await execute(
+                make_plan(inventory, fenced, "run-old"),
+                journal=journal,
+                connectors=Connectors(read_secret),
+                epoch=4,
+                fence=lambda: True,
+            )
+        record = journal.run("run-old")
+    assert 9 == lost.value.seen_epoch
+    assert record is not None
+    assert record.finished is None
+    assert held == [await get_running_async(d, None) for d in devices], "the deposed leader changed a device"
