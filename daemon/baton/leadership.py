@@ -46,6 +46,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from baton.adapters.etcd import KV, EtcdClient, EtcdError, EtcdUnavailable, created, delete, get, put
 from baton.logs import get_logger
@@ -262,6 +263,11 @@ class EtcdLeadership:
             # campaign whose answer was lost. End that term; campaign again for a new epoch.
             log.warning("leadership.own_key_deleted", create_revision=owner.create_revision)
             await self.client.txn([created(self.key, owner.create_revision)], [delete(self.key)])
+
+    def term(self) -> list[dict[str, Any]]:
+        """The compare that holds while this vantage's term does (its leader key, as it wrote
+        it): a write conditioned on it never lands after another vantage took over."""
+        return [created(self.key, self._create_revision if self.view.held else -1)]
 
     def _follow(self, owner: KV | None, revision: int) -> None:
         try:

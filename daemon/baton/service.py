@@ -491,9 +491,10 @@ class Service:
             if event is not None:
                 with contextlib.suppress(JournalFailed):
                     self.apply(event)
-            if self.leadership.held and lease:
+            term = getattr(self.leadership, "term", None)
+            if self.leadership.held and lease and term is not None:
                 with contextlib.suppress(EtcdError):
-                    await board.publish_state(lease, self.controller.state)
+                    await board.publish_state(lease, self.controller.state, term())
 
     def _answering(self) -> dict[str, frozenset[str]]:
         """Of each office's pending devices, those that answer this vantage now."""

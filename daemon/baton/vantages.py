@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from baton.adapters.etcd import EtcdClient
+from baton.adapters.etcd import EtcdClient, put
 from baton.codec import dumps, office_from_dict, office_to_dict
 from baton.core.events import LeaderReported, OfficeObserved, RoundObserved
 from baton.core.model import OfficeVerdict, State
@@ -98,8 +98,9 @@ class VerdictBoard:
             self.seen[vantage] = at
         return RoundObserved(votes=_votes(docs), quorum=self.quorum, answering=dict(answering))
 
-    async def publish_state(self, lease: int, state: State) -> None:
-        """The leader's state, for the followers (flap history left out: it changes every round)."""
+    async def publish_state(self, lease: int, state: State, term: Sequence[Mapping[str, Any]]) -> bool:
+        """The leader's state, for the followers (flap history left out: it changes every round),
+        written only while `term` (the leader's compare) holds. False: it did not, nothing written."""
         doc = {
             "vantage": self.me,
             "epoch": state.epoch,
@@ -107,7 +108,10 @@ class VerdictBoard:
             "flags": _flags(state),
             "offices": {o: office_to_dict(replace(s, history=())) for o, s in sorted(state.offices.items())},
         }
-        await self.client.put(f"{self.prefix}state", dumps(doc), lease=lease)
+        written = await self.client.txn(term, [put(f"{self.prefix}state", dumps(doc), lease)])
+        if not written.succeeded:
+            log.warning("vantages.state_not_written", why="this vantage's term has ended")
+        return written.succeeded
 
     async def leader_report(self, leader: str | None) -> LeaderReported | None:
         """What the leading vantage published that this follower has not adopted yet (None: nothing)."""

@@ -282,6 +282,10 @@ async def test_exactly_one_of_three_holds_the_lease(etcd_cluster: EtcdCluster) -
         assert all(v.leadership.view.leader_api == f"http://{leader.me}.test" for v in followers)
         assert {"v1", "v2", "v3"} == set(leader.leadership.view.vantages)
         assert 1 == len({t[2] for t in leader.changes if t[1]}), "the leader's epoch changed while it held"
+        # Only the leader's term compare holds: what followers would write under theirs is refused.
+        client = leader.leadership.client
+        assert (await client.txn(leader.leadership.term(), [])).succeeded
+        assert not any([(await client.txn(v.leadership.term(), [])).succeeded for v in followers])
 
 
 async def test_leader_sigkilled_another_leads_with_a_greater_epoch(

@@ -9,7 +9,7 @@ from types import MappingProxyType
 
 import pytest
 
-from baton.adapters.etcd import EtcdClient
+from baton.adapters.etcd import EtcdClient, created, delete
 from baton.core.events import OfficeObserved
 from baton.core.machine import step
 from baton.core.model import OfficeVerdict, Phase, Policy
@@ -18,6 +18,8 @@ from tests.peers.etcd import EtcdProcess
 from tests.unit.core_builders import make_state
 
 PREFIX = "/baton-test/"
+LEADER_KEY = PREFIX + "leader"
+TERM = [created(LEADER_KEY, 0)]  # as a leader's term compare: holds while that key is as it was
 
 
 class Clock:
@@ -109,7 +111,7 @@ async def test_followers_adopt_what_the_leader_published_once(etcd_server: EtcdP
         state = make_state({"gc": ("bb",), "bb": ("gc",)}, epoch=7, paused=True)
         handed = replace(state.offices["gc"], phase=Phase.HANDED_OVER, alternate="bb", since=5.0)
         state = replace(state, offices=MappingProxyType({**state.offices, "gc": handed}))
-        await leader.publish_state(lease, state)
+        assert await leader.publish_state(lease, state, TERM)
 
         report = await follower.leader_report("v1")
         assert report is not None
@@ -125,9 +127,13 @@ async def test_followers_adopt_what_the_leader_published_once(etcd_server: EtcdP
         assert await follower.leader_report("v3") is None  # v1's document, and v3 leads now
 
         back = replace(handed, phase=Phase.OPEN, alternate=None)
-        await leader.publish_state(
-            lease, replace(state, offices=MappingProxyType({**state.offices, "gc": back}))
-        )
+        moved = replace(state, offices=MappingProxyType({**state.offices, "gc": back}))
+        # A leader whose term ended (another vantage's leader key now) writes nothing.
+        await client.put(LEADER_KEY, "v3")
+        assert not await leader.publish_state(lease, moved, TERM)
+        assert await follower.leader_report("v1") is None
+        await client.txn([], [delete(LEADER_KEY)])
+        assert await leader.publish_state(lease, moved, TERM)
         report = await follower.leader_report("v1")
         assert report is not None
         assert {"gc"} == set(report.offices)
