@@ -24,7 +24,9 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -36,7 +38,7 @@ import pytest
 import yaml
 
 from tests.e2e.harness import PLAYBOOKS, REPO, Daemon, LabProcess, cli, wait_for
-from tests.peers.util import PeerProcess
+from tests.peers.util import PeerProcess, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
@@ -298,10 +300,12 @@ def test_a_handback_killed_at_every_journal_write(site: Site) -> None:
 # --- faults that are not crashes ---------------------------------------------------------------
 
 
-def _run_with(site: Site, tag: str, inject: Any, *, expect_exit: bool = False) -> dict[str, Any]:
+def _run_with(
+    site: Site, tag: str, inject: Any, *, expect_exit: bool = False, where: Path | None = None
+) -> dict[str, Any]:
     """A handover with a fault injected; the office settled (after a restart if the daemon
     stopped itself); the invariant checked. Returns the office."""
-    journal = site.base / f"fault-{tag}.sqlite3"
+    journal = (where or site.base) / f"fault-{tag}.sqlite3"
     site.reset("original")
     config = site.config_for(journal)
     daemon = Daemon(config, site.base)
@@ -372,3 +376,39 @@ def test_a_journal_that_cannot_be_written_stops_the_daemon_and_nothing_is_lost(s
         _run_with(site, "journal-locked", inject, expect_exit=True)
     finally:
         release.set()
+
+
+def test_a_journal_on_a_full_disk_stops_the_daemon_and_nothing_is_lost(site: Site) -> None:
+    """The journal's filesystem (a 4 MiB tmpfs) fills up during the handover: writes fail with
+    SQLITE_FULL, the daemon retries, then stops (exit 74); with space again it restarts, recovers
+    and the devices are consistent."""
+    if site.handed is None:
+        _count(site, "handover")
+    disk = site.base / "small-disk"
+    disk.mkdir(exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(disk)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        skip_or_fail(f"cannot mount a tmpfs for the full-disk test (needs root): {mounted.stderr.strip()}")
+    filler = disk / "filler"
+
+    def inject(daemon: Daemon, journal: Path) -> None:
+        def fill() -> None:
+            wait_for(lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step")
+            with contextlib.suppress(OSError), filler.open("wb") as out:
+                while True:  # until ENOSPC
+                    out.write(b"\0" * 65536)
+                    out.flush()
+            # Space again once the daemon has given up (or after 90 s).
+            deadline = time.monotonic() + 90
+            while daemon.running and time.monotonic() < deadline:
+                time.sleep(0.1)
+            filler.unlink()
+
+        threading.Thread(target=fill, daemon=True).start()
+
+    try:
+        _run_with(site, "disk-full", inject, expect_exit=True, where=disk)
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
