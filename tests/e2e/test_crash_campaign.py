@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -254,7 +254,7 @@ def _points(labels: list[str]) -> list[str]:
     return points
 
 
-def _campaign(site: Site, kind: str) -> None:
+def _campaign(site: Site, kind: str, record_property: Callable[[str, object], None]) -> None:
     labels = _count(site, kind)
     points = _points(labels)
     print(f"\n{kind} campaign: K = {len(labels)} journal writes, {len(points)} crash points")
@@ -285,16 +285,25 @@ def _campaign(site: Site, kind: str) -> None:
         finally:
             daemon.stop()
     print(f"{kind} campaign outcomes: {dict(outcomes)}")
+    record_property(
+        "figure",
+        f"{kind} crash campaign: K = {len(labels)} journal writes, {len(points)} crash points, "
+        f"outcomes {dict(sorted(outcomes.items()))}",
+    )
 
 
-def test_a_handover_killed_at_every_journal_write(site: Site) -> None:
-    _campaign(site, "handover")
+def test_a_handover_killed_at_every_journal_write(
+    site: Site, record_property: Callable[[str, object], None]
+) -> None:
+    _campaign(site, "handover", record_property)
 
 
-def test_a_handback_killed_at_every_journal_write(site: Site) -> None:
+def test_a_handback_killed_at_every_journal_write(
+    site: Site, record_property: Callable[[str, object], None]
+) -> None:
     if site.handed_journal is None:
         _count(site, "handover")
-    _campaign(site, "handback")
+    _campaign(site, "handback", record_property)
 
 
 # --- faults that are not crashes ---------------------------------------------------------------

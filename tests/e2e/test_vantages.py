@@ -14,7 +14,7 @@ import re
 import secrets
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -202,14 +202,18 @@ def test_the_leader_hands_over_and_the_devices_carry_its_epoch(world: World) -> 
         assert f"vantage {leader} leads" in refused.out + refused.err
 
 
-def test_the_leader_killed_another_takes_over_and_hands_back(world: World) -> None:
+def test_the_leader_killed_another_takes_over_and_hands_back(
+    world: World, record_property: Callable[[str, object], None]
+) -> None:
     old = world.leader()
     old_epoch = world.epoch(old)
     killed_at = time.monotonic()
     world.daemons[old].kill()
     new = world.leader(besides=old)
     took_s = time.monotonic() - killed_at
-    print(f"takeover after SIGKILL of the leader: {took_s:.2f} s (lease {LEASE_TTL_S:g} s)")
+    figure = f"takeover after SIGKILL of the leader: {took_s:.2f} s (lease {LEASE_TTL_S:g} s)"
+    print(figure)
+    record_property("figure", figure)
     assert world.epoch(new) > old_epoch
     # The new leader had adopted the old one's state: HANDED_OVER already, nothing run again
     # (the devices still carry the old epoch), the handback is its own (under its epoch).
