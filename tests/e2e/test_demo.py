@@ -79,6 +79,18 @@ def test_demo_tells_the_whole_story(tmp_path: Path) -> None:
     assert "DEMO FAILED" not in result.stdout
     for name in ("daemon.log", "lab.log", "journal.sqlite3"):
         assert (tmp_path / "demo" / name).exists()
+    # Every decision of the story re-derived offline from the inputs it kept: none differs.
+    journal = tmp_path / "demo" / "journal.sqlite3"
+    replay = subprocess.run(
+        [sys.executable, "-m", "baton.cli", "replay", "--journal", str(journal)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == replay.returncode, replay.stdout[-3000:] + replay.stderr
+    summary = replay.stdout.strip().splitlines()[-1]
+    assert summary.endswith(", 0 differ"), summary
+    assert int(summary.split()[0]) > 20, summary  # the whole story, not an empty journal
 
 
 def test_demo_stops_what_it_started(tmp_path: Path) -> None:
