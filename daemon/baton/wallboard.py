@@ -503,9 +503,22 @@ def snapshot(backend: api.ApiBackend, now: float) -> dict[str, Any]:
         "recent_runs": _recent_runs(backend, now, set(running), names),
         "alerts": [{**a, "office_name": names.get(a["office"] or "", a["office"])} for a in status["alerts"]],
         "approvals": _optional_list(status, daemon, "approvals"),
-        "vantages": _optional_list(status, daemon, "vantages"),
+        "vantages": _vantages(daemon),
         "last_loop_at": daemon.get("last_loop_at"),
     }
+
+
+def _vantages(daemon: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The vantages present (over etcd), the leader marked; None with one vantage alone."""
+    view = daemon.get("leadership")
+    if not isinstance(view, Mapping) or not view.get("vantages"):
+        return None
+    leader, me = view.get("leader"), view.get("me")
+    epoch = view.get("epoch")
+    return [
+        {"id": str(v), "leader": v == leader, "here": v == me, "epoch": epoch if v == leader else None}
+        for v in view["vantages"]
+    ]
 
 
 def _optional_list(status: Mapping[str, Any], daemon: Mapping[str, Any], name: str) -> list[Any] | None:

@@ -9,11 +9,13 @@ devices' running configuration from the lab, the journals and the JSON logs.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import secrets
 import signal
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +153,18 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
 
 
+def _wallboard(daemon: Daemon) -> dict[str, Any]:
+    """The wallboard's snapshot, through the vantage's TCP API and its token."""
+    config = yaml.safe_load(daemon.config_path.read_text())["api"]
+    token = Path(config["tokens"][0].removeprefix("file:")).read_text().strip()
+    request = urllib.request.Request(
+        f"http://{config['tcp_listen']}/v1/wallboard/snapshot", headers={"Authorization": f"Bearer {token}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 (http on loopback)
+        snapshot: dict[str, Any] = json.loads(answer.read())
+    return snapshot
+
+
 def _phase(world: World, vantage: str) -> str:
     daemon = world.daemons[vantage]
     return str(daemon.office(OFFICE)["phase"])
@@ -182,6 +196,11 @@ def test_one_vantage_leads_and_the_others_name_it(world: World) -> None:
         listens = yaml.safe_load(world.daemons[leader].config_path.read_text())["api"]["tcp_listen"]
         assert f"{leader}'s API listens on {listens}" in refused.out + refused.err
         assert "OPEN" == _phase(world, follower)
+        # The follower's wallboard lists the vantages, the leader marked.
+        shown = _wallboard(world.daemons[follower])["vantages"]
+        assert [(v, v == leader, v == follower) for v in VANTAGES] == [
+            (item["id"], item["leader"], item["here"]) for item in shown
+        ]
 
 
 def test_the_leader_hands_over_and_the_devices_carry_its_epoch(world: World) -> None:

@@ -263,7 +263,12 @@
 
   function vantageText(item) {
     if (!item || typeof item !== "object") return String(item);
-    const parts = [item.id || item.vantage, item.office ? `@ ${item.office}` : "", item.leader ? "LEADER" : ""];
+    const parts = [
+      item.id || item.vantage,
+      item.office ? `@ ${item.office}` : "",
+      item.leader ? `LEADER${item.epoch ? ` (epoch ${item.epoch})` : ""}` : "",
+      item.here ? "(this wallboard)" : "",
+    ];
     if (item.last_seen) parts.push(`seen ${ago(nowS() - item.last_seen)} ago`);
     return parts.filter(Boolean).join(" ");
   }
