@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from baton.config import Config
@@ -85,7 +86,7 @@ class ReadModel:
         plan = plan_run(playbook, self.inventory, office, alternate, info)
         result = await dryrun.dry_run(plan, self.connectors)
         window = playbook.window_for(self.settings.policy_window_s)
-        return {**dryrun.as_dict(result), "confirm_window_s": window}
+        return dryrun.as_dict(replace(result, window_s=window))
 
     def status_extra(self) -> dict[str, Any]:
         state = self.controller.state

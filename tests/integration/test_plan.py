@@ -143,3 +143,25 @@ def test_plan_without_devices_renders_only(
     report = json.loads(capsys.readouterr().out)
     assert EX_OK == code
     assert [None] == [d["diff"] for d in report["devices"]]
+
+
+@pytest.mark.parametrize(("window_line", "shown"), [("confirm_window_s: 120", "120 s"), ("", "300 s")])
+def test_plan_shows_the_window_a_run_would_use(
+    netconfd_device: NetconfdProcess,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    window_line: str,
+    shown: str,
+) -> None:
+    """The playbook's window when it sets one, else the policy's (300 s by default): the rule runs
+    follow. A playbook without one used to crash the text report."""
+    inv = write_inventory(tmp_path, [("gc-nc-1", netconfd_device.endpoint)])
+    text = (PLAYBOOKS / "netconfd-handover.yaml").read_text().replace("confirm_window_s: 300", window_line)
+    playbook = tmp_path / "windowed.yaml"
+    playbook.write_text(text)
+    args = [*plan_args(inv, tmp_path, "--no-device")]
+    args[args.index("--playbook") + 1] = str(playbook)
+    assert EX_OK == main(args)
+    assert f"confirm window {shown} (worst case" in capsys.readouterr().out
+    assert EX_OK == main([*args, "--json"])
+    assert float(shown.split()[0]) == json.loads(capsys.readouterr().out)["confirm_window_s"]

@@ -19,12 +19,12 @@ from typing import Any
 
 from baton.cli import EX_CONFIG, EX_FAILURE, EX_OK
 from baton.config import read_config
-from baton.core.model import Inventory, RunKind, SecretRef
+from baton.core.model import Inventory, Policy, RunKind, SecretRef
 from baton.inventory.loader import read_inventory
 from baton.logs import configure
 from baton.playbook.dryrun import DryRun, as_dict, as_text, dry_run
 from baton.playbook.plan import RunInfo, plan_run
-from baton.playbook.schema import Playbook, check_playbook
+from baton.playbook.schema import check_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve
 from baton.yamlsource import errors_in
@@ -74,12 +74,14 @@ def run(args: argparse.Namespace) -> int:
     config_file: Path = args.config
     inventory_dir: Path | None = args.inventory
     playbooks_dir = Path("playbooks")
+    policy_window_s = Policy().confirm_window_s
     if config_file.exists():
         reading = read_config(config_file, check_credentials=False)
         if reading.config is None:
             return _fail("; ".join(str(p) for p in errors_in(reading.problems)), args.json)
         inventory_dir = inventory_dir or reading.config.inventory
         playbooks_dir = reading.config.playbooks
+        policy_window_s = reading.config.policy.confirm_window_s
     inventory_dir = inventory_dir or Path("inventory")
     inv = read_inventory(inventory_dir, check_credentials=not args.no_device)
     if inv.inventory is None:
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     )
     plan = plan_run(playbook, inventory, office.id, alternate, run_info)
     connectors = None if args.no_device else Connectors(_resolver(inventory_dir))
-    result = asyncio.run(_dry_run(plan, connectors, notes, playbook))
+    result = asyncio.run(_dry_run(plan, connectors, notes, playbook.window_for(policy_window_s)))
     if args.json:
         print(json.dumps(as_dict(result), indent=2, ensure_ascii=False))
     else:
@@ -127,6 +129,6 @@ def _resolver(inventory_dir: Path) -> Any:
     return resolve_ref
 
 
-async def _dry_run(plan: Any, connectors: Connectors | None, notes: list[str], playbook: Playbook) -> DryRun:
+async def _dry_run(plan: Any, connectors: Connectors | None, notes: list[str], window_s: float) -> DryRun:
     result = await dry_run(plan, connectors if plan.ok else None)
-    return DryRun(result.plan, result.devices, tuple(notes))
+    return DryRun(result.plan, result.devices, tuple(notes), window_s)

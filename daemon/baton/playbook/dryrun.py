@@ -51,6 +51,7 @@ class DryRun:
     plan: RunPlan
     devices: tuple[DeviceDryRun, ...]
     notes: tuple[str, ...] = ()
+    window_s: float | None = None  # the window a run would use (`Playbook.window_for` the policy's)
 
     @property
     def unreachable(self) -> tuple[str, ...]:
@@ -224,7 +225,7 @@ def as_dict(result: DryRun) -> dict[str, Any]:
         "problems": [str(p) for p in plan.problems],
         "notes": list(result.notes),
         "worst_case_s": plan.worst_case_s,
-        "confirm_window_s": plan.playbook.confirm_window_s,
+        "confirm_window_s": _window(result),
         "devices": [
             {
                 "device": d.device,
@@ -239,13 +240,21 @@ def as_dict(result: DryRun) -> dict[str, Any]:
     }
 
 
+def _window(result: DryRun) -> float | None:
+    return result.window_s if result.window_s is not None else result.plan.playbook.confirm_window_s
+
+
+def _secs(window: float | None) -> str:
+    return "the policy's" if window is None else f"{window:g} s"
+
+
 def as_text(result: DryRun) -> str:
     plan = result.plan
     pb = plan.playbook
     out = [
         f"playbook {pb.name} ({pb.kind}): office {plan.office}, alternate {plan.alternate}, "
         f"{len(plan.devices)} device(s), concurrency {pb.concurrency}, on_failure {pb.on_failure}, "
-        f"confirm window {pb.confirm_window_s:g} s (worst case {plan.worst_case_s:g} s)"
+        f"confirm window {_secs(_window(result))} (worst case {plan.worst_case_s:g} s)"
     ]
     out.extend(f"note: {n}" for n in result.notes)
     out.extend(f"problem: {p}" for p in plan.problems)
