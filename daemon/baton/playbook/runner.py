@@ -676,16 +676,16 @@ class _Run:
             except NetconfRpcError:
                 # A candidate left dirty (by a dead session) refuses the lock: clear it, try once more.
                 await nc.discard_changes()
-                await nc.lock("candidate")
-            await nc.discard_changes()
+                await nc.lock("candidate", rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
+            await nc.discard_changes(rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
             text = "candidate locked and clean" + ("" if cc else " (no :confirmed-commit)")
             facts: dict[str, object] = {"cc": cc, "persist": persist}
             marker = self.plan.playbook.fence
             if marker is not None:
-                seen = await _device_epoch(nc, marker)
+                seen = await _device_epoch(nc, marker, self._capped(dev, _UNDO_TIMEOUT_S))
                 if seen > self.epoch:
                     raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
-                await self._fence_candidate(nc)
+                await self._fence_candidate(nc, self._capped(dev, _UNDO_TIMEOUT_S))
                 text += f"; epoch {self.epoch} (device had {seen})"
                 facts["epoch"] = self.epoch
             if dev.progress.backup is None:
@@ -693,7 +693,9 @@ class _Run:
                 # committed edits restores exactly this (cancel-commit needs none, but a device
                 # confirmed and then rolled back with the office does).
                 roots = _edit_roots(dev)
-                saved = await nc.get_config("running", backup_filter(roots), rpc_timeout_s=_UNDO_TIMEOUT_S)
+                saved = await nc.get_config(
+                    "running", backup_filter(roots), rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S)
+                )
                 facts["backup"] = await self.journal.call(
                     self.journal.save_backup, self.run_id, dev.id, saved
                 )
@@ -702,13 +704,13 @@ class _Run:
 
         await self._journaled(dev, PREPARE, index, "apply", prepare)
 
-    async def _fence_candidate(self, nc: NetconfClient) -> None:
+    async def _fence_candidate(self, nc: NetconfClient, timeout_s: float = _UNDO_TIMEOUT_S) -> None:
         """Every commit of the run carries its epoch: an undo restores running as it was before
         the run, epoch leaf included, and a device refuses a commit that lowers its epoch."""
         marker = self.plan.playbook.fence
         if marker is not None:
             fenced = wrap_config(marker.config.replace("{epoch}", str(self.epoch)))
-            await nc.edit_config("candidate", fenced, rpc_timeout_s=_UNDO_TIMEOUT_S)
+            await nc.edit_config("candidate", fenced, rpc_timeout_s=timeout_s)
 
     async def _ensure_confirm_journaled(self) -> None:
         async with self._deciding:
@@ -922,9 +924,9 @@ class _Run:
         return tuple(result)
 
 
-async def _device_epoch(nc: NetconfClient, marker: FenceMarker) -> int:
+async def _device_epoch(nc: NetconfClient, marker: FenceMarker, timeout_s: float) -> int:
     """The fencing epoch the device holds in running (0: none yet)."""
-    reply = await nc.get_config("running", marker.filter, rpc_timeout_s=_UNDO_TIMEOUT_S)
+    reply = await nc.get_config("running", marker.filter, rpc_timeout_s=timeout_s)
     found = etree.fromstring(reply.encode()).xpath(marker.xpath, namespaces=marker.namespaces or None)
     first = found[0] if isinstance(found, list) and found else None
     text = (first.text or "") if first is not None and hasattr(first, "text") else ""

@@ -1,0 +1,86 @@
+"""The run's time limits on real lab devices over NETCONF: `run_timeout_s` turns a run back, and
+every forward RPC's timeout is capped by what is left of the confirmed-commit window, so a slow
+device cannot push the office's confirms past the window (some devices confirmed, others reverted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from baton.core.model import RunKind, SecretRef
+from baton.inventory.loader import load_inventory
+from baton.journal import Journal
+from baton.lab.inventory_writer import write_inventory
+from baton.lab.network import noc_source
+from baton.playbook.plan import RunInfo, RunPlan, plan_run
+from baton.playbook.runner import DeviceStatus, execute
+from baton.playbook.schema import Targets, load_playbook
+from baton.playbook.steps import Connectors
+from baton.secrets import resolve
+from tests.integration.runner_helpers import PLAYBOOKS, quick
+from tests.lab_fixtures import RunningLab
+
+CLOSED = "seoul-geumcheon"
+ALTERNATE = "seoul-bangbae"
+
+
+@pytest.fixture
+def lab(tmp_path: Path) -> Iterator[RunningLab]:
+    running = RunningLab(tmp_path, f"{CLOSED},{ALTERNATE}", 4, netconf=True)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def _plan(lab: RunningLab, timeout_s: float) -> tuple[RunPlan, Connectors]:
+    inv_dir = write_inventory(lab.lab)
+    inventory = load_inventory(inv_dir)
+    playbook = quick(load_playbook(PLAYBOOKS / "handover.yaml"), timeout_s)
+    playbook = playbook.model_copy(update={"targets": Targets(office="closed")})
+    plan = plan_run(playbook, inventory, CLOSED, ALTERNATE, RunInfo("run-budget", RunKind.HANDOVER, "t", "t"))
+    assert () == plan.problems
+
+    def resolve_ref(ref: SecretRef) -> str:
+        return resolve(ref, base_dir=inv_dir)
+
+    return plan, Connectors(resolve_ref, connect_timeout_s=10)
+
+
+def _admitted(lab: RunningLab, plan: RunPlan) -> list[bool]:
+    source = noc_source(lab.lab.plan, ALTERNATE)
+    return [lab.lab.device(d.device.id).mgmt.allows(source) for d in plan.devices]
+
+
+async def test_a_run_longer_than_its_run_timeout_turns_back(lab: RunningLab, tmp_path: Path) -> None:
+    plan, connectors = _plan(lab, 10.0)
+    slow = plan.devices[-1].device.id
+    lab.call(lambda net: net.slow(slow, 1.0))
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        outcome = await execute(
+            plan, journal=journal, connectors=connectors, run_timeout_s=1.5, confirm_window_s=3600
+        )
+    assert "rolled_back" == outcome.result, outcome.detail
+    assert "run_timeout_s" in outcome.detail
+    assert not any(_admitted(lab, plan)), "a device kept the alternate's access"
+
+
+async def test_a_slow_device_cannot_spend_the_window_of_the_others(lab: RunningLab, tmp_path: Path) -> None:
+    """One device answers every RPC after 2 s (each under its 3 s timeout) while the others have
+    committed with a 12 s window: its steps stop when the window (less a 2 s margin) is spent,
+    and the run turns back whole instead of confirming some devices after the others reverted."""
+    plan, connectors = _plan(lab, 3.0)
+    slow = plan.devices[-1].device.id
+    lab.call(lambda net: net.slow(slow, 2.0))
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        outcome = await execute(
+            plan, journal=journal, connectors=connectors, confirm_window_s=12.0, confirm_margin_s=2.0
+        )
+    assert "rolled_back" == outcome.result, outcome.detail
+    assert f"{slow} failed" in outcome.detail
+    assert DeviceStatus.CONFIRMED not in {d.status for d in outcome.devices}, outcome.devices
+    assert not any(_admitted(lab, plan)), f"half handed over: {_admitted(lab, plan)}"
+    assert not any(lab.lab.device(d.device.id).datastore.confirm_pending for d in plan.devices)
