@@ -84,3 +84,26 @@ async def test_a_slow_device_cannot_spend_the_window_of_the_others(lab: RunningL
     assert DeviceStatus.CONFIRMED not in {d.status for d in outcome.devices}, outcome.devices
     assert not any(_admitted(lab, plan)), f"half handed over: {_admitted(lab, plan)}"
     assert not any(lab.lab.device(d.device.id).datastore.confirm_pending for d in plan.devices)
+
+
+async def test_devices_waiting_for_the_decision_undo_at_once_when_the_run_turns_back(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """The slowest device fails its commit and turns the run back: the devices already committed
+    and waiting cancel their confirmed commits at once, not after the slow one's own undo."""
+    plan, connectors = _plan(lab, 10.0)
+    slow = plan.devices[-1].device.id
+    lab.call(lambda net: net.slow(slow, 1.0))
+    lab.call(lambda net: net.refuse_commits(slow, True))
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        outcome = await execute(plan, journal=journal, connectors=connectors, confirm_window_s=3600)
+        record = journal.run("run-budget")
+    assert "rolled_back" == outcome.result, outcome.detail
+    assert record is not None
+    cancelled = [s.finished for s in record.steps if s.name == "cancel-commit" and s.device != slow]
+    slow_undo = [s.finished for s in record.steps if s.phase == "rollback" and s.device == slow]
+    assert len(cancelled) == len(plan.devices) - 1
+    assert slow_undo
+    assert all(at is not None for at in cancelled + slow_undo)
+    assert max(c for c in cancelled if c is not None) < min(u for u in slow_undo if u is not None)
+    assert not any(_admitted(lab, plan))

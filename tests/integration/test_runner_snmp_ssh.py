@@ -232,8 +232,9 @@ async def test_failing_verify_compensates_snmp_set_and_ssh_command(
         # Newest first: the SSH step's compensation, then the SET's.
         assert ["compensate:announce", "compensate:shut-spare-port"] == [s.name for s in undo]
         assert ["exit status 0", f"set {IF_ADMIN_STATUS_OID}.{PORT}"] == [s.detail for s in undo]
-    # gc-core-1 ran concurrently: its verify passed, or it was stopped before it.
-    assert statuses(record, "verify-name")["gc-core-1"] in (StepStatus.DONE, StepStatus.SKIPPED)
+    # gc-core-1 ran concurrently: its verify passed, or it was stopped before it (skipped, or
+    # the run turned back before it came to it: no row).
+    assert statuses(record, "verify-name").get("gc-core-1") in (StepStatus.DONE, StepStatus.SKIPPED, None)
 
 
 async def test_snmp_steps_are_refused_without_snmp_access(

@@ -321,6 +321,7 @@ class _Run:
         self.rollback_all = plan.playbook.on_failure == "rollback"
         self.reason = ""
         self._deciding = asyncio.Lock()
+        self._turned = asyncio.Event()  # set when the run turns back (wakes devices gone idle)
         self._confirm_journaled = direction is not None
         self.devs = [
             _Dev(
@@ -360,12 +361,34 @@ class _Run:
         return self._result()
 
     async def _pass(self, phase: int) -> bool:
-        """Drive every device as far as it can go now; True if any device did anything."""
-        acted = await asyncio.gather(*(self._drive(dev, phase) for dev in self.devs), return_exceptions=True)
-        failed = [a for a in acted if isinstance(a, BaseException)]
+        """Drive every device as far as it can go now; True if any device did anything. When the
+        run turns back during the pass, the devices already idle start undoing at once: their
+        confirmed commits are cancelled while the window is open, not after the slowest device."""
+        forward = self.direction is None
+        drives = {asyncio.ensure_future(self._drive(dev, phase)): dev for dev in self.devs}
+        turned = asyncio.ensure_future(self._turned.wait())
+        idle: list[_Dev] = []
+        acted, failed = False, list[BaseException]()
+        try:
+            while drives:
+                done, _ = await asyncio.wait([*drives, turned], return_when=asyncio.FIRST_COMPLETED)
+                for task in done - {turned}:
+                    dev = drives.pop(task)
+                    if (exc := task.exception()) is not None:
+                        failed.append(exc)
+                    else:
+                        acted = task.result() or acted
+                        idle.append(dev)
+                if forward and self._turned.is_set():
+                    forward = False
+                    drives.update({asyncio.ensure_future(self._drive(dev, 1 << 30)): dev for dev in idle})
+        finally:
+            turned.cancel()
+            for task in drives:  # cancelled from outside: no drive goes on alone
+                task.cancel()
         if failed:
             raise next((f for f in failed if isinstance(f, FenceLost)), failed[0])
-        return any(acted)
+        return acted
 
     async def _drive(self, dev: _Dev, phase: int) -> bool:
         acted = False
@@ -422,6 +445,7 @@ class _Run:
             self.reason = reason
             await self.journal.call(self.journal.decide, self.run_id, "back", reason, self.clock())
             self.direction = "back"
+            self._turned.set()
             self.log.warning("runner.turned_back", reason=reason)
 
     async def _decide(self) -> None:
