@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "daemon"))
 sys.path.insert(1, str(ROOT))
 
 import yaml  # noqa: E402
-from tests.e2e.harness import Daemon, LabProcess, free_port, wait_for  # noqa: E402
+from tests.e2e.harness import Daemon, LabProcess, free_port, vantage_config, wait_for  # noqa: E402
 from tests.peers.etcd import EtcdCluster, etcd_cluster_running  # noqa: E402
 
 OFFICE, ALTERNATE = "seoul-geumcheon", "seoul-bangbae"
@@ -44,25 +44,6 @@ TIMEOUT_S = 60.0
 _COUNTERS = re.compile(
     r"^(grpc_server_handled_total|etcd_network_client_grpc_received_bytes_total)(\{[^}]*\})? (\S+)$", re.M
 )
-
-
-def _config(lab: LabProcess, vantage: str, endpoints: list[str], lease: float, timeout: float) -> Path:
-    config = yaml.safe_load(lab.config_path.read_text())
-    config["vantage"] = {"id": vantage, "office": ALTERNATE}
-    config["api"] = {"unix_socket": str(lab.dir / f"{vantage}.sock")}
-    config["metrics_listen"] = f"127.0.0.1:{free_port()}"
-    config["journal_path"] = str(lab.dir / f"{vantage}.sqlite3")
-    config["traps"] = {**config["traps"], "port": free_port()}
-    config["etcd"] = {
-        "endpoints": endpoints,
-        "prefix": "/baton-bench/",
-        "lease_ttl_s": lease,
-        "request_timeout_s": timeout,
-        "vantages": list(VANTAGES),
-    }
-    path = lab.dir / f"baton-{vantage}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 def _leaders(daemons: dict[str, Daemon]) -> list[str]:
@@ -141,7 +122,17 @@ def main() -> int:
         with etcd_cluster_running(base / "etcd") as cluster:
             try:
                 for vantage in VANTAGES:
-                    path = _config(lab, vantage, list(cluster.endpoints), args.lease, args.request_timeout)
+                    path = vantage_config(
+                        lab,
+                        vantage,
+                        VANTAGES,
+                        list(cluster.endpoints),
+                        ALTERNATE,
+                        free_port(),
+                        prefix="/baton-bench/",
+                        lease_ttl_s=args.lease,
+                        request_timeout_s=args.request_timeout,
+                    )
                     (base / vantage).mkdir()
                     daemons[vantage] = Daemon(path, base / vantage)
                 for daemon in daemons.values():

@@ -230,6 +230,17 @@ class RunningLab:
 
 
 @pytest.fixture
+def handover_lab(tmp_path: Path) -> Iterator[RunningLab]:
+    """Geumcheon and its alternate Bangbae, 4 devices each over NETCONF, for runs that hand
+    Geumcheon over."""
+    running = RunningLab(tmp_path, "seoul-geumcheon,seoul-bangbae", 4, netconf=True)
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
 def lab_network(tmp_path: Path) -> Iterator[RunningLab]:
     """A lab of 2 offices x 3 devices (SNMP, NETCONF/SSH, control socket), stopped after the test."""
     running = RunningLab(tmp_path, LAB_OFFICES, 3, netconf=True)

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import secrets
 import signal
 import socket
 import sqlite3
@@ -444,3 +445,43 @@ def leak_report(lab_dir: Path, daemon: Daemon) -> list[str]:
     secrets = lab_secrets(lab_dir)
     assert secrets, "no secrets collected: the check would prove nothing"
     return find_secrets(secrets, texts)
+
+
+def vantage_config(
+    lab: LabProcess,
+    vantage: str,
+    vantages: tuple[str, ...],
+    endpoints: list[str],
+    office: str,
+    traps_port: int,
+    *,
+    prefix: str,
+    lease_ttl_s: float,
+    request_timeout_s: float,
+) -> Path:
+    """The lab's baton.yaml for one of several vantages over etcd: its own id, journal, API (a
+    unix socket, and TCP with a token, as the leader's address a follower names), metrics and
+    trap ports."""
+    config = yaml.safe_load(lab.config_path.read_text())
+    config["vantage"] = {"id": vantage, "office": office}
+    token = lab.dir / f"{vantage}.token"
+    token.write_text(secrets.token_urlsafe(24) + "\n")
+    token.chmod(0o600)
+    config["api"] = {
+        "unix_socket": str(lab.dir / f"{vantage}.sock"),
+        "tcp_listen": f"127.0.0.1:{free_port()}",
+        "tokens": [f"file:{token}"],
+    }
+    config["metrics_listen"] = f"127.0.0.1:{free_port()}"
+    config["journal_path"] = str(lab.dir / f"{vantage}.sqlite3")
+    config["traps"] = {**config["traps"], "port": traps_port}
+    config["etcd"] = {
+        "endpoints": endpoints,
+        "prefix": prefix,
+        "lease_ttl_s": lease_ttl_s,
+        "request_timeout_s": request_timeout_s,
+        "vantages": list(vantages),
+    }
+    path = lab.dir / f"baton-{vantage}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path

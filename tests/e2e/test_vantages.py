@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import signal
 import time
 import urllib.request
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import Daemon, LabProcess, free_port, leak_report, wait_for
+from tests.e2e.harness import Daemon, LabProcess, free_port, leak_report, vantage_config, wait_for
 from tests.peers.etcd import EtcdCluster, etcd_cluster_running
 
 pytestmark = pytest.mark.slow
@@ -85,32 +84,6 @@ class World:
         return all(ALTERNATE in {e["name"] for e in self.lab.mgmt(d)["acl"]} for d in devices or (ROUTER,))
 
 
-def _config(lab: LabProcess, vantage: str, endpoints: list[str], traps_port: int) -> Path:
-    config = yaml.safe_load(lab.config_path.read_text())
-    config["vantage"] = {"id": vantage, "office": ALTERNATE}
-    token = lab.dir / f"{vantage}.token"
-    token.write_text(secrets.token_urlsafe(24) + "\n")
-    token.chmod(0o600)
-    config["api"] = {
-        "unix_socket": str(lab.dir / f"{vantage}.sock"),
-        "tcp_listen": f"127.0.0.1:{free_port()}",  # named in a follower's refusals
-        "tokens": [f"file:{token}"],
-    }
-    config["metrics_listen"] = f"127.0.0.1:{free_port()}"
-    config["journal_path"] = str(lab.dir / f"{vantage}.sqlite3")
-    config["traps"] = {**config["traps"], "port": traps_port}
-    config["etcd"] = {
-        "endpoints": endpoints,
-        "prefix": "/baton-e2e/",
-        "lease_ttl_s": LEASE_TTL_S,
-        "request_timeout_s": REQUEST_TIMEOUT_S,
-        "vantages": list(VANTAGES),
-    }
-    path = lab.dir / f"baton-{vantage}.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("vantages")
@@ -128,7 +101,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 for i, vantage in enumerate(VANTAGES):
                     # The lab sends its traps to one port: v1's. The others poll only.
                     traps_port = lab.trap_port if i == 0 else free_port()
-                    path = _config(lab, vantage, list(cluster.endpoints), traps_port)
+                    path = vantage_config(
+                        lab,
+                        vantage,
+                        VANTAGES,
+                        list(cluster.endpoints),
+                        ALTERNATE,
+                        traps_port,
+                        prefix="/baton-e2e/",
+                        lease_ttl_s=LEASE_TTL_S,
+                        request_timeout_s=REQUEST_TIMEOUT_S,
+                    )
                     log_dir = base / vantage
                     log_dir.mkdir()
                     daemons[vantage] = Daemon(path, log_dir)

@@ -6,7 +6,6 @@ Real lab devices over NETCONF (in-process, loopback), the shipped playbooks and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,12 +28,8 @@ ALTERNATE = "seoul-bangbae"
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    running = RunningLab(tmp_path, f"{CLOSED},{ALTERNATE}", 4, netconf=True)
-    try:
-        yield running
-    finally:
-        running.stop()
+def lab(handover_lab: RunningLab) -> RunningLab:
+    return handover_lab
 
 
 def _plan(lab: RunningLab, kind: RunKind, run_id: str) -> tuple[RunPlan, Connectors]:

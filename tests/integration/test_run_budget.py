@@ -5,7 +5,6 @@ device cannot push the office's confirms past the window (some devices confirmed
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,8 @@ ALTERNATE = "seoul-bangbae"
 
 
 @pytest.fixture
-def lab(tmp_path: Path) -> Iterator[RunningLab]:
-    running = RunningLab(tmp_path, f"{CLOSED},{ALTERNATE}", 4, netconf=True)
-    try:
-        yield running
-    finally:
-        running.stop()
+def lab(handover_lab: RunningLab) -> RunningLab:
+    return handover_lab
 
 
 def _plan(lab: RunningLab, timeout_s: float) -> tuple[RunPlan, Connectors]:
