@@ -1209,3 +1209,45 @@ def test_stopping_starts_nothing() -> None:
     )
     assert not [a for t in ts for a in t.actions if isinstance(a, StartRun)]
     assert (Phase.CLOSED, Phase.CLOSED) == (office(state).phase, office(state, "c").phase)
+
+
+def test_a_handback_leaves_its_unreachable_devices_for_a_catch_up() -> None:
+    """A handback skips a1 (not answering): the office is OPEN with a1 pending; when a1 answers,
+    a catch-up hands it back from b too; then nothing is left with the alternate."""
+    state, ts = drive(
+        handed_over(make_state()),
+        P,
+        (4000.0, HandbackRequested("a", "alice", "reopened")),
+        (4010.0, RunFinished("a", "handback-a-4000000", HANDBACK, ok=True, pending=frozenset({"a1"}))),
+        (4020.0, OfficeObserved("a", H, answering=frozenset())),
+        (4030.0, OfficeObserved("a", H, answering=frozenset({"a1"}))),
+    )
+    assert "1 device(s) pending until they answer" in ts[1].reason
+    assert () == ts[2].actions
+    [catchup] = ts[3].actions
+    assert isinstance(catchup, StartRun)
+    assert (HANDBACK, frozenset({"a1"}), "b") == (catchup.kind, catchup.devices, catchup.alternate)
+    state, _ = drive(
+        state, P, (4040.0, RunFinished("a", catchup.run_id, HANDBACK, ok=True, done=frozenset({"a1"})))
+    )
+    a = office(state)
+    assert (Phase.OPEN, frozenset(), None, None) == (a.phase, a.pending, a.pending_kind, a.catchup_id)
+
+
+def test_an_alternate_that_closes_while_a_handover_to_it_runs() -> None:
+    """a is being handed over to b when b closes: b goes to its own next alternate (c, not a, which
+    is not OPEN); a's run ends HANDED_OVER to b, and the next settle re-homes a to c."""
+    state = make_state()
+    for name in "abcd":
+        state, _ = drive(state, P, (0.0, obs(name, H)))
+    state, ts = drive(state, P, (1.0, obs("a", D, "dark")), (40.0, Ticked("a")))
+    [to_b] = [a for a in ts[-1].actions if isinstance(a, StartRun)]
+    assert "b" == to_b.alternate
+    state, ts = drive(state, P, (41.0, obs("b", D, "dark")), (80.0, Ticked("b")), (81.0, Ticked("a")))
+    [b_to_c] = [a for a in ts[1].actions if isinstance(a, StartRun)]
+    assert ("b", "c") == (b_to_c.office, b_to_c.alternate)
+    assert () == ts[2].actions  # a's run goes on: never two runs for one office
+    state, ts = drive(state, P, (90.0, RunFinished("a", to_b.run_id, HANDOVER, ok=True)), (91.0, Ticked("a")))
+    [rehome] = [a for a in ts[-1].actions if isinstance(a, StartRun)]
+    assert ("a", "c", "b") == (rehome.office, rehome.alternate, rehome.previous)
+    assert "re-homing to c" in ts[-1].reason
