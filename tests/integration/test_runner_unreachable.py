@@ -275,3 +275,26 @@ async def test_a_handback_waits_for_the_catch_up_it_stops(site: Site, journal: J
     assert [(RunKind.HANDOVER, True), (RunKind.HANDOVER, False), (RunKind.HANDBACK, True)] == kinds
     assert Phase.OPEN is daemon.office().phase
     assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
+
+
+async def test_a_run_that_crashes_is_recovered_and_listed(
+    site: Site, journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug in Baton mid-run (here: the decision raises): the run is recovered at once from its
+    journal rows (the devices back as they were), finished, and listed with the office's runs."""
+    from baton.playbook import runner
+
+    async def broken(self: object) -> None:
+        raise RuntimeError("a bug in the decision")
+
+    monkeypatch.setattr(runner._Run, "_decide", broken)
+    daemon = Daemon(site, journal)
+    daemon.controller.declare_closure(CLOSED, who="pytest", reason="power cut")
+    await daemon.idle()
+    [event] = daemon.results
+    assert not event.ok
+    assert "run crashed: RuntimeError: a bug in the decision" in event.detail
+    [listed] = [r for r in journal.runs(office=CLOSED) if r.id == event.run_id]
+    assert listed.finished is not None
+    assert [False, False] == [site.admits_alternate(CORE), site.admits_alternate(AGG)]
+    assert daemon.office().phase is Phase.FAILED
