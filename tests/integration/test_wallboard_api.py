@@ -20,7 +20,8 @@ import pytest
 from baton import wallboard
 from baton.api import Listeners, create_app, start_listeners
 from baton.config import ApiSettings
-from baton.core.model import SecretRef
+from baton.controller import config_event
+from baton.core.model import ApprovalRule, Policy, SecretRef
 from baton.secrets import resolve
 from tests.integration.test_api import ME, TOKEN, ApiTestBackend, make_backend, short_tmpdir
 
@@ -425,3 +426,27 @@ async def _next_snapshot(events: AsyncIterator[tuple[str, Any]], condition: Any)
             snap: dict[str, Any] = data
             return snap
     raise AssertionError("the stream ended before the expected snapshot")
+
+
+async def test_a_pending_approval_is_on_the_wallboard(board: Board) -> None:
+    """Under an approval rule a declared closure waits for a second person: the snapshot lists
+    it (kind, office, alternate, the requester's reason) until it is approved."""
+    policy = Policy(approvals=(ApprovalRule(offices=("seoul-geumcheon",), name="operators.approvals[0]"),))
+    controller = board.backend.controller
+    controller.apply(
+        config_event({o: s.alternates for o, s in controller.state.offices.items()}, False, policy)
+    )
+    asked = controller.declare_closure(
+        "seoul-geumcheon", who="alice", reason="sealed for disinfection", until=None, to=None
+    )
+    assert asked.approval_id is not None
+    cookie, _ = await sign_in(board)
+    snap = (await request(board, "GET", "/v1/wallboard/snapshot", cookie=cookie)).json()
+    [waiting] = snap["approvals"]
+    assert (asked.approval_id, "handover", "seoul-geumcheon") == (
+        waiting["id"],
+        waiting["kind"],
+        waiting["office"],
+    )
+    assert "sealed for disinfection" in json.dumps(waiting)
+    assert [] == snap["runs"]  # nothing runs before the approval
