@@ -19,9 +19,7 @@ Every process started here is stopped at the end, also on Ctrl-C; everything is 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import re
-import signal
 import statistics
 import sys
 import tempfile
@@ -35,7 +33,15 @@ sys.path.insert(0, str(ROOT / "daemon"))
 sys.path.insert(1, str(ROOT))
 
 import yaml  # noqa: E402
-from tests.e2e.harness import Daemon, LabProcess, free_port, vantage_config, wait_for  # noqa: E402
+from tests.e2e.harness import (  # noqa: E402
+    Daemon,
+    LabProcess,
+    free_port,
+    start_together,
+    stop_all,
+    vantage_config,
+    wait_for,
+)
 from tests.peers.etcd import EtcdCluster, etcd_cluster_running  # noqa: E402
 
 OFFICE, ALTERNATE = "seoul-geumcheon", "seoul-bangbae"
@@ -135,13 +141,7 @@ def main() -> int:
                     )
                     (base / vantage).mkdir()
                     daemons[vantage] = Daemon(path, base / vantage)
-                for daemon in daemons.values():
-                    daemon.spawn()
-                for daemon in daemons.values():
-                    assert daemon.process is not None
-                    daemon.process.wait_ready(
-                        lambda d=daemon: bool(d.events("monitor.first_round_done")), TIMEOUT_S, "first round"
-                    )
+                start_together(daemons, TIMEOUT_S)
                 _one_leader(daemons)
                 before, started = _etcd_counters(cluster), time.monotonic()
                 time.sleep(args.quiet_s)
@@ -159,11 +159,7 @@ def main() -> int:
                     took.append(seconds)
                     print(f"kill {k + 1}: {old} killed, {new} leads after {seconds:.2f} s", flush=True)
             finally:
-                for daemon in daemons.values():
-                    with contextlib.suppress(ProcessLookupError, AssertionError):
-                        if daemon.running:
-                            daemon.signal(signal.SIGCONT)
-                    daemon.stop()
+                stop_all(daemons)
     finally:
         lab.stop()
     if took:

@@ -961,31 +961,27 @@ def _office_of_approval(backend: ApiBackend, approval_id: str) -> str | None:
 
 
 async def _approve(request: web.Request) -> web.Response:
-    await _allow(request, "list")
-    backend = _backend(request)
-    approval_id = request.match_info["approval_id"]
-    office = _office_of_approval(backend, approval_id)
-    if office is None:
-        raise _Problem(404, f"no approval '{approval_id}' (list them with: baton approvals)")
-    await _allow(request, "approve", office)
-    data = await _body(request, {"reason": "string"})
-    reason = _reason(data, required=False)
-    outcome = backend.controller.approve(office, approval_id, who=request[WHO], reason=reason)
-    return _answer(request, "approve", outcome, office)
+    return await _on_approval(request, "approve", required=False)
 
 
 async def _deny(request: web.Request) -> web.Response:
+    return await _on_approval(request, "deny", required=True)
+
+
+async def _on_approval(request: web.Request, command: str, *, required: bool) -> web.Response:
+    """`approve` or `deny` of one pending approval, by whoever may do that for its office."""
     await _allow(request, "list")
     backend = _backend(request)
     approval_id = request.match_info["approval_id"]
     office = _office_of_approval(backend, approval_id)
     if office is None:
         raise _Problem(404, f"no approval '{approval_id}' (list them with: baton approvals)")
-    await _allow(request, "deny", office)
-    data = await _body(request, {"reason": "string, required"})
-    reason = _reason(data, required=True)
-    outcome = backend.controller.deny(office, approval_id, who=request[WHO], reason=reason)
-    return _answer(request, "deny", outcome, office)
+    await _allow(request, command, office)
+    data = await _body(request, {"reason": "string, required" if required else "string"})
+    reason = _reason(data, required=required)
+    decide = backend.controller.deny if required else backend.controller.approve
+    outcome = decide(office, approval_id, who=request[WHO], reason=reason)
+    return _answer(request, command, outcome, office)
 
 
 async def _grants(request: web.Request) -> web.Response:

@@ -485,3 +485,23 @@ def vantage_config(
     path = lab.dir / f"baton-{vantage}.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def start_together(daemons: Mapping[str, Daemon], timeout_s: float) -> None:
+    """Spawn every daemon, then wait until each has done its first poll round."""
+    for daemon in daemons.values():
+        daemon.spawn()
+    for daemon in daemons.values():
+        assert daemon.process is not None
+        daemon.process.wait_ready(
+            lambda d=daemon: bool(d.events("monitor.first_round_done")), timeout_s, "first round"
+        )
+
+
+def stop_all(daemons: Mapping[str, Daemon]) -> None:
+    """Stop every daemon, waking a paused one first (a stopped process cannot handle SIGTERM)."""
+    for daemon in daemons.values():
+        with contextlib.suppress(ProcessLookupError, AssertionError):
+            if daemon.running:
+                daemon.signal(signal.SIGCONT)
+        daemon.stop()

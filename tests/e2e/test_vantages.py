@@ -8,7 +8,6 @@ devices' running configuration from the lab, the journals and the JSON logs.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -23,7 +22,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.harness import Daemon, LabProcess, free_port, leak_report, vantage_config, wait_for
+from tests.e2e.harness import (
+    Daemon,
+    LabProcess,
+    free_port,
+    leak_report,
+    start_together,
+    stop_all,
+    vantage_config,
+    wait_for,
+)
 from tests.peers.etcd import EtcdCluster, etcd_cluster_running
 
 pytestmark = pytest.mark.slow
@@ -115,20 +123,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                     log_dir = base / vantage
                     log_dir.mkdir()
                     daemons[vantage] = Daemon(path, log_dir)
-                for daemon in daemons.values():
-                    daemon.spawn()
-                for daemon in daemons.values():
-                    assert daemon.process is not None
-                    daemon.process.wait_ready(
-                        lambda d=daemon: bool(d.events("monitor.first_round_done")), TIMEOUT_S, "first round"
-                    )
+                start_together(daemons, TIMEOUT_S)
                 yield World(lab, cluster, daemons)
             finally:
-                for daemon in daemons.values():
-                    with contextlib.suppress(ProcessLookupError, AssertionError):
-                        if daemon.running:
-                            daemon.signal(signal.SIGCONT)
-                    daemon.stop()
+                stop_all(daemons)
     finally:
         lab.stop()
     leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
