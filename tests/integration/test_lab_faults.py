@@ -194,7 +194,10 @@ async def test_endless_reply_is_refused_at_the_size_bound_and_the_commit_applied
         with pytest.raises(NetconfReplyError) as caught:
             await nc.commit(rpc_timeout_s=30)
         assert not nc.is_connected
-    assert "reply larger than 262144 bytes; session closed" == caught.value.cause
+    assert (
+        "reply larger than 262144 bytes (the device's netconf.max_reply_bytes); session closed"
+        == caught.value.cause
+    )
     assert caught.value.outcome_unknown
     assert "endless-reply" in site.acl(dev)
     assert [] == site.faults(dev)

@@ -35,8 +35,10 @@ from baton.adapters.errors import (
 )
 from baton.adapters.netconf import NetconfClient, NetconfProbe, thread_pool
 from baton.core.model import Device, Inventory, NetconfSettings, Office, Policy, SecretRef
+from baton.inventory import load_inventory
 from baton.metrics import Metrics
 from baton.monitor import Monitor, probe_threads
+from baton.playbook.steps import Connectors
 from tests.integration.test_netconf_adapter import IF_NS, INTERFACES_FILTER, device_for, read_secret
 from tests.lab_fixtures import ThreadedLabDevice
 from tests.peers.endpoints import SshEndpoint
@@ -284,8 +286,77 @@ async def test_a_reply_above_the_bound_is_refused_and_the_session_closed(
         with pytest.raises(NetconfReplyError) as caught:
             await nc.get()
         assert not nc.is_connected
-    assert "reply larger than 16384 bytes; session closed" == caught.value.cause
+    assert (
+        "reply larger than 16384 bytes (the device's netconf.max_reply_bytes); session closed"
+        == caught.value.cause
+    )
     assert caught.value.outcome_unknown
+
+
+def described(name: str, size: int) -> str:
+    """An edit of interface `name` (present in netconfd's startup config): a long description."""
+    return (
+        '<config xmlns="urn:ietf:params:xml:ns:netconf:base:1.0">'
+        f'<interfaces xmlns="{IF_NS}"><interface><name>{name}</name>'
+        f"<description>{'d' * size}</description></interface></interfaces></config>"
+    )
+
+
+def inventory_for(root: Path, endpoint: SshEndpoint, netconf_extra: str) -> Path:
+    """An inventory directory with one NETCONF device, `gc-core-1`, at the endpoint; its group
+    `core` sets `netconf_extra` in its netconf settings (flow YAML, e.g. "max_reply_bytes: 65536")."""
+    root.mkdir()
+    (root / "offices.yaml").write_text("offices:\n  - {id: gc, name: Geumcheon, region: seoul}\n")
+    (root / "groups.yaml").write_text(f"groups:\n  core: {{role: core, netconf: {{{netconf_extra}}}}}\n")
+    (root / "devices").mkdir()
+    (root / "devices" / "gc.yaml").write_text(
+        "devices:\n"
+        f"  - id: gc-core-1\n    office: gc\n    address: {endpoint.host}\n    groups: [core]\n"
+        f"    host_key: '{endpoint.host_key}'\n"
+        f"    netconf: {{enabled: true, port: {endpoint.port}, username: {endpoint.username},"
+        f" private_key: 'file:{endpoint.private_key}'}}\n"
+    )
+    return root
+
+
+@pytest.mark.peer("netconfd")
+async def test_the_inventory_bound_refuses_a_real_reply_in_runs_and_probes(
+    tmp_path: Path, netconfd_device: Any
+) -> None:
+    """netconf.max_reply_bytes from the inventory bounds the sessions a run opens (Connectors) and
+    the monitor's probe: netconfd's ~80 KB answer above a 64 KiB bound fails with the setting named."""
+    endpoint = netconfd_device.endpoint
+    async with NetconfClient.connect(device_for(endpoint, tmp_path), resolve=read_secret) as nc:
+        await nc.edit_config("candidate", described("ge-0/0/1", 80_000))
+        await nc.commit()
+        assert len(await nc.get_config("running", INTERFACES_FILTER)) > 80_000  # the default bound reads it
+    group_netconf = f"max_reply_bytes: 65536, probe_filter: '{INTERFACES_FILTER}'"
+    inventory = load_inventory(inventory_for(tmp_path / "inventory", endpoint, group_netconf))
+    device = inventory.devices["gc-core-1"]
+    assert 65536 == device.netconf.max_reply_bytes  # from the group
+
+    session = await Connectors(resolve=read_secret).netconf(device)
+    try:
+        with pytest.raises(NetconfReplyError) as caught:
+            await session.get_config("running", INTERFACES_FILTER)
+        assert not session.is_connected
+    finally:
+        await session.close()
+    assert (
+        "netconf get-config on gc-core-1 failed: reply larger than 65536 bytes"
+        " (the device's netconf.max_reply_bytes); session closed"
+    ) == str(caught.value)
+
+    probe = NetconfProbe(device, resolve=read_secret)  # what the monitor builds
+    try:
+        observation = await probe.probe()
+    finally:
+        await probe.close()
+    assert (
+        False,
+        "netconf get on gc-core-1 failed: reply larger than 65536 bytes"
+        " (the device's netconf.max_reply_bytes); session closed",
+    ) == (observation.ok, observation.reason)
 
 
 @pytest.mark.peer("netconfd")
@@ -316,10 +387,11 @@ async def test_a_probe_reports_an_oversized_reply_as_a_failure(
         observation = await probe.probe()
     finally:
         await probe.close()
-    assert (False, "netconf get on gc-core-1 failed: reply larger than 4096 bytes; session closed") == (
-        observation.ok,
-        observation.reason,
-    )
+    assert (
+        False,
+        "netconf get on gc-core-1 failed: reply larger than 4096 bytes"
+        " (the device's netconf.max_reply_bytes); session closed",
+    ) == (observation.ok, observation.reason)
 
 
 # --- replies Baton cannot read, from a raw SSH server ----------------------------------------

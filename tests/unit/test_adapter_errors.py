@@ -87,7 +87,7 @@ def test_a_reply_that_never_ends_is_refused_at_the_bound(is_chunked: bool) -> No
             deframer.feed(piece, chunked=is_chunked)
         except UnreadableReply as exc:
             refused = exc
-    assert "reply larger than 65536 bytes" == str(refused)
+    assert "reply larger than 65536 bytes (the device's netconf.max_reply_bytes)" == str(refused)
     assert fed <= 64 * 1024 + 2 * len(piece)
 
 

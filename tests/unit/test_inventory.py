@@ -236,6 +236,86 @@ def test_device_checks_name_the_place_and_the_fix(tmp_path: Path, device: str, e
     assert [expected] == [p.removeprefix(f"{root}/devices/") for p in problems_of(root)]
 
 
+def test_netconf_max_reply_bytes_inherits_like_the_other_netconf_settings(tmp_path: Path) -> None:
+    """netconf.max_reply_bytes: defaults, then a group, then the device; unset means 16 MiB."""
+    root = write(
+        tmp_path,
+        {
+            "offices.yaml": OFFICES,
+            "defaults.yaml": "defaults:\n  netconf: {max_reply_bytes: 33554432}\n",
+            "groups.yaml": "groups:\n  big: {netconf: {max_reply_bytes: 134217728}}\n",
+            "devices/a.yaml": """\
+                devices:
+                  - {id: a-1, office: alpha, role: r, address: 10.0.0.1, snmp: {community: env:COMMUNITY}}
+                  - {id: a-2, office: alpha, role: r, address: 10.0.0.2, snmp: {community: env:COMMUNITY},
+                     groups: [big]}
+                  - {id: a-3, office: alpha, role: r, address: 10.0.0.3, snmp: {community: env:COMMUNITY},
+                     groups: [big], netconf: {max_reply_bytes: 65536}}
+                """,
+            "devices/b.yaml": "devices:\n" + BRAVO_DEVICE,
+        },
+    )
+    devices = load_inventory(root, environ=ENV).devices
+    assert [33554432, 134217728, 65536] == [devices[d].netconf.max_reply_bytes for d in ("a-1", "a-2", "a-3")]
+    bare = load_inventory(
+        write(tmp_path / "bare", {"offices.yaml": OFFICES, "devices/b.yaml": "devices:\n" + BRAVO_DEVICE}),
+        environ=ENV,
+    )
+    assert 16 * 1024 * 1024 == bare.devices["b-1"].netconf.max_reply_bytes
+
+
+REPLY_BYTES_HINT = (
+    "write a whole number of bytes from 65536 (64 KiB) to 1073741824 (1 GiB), e.g. 33554432 (32 MiB)"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("16", "16 is too small: it must be at least 65536 bytes"),
+        ("0", "0 is too small: it must be at least 65536 bytes"),
+        ("4294967296", "4294967296 is too large: it must be at most 1073741824 bytes"),
+        ("32MiB", "'32MiB' is not a whole number of bytes"),
+        ("33554432.0", "33554432.0 is not a whole number of bytes"),
+        ("true", "true is not a whole number of bytes"),
+        (".inf", "inf is not a whole number of bytes"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("file", "text", "place"),
+    [
+        ("defaults.yaml", "defaults:\n  netconf:\n    max_reply_bytes: {value}\n", "3: defaults.netconf"),
+        (
+            "groups.yaml",
+            "groups:\n  core:\n    netconf: {{max_reply_bytes: {value}}}\n",
+            "3: groups.core.netconf",
+        ),
+        (
+            "devices/a.yaml",
+            "devices:\n  - {{id: a-1, office: alpha, role: r, address: 10.0.0.1,\n"
+            "     snmp: {{community: env:COMMUNITY}}, netconf: {{max_reply_bytes: {value}}}}}\n",
+            "3: devices[0] (a-1).netconf",
+        ),
+    ],
+    ids=["defaults", "group", "device"],
+)
+def test_a_bad_netconf_max_reply_bytes_is_refused_with_the_file_the_place_and_the_fix(
+    tmp_path: Path, value: str, expected: str, file: str, text: str, place: str
+) -> None:
+    """Out of range, not an integer or not a number, wherever it is set: one problem naming the
+    file, the line, the key and what to write; no inventory is built."""
+    files = {
+        "offices.yaml": OFFICES,
+        "devices/b.yaml": "devices:\n" + BRAVO_DEVICE,
+        file: text.format(value=value),
+    }
+    root = write(tmp_path, files)
+    errors = [p for p in problems_of(root) if "warning:" not in p]  # (alpha may have no devices)
+    assert [f"{root}/{file}:{place}.max_reply_bytes: {expected} — {REPLY_BYTES_HINT}"] == errors
+    with pytest.raises(ConfigError):
+        load_inventory(root, environ=ENV)
+
+
 @pytest.mark.parametrize(
     ("offices_text", "expected"),
     [

@@ -20,7 +20,8 @@ times out while still queued for a worker is cancelled before it ever runs.
 Bounds. Every write is bounded by the call's timeout (a peer that stops reading fails the call
 with `NetconfTimeoutError`, and the session is closed: a half-written request cannot be taken
 back). Replies are deframed here (`Deframer`, RFC 6242 end-of-message and chunked framing) and
-refused above `max_reply_bytes` (default `MAX_REPLY_BYTES`): a reply that never ends fails with
+refused above `max_reply_bytes` (the device's inventory setting `netconf.max_reply_bytes`, 16 MiB
+unless set): a reply that never ends fails with
 `NetconfReplyError` once it is that large, or with a timeout before that, and never grows memory
 without bound. A reply that is not XML fails its call with `NetconfReplyError` (the session stays
 usable when the framing held; broken framing closes it).
@@ -93,7 +94,7 @@ from baton.adapters.errors import (
 )
 from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, fingerprint, parse_pinned_key
 from baton.core.health import Observation
-from baton.core.model import Device, Protocol, SecretRef
+from baton.core.model import NETCONF_MAX_REPLY_BYTES, Device, Protocol, SecretRef
 
 # ncclient's session thread only looks at its send queue after select(timeout=TICK) returns, so
 # every RPC waits up to TICK before it is even sent: ~100 ms per RPC at the default 0.1 s, which
@@ -130,11 +131,12 @@ EMPTY_FILTER = '<filter xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" type="su
 _FIRST_RPC_DELAY_S = 0.05  # after the hellos, before the first request (see _blocking_connect)
 _BACKSTOP_S = 1.0
 _CLOSE_TIMEOUT_S = 2.0
-# Replies above this many bytes are refused (NetconfReplyError) and their session closed. The
-# largest reply Baton reads (a device's running config) is far below it; it bounds what a broken
-# or hostile server can make Baton hold per session. `NetconfClient.connect(max_reply_bytes=)`
-# and `NetconfProbe(max_reply_bytes=)` override it.
-MAX_REPLY_BYTES = 16 * 1024 * 1024
+# Replies above this many bytes are refused (NetconfReplyError) and their session closed, unless
+# the device's `netconf.max_reply_bytes` says otherwise. The largest reply Baton reads (a device's
+# running config) is far below it; it bounds what a broken or hostile server can make Baton hold
+# per session. `NetconfClient.connect(max_reply_bytes=)` and `NetconfProbe(max_reply_bytes=)`
+# override the device's setting (tests).
+MAX_REPLY_BYTES = NETCONF_MAX_REPLY_BYTES
 
 
 def thread_pool(name: str, threads: int) -> ThreadPoolExecutor:
@@ -200,7 +202,11 @@ class Deframer:
         return self._chunked() if chunked else self._end_of_message()
 
     def _too_large(self) -> UnreadableReply:
-        return UnreadableReply(f"reply larger than {self.max_message_bytes} bytes")
+        # names the setting: the operator's fix is to raise it (or to find out why the device
+        # sends that much)
+        return UnreadableReply(
+            f"reply larger than {self.max_message_bytes} bytes (the device's netconf.max_reply_bytes)"
+        )
 
     def _end_of_message(self) -> list[bytes]:
         out: list[bytes] = []
@@ -785,21 +791,23 @@ class NetconfClient:
         timeout_s: float | None = None,
         source_address: str | None = None,
         executor: Executor | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_reply_bytes: int | None = None,
     ) -> Connecting[NetconfClient]:
         """Open a session: `nc = await NetconfClient.connect(...)` or `async with ... as nc`.
 
         timeout_s bounds the whole establishment (TCP, SSH, auth, hello) and is the default RPC
         timeout of the session; None means the device's `netconf.timeout_s`. executor runs every
         blocking call of the session (connect, RPCs, close); None means the loop's default
-        executor (see `thread_pool` for bulkheads). Replies above max_reply_bytes are refused
-        with `NetconfReplyError` and the session is closed.
+        executor (see `thread_pool` for bulkheads). Replies above max_reply_bytes (None: the
+        device's `netconf.max_reply_bytes`) are refused with `NetconfReplyError` and the session
+        is closed.
         """
-        if max_reply_bytes < 1:
-            raise ValueError(f"max_reply_bytes must be >= 1, got {max_reply_bytes}")
+        bound = device.netconf.max_reply_bytes if max_reply_bytes is None else max_reply_bytes
+        if bound < 1:
+            raise ValueError(f"max_reply_bytes must be >= 1, got {bound}")
 
         async def opened() -> NetconfClient:
-            return await cls._open(device, resolve, timeout_s, source_address, executor, max_reply_bytes)
+            return await cls._open(device, resolve, timeout_s, source_address, executor, bound)
 
         return Connecting(opened)
 
@@ -1093,7 +1101,8 @@ class NetconfProbe:
     for one interval; a timeout is not retried.
 
     The latency is the time the probe took, including the connect when there was one.
-    `executor` runs the session's blocking calls (a probe pool: see `thread_pool`).
+    `executor` runs the session's blocking calls (a probe pool: see `thread_pool`);
+    `max_reply_bytes` None means the device's `netconf.max_reply_bytes`.
     """
 
     def __init__(
@@ -1106,7 +1115,7 @@ class NetconfProbe:
         reuse_session: bool = True,
         clock: Callable[[], float] = time.time,
         executor: Executor | None = None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
+        max_reply_bytes: int | None = None,
     ) -> None:
         self.device = device
         self.timeout_s = device.netconf.timeout_s if timeout_s is None else timeout_s

@@ -94,6 +94,12 @@ class SnmpSettings:
     critical_interfaces: tuple[int, ...] = ()
 
 
+# The largest NETCONF message (hello or reply) Baton reads from a device unless its inventory sets
+# `netconf.max_reply_bytes`: far above a running config, it bounds what a broken or hostile server
+# can make Baton hold per session.
+NETCONF_MAX_REPLY_BYTES = 16 * 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class NetconfSettings:
     enabled: bool = False
@@ -104,6 +110,8 @@ class NetconfSettings:
     timeout_s: float = 10.0
     # subtree filter (XML) the health probe <get>s; empty means <get> of nothing but the hello
     probe_filter: str | None = None
+    # replies (and the hello) above this many bytes are refused and the session closed
+    max_reply_bytes: int = NETCONF_MAX_REPLY_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -528,7 +528,7 @@ def to_device(entry: DeviceEntry, merged: DeviceSettings) -> Device:
     if merged.netconf is not None:
         n = merged.netconf
         netconf = NetconfSettings(
-            **_given(n, ("enabled", "port", "username", "timeout_s", "probe_filter")),
+            **_given(n, ("enabled", "port", "username", "timeout_s", "probe_filter", "max_reply_bytes")),
             password=_ref(n.password),
             private_key=_ref(n.private_key),
         )

@@ -126,6 +126,37 @@ def _check_host_key(value: str) -> str:
     return value
 
 
+# netconf.max_reply_bytes: below 64 KiB is a slip (`16` meant as MiB; a device's hello alone can
+# be larger), above 1 GiB one session could hold the daemon's memory.
+_REPLY_BYTES_RANGE = (64 * 1024, 1024**3)
+_REPLY_BYTES_HINT = (
+    "write a whole number of bytes from 65536 (64 KiB) to 1073741824 (1 GiB), e.g. 33554432 (32 MiB)"
+)
+
+
+def _check_reply_bytes(value: Any) -> Any:
+    # pydantic alone would say "expected an integer" to `32MiB`, `3.5e+7` or `true`: say what to write
+    low, high = _REPLY_BYTES_RANGE
+    if isinstance(value, bool) or not isinstance(value, int):
+        text = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise PydanticCustomError(
+            "not_bytes", "{value} is not a whole number of bytes", {"value": text, "hint": _REPLY_BYTES_HINT}
+        )
+    if value < low:
+        raise PydanticCustomError(
+            "too_small",
+            "{value} is too small: it must be at least {low} bytes",
+            {"value": str(value), "low": str(low), "hint": _REPLY_BYTES_HINT},
+        )
+    if value > high:
+        raise PydanticCustomError(
+            "too_large",
+            "{value} is too large: it must be at most {high} bytes",
+            {"value": str(value), "high": str(high), "hint": _REPLY_BYTES_HINT},
+        )
+    return value
+
+
 def _version_text(value: Any) -> Any:
     # `version: 3` is an int in YAML and `version: 2c` a string; both mean the same to an operator
     return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -141,6 +172,7 @@ Port = Annotated[int, bounded(1, 65535, example=830)]
 Timeout = Annotated[float, bounded(0, 600, example=5, unit="s", low_open=True)]
 Retries = Annotated[int, bounded(0, 10, example=1)]
 IfIndex = Annotated[int, bounded(1, 2**31 - 1, example=1)]
+ReplyBytes = Annotated[int, BeforeValidator(_check_reply_bytes)]
 
 
 class Strict(BaseModel):
@@ -171,6 +203,7 @@ class NetconfFile(Strict):
     private_key: Ref | None = None
     timeout_s: Timeout | None = None
     probe_filter: str | None = None
+    max_reply_bytes: ReplyBytes | None = None
 
 
 class SshFile(Strict):
