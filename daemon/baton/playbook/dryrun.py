@@ -26,10 +26,6 @@ from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the e
 from baton.adapters.errors import AdapterError, NetconfError
 from baton.logs import MASK, mask_text
 from baton.playbook.plan import DevicePlan, RunPlan
-from baton.playbook.schema import (
-    NetconfEdit,
-    Step,
-)
 from baton.playbook.steps import Connectors, wrap_config
 
 
@@ -56,11 +52,6 @@ class DryRun:
     @property
     def unreachable(self) -> tuple[str, ...]:
         return tuple(d.device for d in self.devices if d.error is not None)
-
-
-def describe_step(step: Step) -> str:
-    """What a rendered step would do, in one line (XML bodies are summarised by the diff)."""
-    return step.describe()
 
 
 def normalize_xml(text: str) -> str:
@@ -164,7 +155,7 @@ def secret_leaves_of(dp: DevicePlan) -> frozenset[str]:
 
 async def device_diff(dp: DevicePlan, connectors: Connectors) -> tuple[str | None, str | None]:
     """(diff, error) for one device; the candidate is discarded whatever happens."""
-    edits = [ps for ps in dp.steps if isinstance(ps.step, NetconfEdit)]
+    edits = [(edit, ps.step.timeout_s) for ps in dp.steps if (edit := ps.step.candidate_edit()) is not None]
     if not edits:
         return None, None
     device = dp.device
@@ -178,12 +169,8 @@ async def device_diff(dp: DevicePlan, connectors: Connectors) -> tuple[str | Non
         await nc.lock("candidate")
         try:
             await nc.discard_changes()
-            for ps in edits:
-                step = ps.step
-                assert isinstance(step, NetconfEdit)
-                await nc.edit_config(
-                    "candidate", wrap_config(step.config), step.operation, rpc_timeout_s=step.timeout_s
-                )
+            for (config, operation), timeout_s in edits:
+                await nc.edit_config("candidate", wrap_config(config), operation, rpc_timeout_s=timeout_s)
             candidate = await nc.get_config("candidate")
             running = await nc.get_config("running")
         finally:
@@ -203,7 +190,7 @@ async def dry_run(plan: RunPlan, connectors: Connectors | None, concurrency: int
     sem = asyncio.Semaphore(concurrency or plan.playbook.concurrency)
 
     async def one(dp: DevicePlan) -> DeviceDryRun:
-        steps = tuple((ps.name, mask_text(describe_step(ps.step))) for ps in dp.steps)
+        steps = tuple((ps.name, mask_text(ps.step.describe())) for ps in dp.steps)
         if connectors is None:
             return DeviceDryRun(dp.device.id, steps, dp.skipped, None)
         async with sem:

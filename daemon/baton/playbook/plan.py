@@ -25,7 +25,7 @@ from baton.playbook.render import (
     make_environment,
     render_step,
 )
-from baton.playbook.schema import OID_PATTERN, Playbook, SnmpGet, SnmpSet, Step
+from baton.playbook.schema import Playbook, Step
 
 __all__ = [
     "Budget",
@@ -321,28 +321,12 @@ def plan_run(
             except RenderError as exc:
                 problems.append(PlanProblem(device.id, step.name, exc.message, exc.path, exc.line))
                 continue
-            problems.extend(_value_problems(rendered, device.id))
+            # checks on rendered values that templates made impossible at load time
+            for s in (rendered, rendered.compensate):
+                if s is not None:
+                    problems.extend(PlanProblem(device.id, step.name, p) for p in s.rendered_problems())
             steps.append(
                 PlannedStep(index, step.name, step.phase, rendered.model_copy(update={"when": None}))
             )
         plans.append(DevicePlan(device, tuple(steps), tuple(skipped)))
     return RunPlan(playbook, office_id, alternate_id, run_info, tuple(plans), tuple(problems))
-
-
-_INTEGER_TYPES = frozenset({"integer", "unsigned", "counter32", "gauge32", "timeticks"})
-
-
-def _value_problems(step: Step, device: str) -> list[PlanProblem]:
-    """Checks on rendered values that templates made impossible at load time."""
-    problems = []
-    for s in (step, step.compensate):
-        if isinstance(s, SnmpSet | SnmpGet) and OID_PATTERN.match(s.oid.strip()) is None:
-            problems.append(PlanProblem(device, step.name, f"rendered OID '{s.oid}' is not numeric"))
-        if isinstance(s, SnmpSet) and s.type in _INTEGER_TYPES:
-            try:
-                int(s.value)
-            except ValueError:
-                problems.append(
-                    PlanProblem(device, step.name, f"snmp.set value '{s.value}' is not an integer")
-                )
-    return problems

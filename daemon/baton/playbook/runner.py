@@ -73,7 +73,7 @@ from baton.playbook.progress import (
     Direction,
     RunFacts,
 )
-from baton.playbook.schema import FenceMarker, NetconfEdit, retry_backoff_s
+from baton.playbook.schema import FenceMarker, retry_backoff_s
 from baton.playbook.steps import (
     Connectors,
     DeviceSession,
@@ -888,18 +888,22 @@ class _Run:
         async def apply() -> tuple[str, Mapping[str, object]]:
             if backup is not None:
                 return await restore()
-            missing = [n for n in names if n not in steps or steps[n].compensate is None]
+            # Undone in the candidate, in one commit: each needs a compensating candidate edit.
+            undo = {
+                n: (edit, comp.timeout_s)
+                for n in names
+                if n in steps
+                and (comp := steps[n].compensate) is not None
+                and (edit := comp.candidate_edit()) is not None
+            }
+            missing = [n for n in names if n not in undo]
             if missing:
-                raise StepFailed(f"no compensate for {', '.join(missing)}: left as is")
+                raise StepFailed(f"no compensating edit for {', '.join(missing)}: left as is")
             nc = await dev.session.netconf()
             async with nc.locked("candidate"):
                 await nc.discard_changes()
-                for name in names:
-                    comp = steps[name].compensate
-                    assert isinstance(comp, NetconfEdit)
-                    await nc.edit_config(
-                        "candidate", wrap_config(comp.config), comp.operation, rpc_timeout_s=comp.timeout_s
-                    )
+                for (config, operation), timeout_s in undo.values():
+                    await nc.edit_config("candidate", wrap_config(config), operation, rpc_timeout_s=timeout_s)
                 await self._fence_candidate(nc)
                 await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
             return f"compensating edits committed ({', '.join(names)})", {}
@@ -916,11 +920,12 @@ class _Run:
             comp = ps.compensate if ps is not None else None
             if comp is None:
                 raise StepFailed(f"step {name} has no compensate: left as is")
-            if isinstance(comp, NetconfEdit):  # compensating a netconf.rpc with an edit
+            edit = comp.candidate_edit()
+            if edit is not None:  # compensating a netconf.rpc with an edit
                 nc = await dev.session.netconf()
                 async with nc.locked("candidate"):
                     await nc.discard_changes()
-                    await nc.edit_config("candidate", wrap_config(comp.config), comp.operation)
+                    await nc.edit_config("candidate", wrap_config(edit[0]), edit[1])
                     await self._fence_candidate(nc)
                     await nc.commit()
                 return "compensating edit committed", {}
@@ -958,7 +963,8 @@ async def _device_epoch(nc: NetconfClient, marker: FenceMarker, timeout_s: float
 
 
 def _edit_roots(dev: _Dev) -> tuple[str, ...]:
-    return edit_roots([ps.step.config for ps in dev.plan.steps if isinstance(ps.step, NetconfEdit)])
+    edits = (ps.step.candidate_edit() for ps in dev.plan.steps)
+    return edit_roots([edit[0] for edit in edits if edit is not None])
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -1015,7 +1021,7 @@ async def execute(
             ps.name
             for dp in plan.devices
             for ps in dp.steps
-            for s in (ps.step, ps.step.compensate, getattr(ps.step, "until", None))
+            for s in (ps.step, ps.step.compensate)  # a wait needs the session of its `until`
             if s is not None and s.session == "snmp"
         }
     )

@@ -145,8 +145,14 @@ class _Step(_Model):
     IN_CANDIDATE  it goes into the NETCONF candidate: committed office-wide, undone by
                   <cancel-commit> while the confirmed commit is pending, by its `compensate`
                   once committed for good (no :confirmed-commit, or already confirmed)
+    candidate_edit()     what it puts into the candidate, (config, default-operation); None
+                         unless IN_CANDIDATE. Compensating a candidate edit takes another one.
+    describe()           what the rendered step would do, in one line (dry run, `baton plan`)
+    rendered_problems()  what its rendered values get wrong that templates hid at load (an OID
+                         that is not numeric), one sentence each: `baton plan` refuses the run
     Any other change is undone by its `compensate` step. Compensating steps must be safe to
     run again: a crash can leave one at intent, and recovery then runs it once more.
+    How each kind talks to a device is `baton.playbook.steps`' business, keyed by `kind`.
     """
 
     TEMPLATES: ClassVar[tuple[str, ...]] = ()
@@ -180,8 +186,13 @@ class _Step(_Model):
         return self.attempt_s * (self.retries + 1) + sum(retry_backoff_s(k) for k in range(self.retries))
 
     def describe(self) -> str:
-        """What the rendered step would do, in one line (dry run and `baton plan`)."""
         raise NotImplementedError
+
+    def candidate_edit(self) -> tuple[str, str] | None:
+        return None
+
+    def rendered_problems(self) -> list[str]:
+        return []
 
 
 def retry_backoff_s(k: int, base_s: float = 0.5, cap_s: float = 5.0) -> float:
@@ -199,6 +210,9 @@ class NetconfEdit(_Step):
 
     def describe(self) -> str:
         return f"would edit candidate (default-operation {self.operation}); committed office-wide"
+
+    def candidate_edit(self) -> tuple[str, str]:
+        return self.config, self.operation
 
 
 class NetconfRpc(_Step):
@@ -243,6 +257,11 @@ class SshCommand(_Step):
 SnmpType = Literal[
     "integer", "unsigned", "counter32", "gauge32", "timeticks", "string", "hex", "ipaddress", "oid"
 ]
+_INTEGER_TYPES = frozenset({"integer", "unsigned", "counter32", "gauge32", "timeticks"})
+
+
+def _oid_problems(oid: str) -> list[str]:
+    return [] if OID_PATTERN.match(oid.strip()) else [f"rendered OID '{oid}' is not numeric"]
 
 
 class SnmpSet(_Step):
@@ -256,6 +275,15 @@ class SnmpSet(_Step):
     def describe(self) -> str:
         return f"would run: snmp set {self.oid} {self.type} {self.value}"
 
+    def rendered_problems(self) -> list[str]:
+        problems = _oid_problems(self.oid)
+        if self.type in _INTEGER_TYPES:
+            try:
+                int(self.value)
+            except ValueError:
+                problems.append(f"snmp.set value '{self.value}' is not an integer")
+        return problems
+
 
 class SnmpGet(_Step):
     TEMPLATES: ClassVar[tuple[str, ...]] = ("oid",)
@@ -267,6 +295,9 @@ class SnmpGet(_Step):
 
     def describe(self) -> str:
         return f"would check: snmp get {self.oid}"
+
+    def rendered_problems(self) -> list[str]:
+        return _oid_problems(self.oid)
 
 
 Condition = Annotated[NetconfGet | SnmpGet | SshCommand, Field(discriminator="kind")]
@@ -289,6 +320,9 @@ class Wait(_Step):
 
     def describe(self) -> str:
         return f"would wait up to {self.deadline_s:g} s until: {self.until.describe()}"
+
+    def rendered_problems(self) -> list[str]:
+        return self.until.rendered_problems()
 
 
 Step = Annotated[
@@ -604,11 +638,11 @@ def _check_playbook(doc: Document, playbook: Playbook) -> list[Problem]:
             problems.append(
                 doc.problem((*path, "when"), "a compensating step runs whenever its step ran: no 'when'")
             )
-        if nesting == "compensate" and isinstance(item, Wait | NetconfGet | SnmpGet):
+        if nesting == "compensate" and not item.CHANGES:
             problems.append(
                 doc.problem(path, f"a {_kind(item)} step undoes nothing", "compensate with a change")
             )
-        if not nesting and isinstance(item, NetconfGet | SnmpGet) and item.compensate is not None:
+        if not nesting and not item.CHANGES and item.compensate is not None:
             problems.append(
                 doc.problem((*path, "compensate"), "a read-only step has nothing to undo", severity="warning")
             )

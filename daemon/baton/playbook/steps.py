@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
 
@@ -245,34 +245,47 @@ def check_command(result: CommandResult, step: SshCommand) -> str | None:
 
 async def run_step(step: Step, session: DeviceSession, timeout_s: float) -> str:
     """Run one rendered step; returns a short detail on success, raises StepFailed/AdapterError."""
-    if isinstance(step, NetconfEdit):
-        nc = await session.netconf()
-        await nc.edit_config("candidate", wrap_config(step.config), step.operation, rpc_timeout_s=timeout_s)
-        return "edited candidate"
-    if isinstance(step, NetconfRpc):
-        nc = await session.netconf()
-        reply = await nc.dispatch(step.rpc, rpc_timeout_s=timeout_s)
-        return _checked(check_xml(reply, step.expect), "rpc ok")
-    if isinstance(step, NetconfGet):
-        nc = await session.netconf()
-        if step.source == "operational":
-            reply = await nc.get(step.filter, rpc_timeout_s=timeout_s)
-        else:
-            reply = await nc.get_config(step.source, step.filter, rpc_timeout_s=timeout_s)
-        return _checked(check_xml(reply, step.expect), f"{len(step.expect)} check(s) passed")
-    if isinstance(step, SshCommand):
-        client = await session.ssh()
-        result = await client.run(step.command, timeout_s=timeout_s)
-        return _checked(check_command(result, step), f"exit status {result.exit_status}")
-    if isinstance(step, SnmpGet):
-        value = await session.snmp().get(session.device, step.oid, timeout_s=timeout_s)
-        return _checked(check_value(value, step.expect), f"value '{_short(value, 60)}'")
-    if isinstance(step, SnmpSet):
-        await session.snmp().set(session.device, step.oid, step.type, str(step.value), timeout_s=timeout_s)
-        return f"set {step.oid}"
-    if isinstance(step, Wait):
-        return await _wait(step, session, timeout_s)
-    raise StepFailed(f"unknown step kind {type(step).__name__}")
+    execute = EXECUTORS.get(step.kind)
+    if execute is None:
+        raise StepFailed(f"no executor for step kind {step.kind}")
+    return await execute(step, session, timeout_s)
+
+
+async def _edit(step: NetconfEdit, session: DeviceSession, timeout_s: float) -> str:
+    nc = await session.netconf()
+    await nc.edit_config("candidate", wrap_config(step.config), step.operation, rpc_timeout_s=timeout_s)
+    return "edited candidate"
+
+
+async def _rpc(step: NetconfRpc, session: DeviceSession, timeout_s: float) -> str:
+    nc = await session.netconf()
+    reply = await nc.dispatch(step.rpc, rpc_timeout_s=timeout_s)
+    return _checked(check_xml(reply, step.expect), "rpc ok")
+
+
+async def _get(step: NetconfGet, session: DeviceSession, timeout_s: float) -> str:
+    nc = await session.netconf()
+    if step.source == "operational":
+        reply = await nc.get(step.filter, rpc_timeout_s=timeout_s)
+    else:
+        reply = await nc.get_config(step.source, step.filter, rpc_timeout_s=timeout_s)
+    return _checked(check_xml(reply, step.expect), f"{len(step.expect)} check(s) passed")
+
+
+async def _command(step: SshCommand, session: DeviceSession, timeout_s: float) -> str:
+    client = await session.ssh()
+    result = await client.run(step.command, timeout_s=timeout_s)
+    return _checked(check_command(result, step), f"exit status {result.exit_status}")
+
+
+async def _snmp_get(step: SnmpGet, session: DeviceSession, timeout_s: float) -> str:
+    value = await session.snmp().get(session.device, step.oid, timeout_s=timeout_s)
+    return _checked(check_value(value, step.expect), f"value '{_short(value, 60)}'")
+
+
+async def _snmp_set(step: SnmpSet, session: DeviceSession, timeout_s: float) -> str:
+    await session.snmp().set(session.device, step.oid, step.type, str(step.value), timeout_s=timeout_s)
+    return f"set {step.oid}"
 
 
 def _checked(problem: str | None, ok_detail: str) -> str:
@@ -303,3 +316,15 @@ async def _wait(
         if left <= 0:
             raise StepFailed(f"condition not met within {step.deadline_s:g} s ({tries} checks): {last}")
         await sleep(min(step.interval_s, left))
+
+
+# How each kind runs, by its `kind` (what each kind *is* is declared on its class in `schema`).
+EXECUTORS: dict[str, Callable[[Any, DeviceSession, float], Awaitable[str]]] = {
+    "netconf.edit": _edit,
+    "netconf.rpc": _rpc,
+    "netconf.get": _get,
+    "ssh.command": _command,
+    "snmp.get": _snmp_get,
+    "snmp.set": _snmp_set,
+    "wait": _wait,
+}
