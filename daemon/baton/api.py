@@ -22,6 +22,23 @@ command waits for approvals, with the approval's id), refused → 409 with the c
 Reads come from the controller's immutable snapshot and the journal. Every error body is
 `{"error": "<one sentence>"}`.
 
+Several vantages. Reads are answered by every vantage from its own view. An operator command
+(every state-changing POST) given on a follower is forwarded to the leader's TCP API — the
+address the leader publishes in etcd (`LeaderView.leader_api`) — once, with a bounded timeout,
+and the leader's answer is relayed, saying so ("forwarded to leader v2 at 10.0.1.21:8443: …").
+The follower authenticates the operator; the leader authenticates the follower (the vantages'
+shared credential, `api.peer_token`, over TLS when the APIs speak it) and only then trusts the
+operator the follower names (the `Baton-Forwarded` header: operator, unix groups, via), checks
+that operator's grants itself, and journals the command as theirs, "via" the follower. A
+forwarded request is never forwarded again (a vantage that no longer leads refuses it), an
+operator cannot name anyone but themself (the header without the vantages' credential is
+refused and audited), and the vantages' credential is nobody's identity on its own. When the
+leader cannot be reached the command is refused here as it always was — the leader's name and
+address — saying that forwarding was tried and why it failed; when the leader got it but its
+answer did not come back, the follower says it may have been carried out (504), never retries.
+A run a follower does not know (`baton run ID` after a forwarded handover) is read from the
+leader the same way.
+
 Hostile input: everything a request carries is checked before it is used — text that is not
 UTF-8 (lone surrogates), control characters and bidirectional overrides in what is journaled
 and shown to operators, JSON nested deeper than `MAX_JSON_DEPTH`, numbers out of range, a bearer
@@ -52,7 +69,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+import aiohttp
 from aiohttp import web, web_protocol, web_server
+from yarl import URL
 
 from baton import wallboard
 from baton.audit import AuditEntry
@@ -78,6 +97,13 @@ SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # Linux ≥ 4.13: the peer
 _MAX_GROUPS = 256
 # Format characters that reorder or hide what an operator reads (Trojan Source, CVE-2021-42574).
 _BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069\u200e\u200f\u061c")
+# A command forwarded by a follower: {"operator": name, "groups": [unix groups], "via": vantage}.
+FORWARDED_HEADER = "Baton-Forwarded"
+FORWARD_CONNECT_TIMEOUT_S = 2.0
+FORWARD_TIMEOUT_S = 5.0  # the whole exchange with the leader; the CLI waits 10 s for this vantage
+MAX_FORWARDED_ANSWER_BYTES = 8 * 1024 * 1024  # a run's view with its steps, on a large network
+_MAX_NAME_CHARS = 200
+_EVERY_INTERFACE = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - an address to reach, not to bind
 
 
 def _log() -> Any:
@@ -148,12 +174,29 @@ class _Tokens:
         return found
 
 
+@dataclass(frozen=True, slots=True)
+class _Forwarding:
+    """How this vantage forwards a command to the leader: the vantages' credential, and the TLS
+    context that verifies the leader's certificate (None: the APIs speak plain HTTP)."""
+
+    token: str = field(repr=False)
+    tls: ssl.SSLContext | None = None
+
+
+class _AnswerTooLarge(Exception):
+    pass
+
+
 BACKEND: web.AppKey[ApiBackend] = web.AppKey("backend")
 TOKENS: web.AppKey[_Tokens] = web.AppKey("tokens")
+PEER_TOKENS: web.AppKey[_Tokens] = web.AppKey("peer_tokens")  # the vantages' credential
+FORWARDING: web.AppKey[_Forwarding | None] = web.AppKey("forwarding")  # None: refused, not forwarded
 PEERCRED: web.AppKey[bool] = web.AppKey("allow_peercred")
 CLOCK: web.AppKey[Callable[[], float]] = web.AppKey("clock")
 WHO: web.RequestKey[str] = web.RequestKey("who")
 IDENTITY: web.RequestKey[Identity] = web.RequestKey("identity")
+VIA: web.RequestKey[str] = web.RequestKey("via")  # the vantage that forwarded this request to us
+FORWARD_NOTE: web.RequestKey[str] = web.RequestKey("forward_note")  # why it was not forwarded
 
 
 # --- the application --------------------------------------------------------------------------
@@ -172,9 +215,11 @@ def create_app(
     store = _Tokens()
     for index, token in enumerate(tokens, start=1):
         store.add(f"token#{index}", token)
-    app = web.Application(middlewares=[_errors, _authenticate], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(middlewares=[_errors, _authenticate, _forward], client_max_size=MAX_BODY_BYTES)
     app[BACKEND] = backend
     app[TOKENS] = store
+    app[PEER_TOKENS] = _Tokens()
+    app[FORWARDING] = None
     app[PEERCRED] = allow_peercred
     app[CLOCK] = clock
     app.router.add_get("/healthz", _healthz)
@@ -238,6 +283,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 async def _authenticate(request: web.Request, handler: Handler) -> web.StreamResponse:
     if request.path == "/healthz" or wallboard.is_login(request):
         return await handler(request)  # the wallboard login checks its one-time ticket itself
+    if FORWARDED_HEADER in request.headers:
+        forwarded = await _forwarded_identity(request)
+        request[WHO], request[IDENTITY] = forwarded.name, forwarded
+        return await handler(request)
     # A wallboard session cookie is accepted on the wallboard's own read-only routes, nowhere else.
     who = wallboard.session_identity(request) or _identify(request)
     if who is None:
@@ -274,10 +323,85 @@ def _identify(request: web.Request) -> Identity | None:
         )
         return None
     who = app[TOKENS].identify(presented)
+    if who is None and app[PEER_TOKENS].identify(presented) is not None:
+        _log().warning(
+            "api.forbidden", remote=request.remote, path=request.path, cause="vantage credential alone"
+        )
+        raise _Problem(
+            403,
+            "the vantages' credential (api.peer_token) is nobody's identity: it only carries a command "
+            "a vantage forwards for its operator",
+        )
     if who is None:
         _log().warning("api.unauthorized", remote=request.remote, path=request.path, cause="token rejected")
         return None
     return Identity(who)
+
+
+async def _forwarded_identity(request: web.Request) -> Identity:
+    """The operator a vantage forwards a request for (`Baton-Forwarded`), trusted only from a
+    vantage: on TCP, with the vantages' credential. Anyone else naming an operator is refused
+    (403, audited): an operator cannot speak for another."""
+    app = request.app
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    presented = presented.strip()
+    from_vantage = (
+        (sock is None or sock.family != socket.AF_UNIX)
+        and scheme.lower() == "bearer"
+        and bool(presented)
+        and app[PEER_TOKENS].identify(presented) is not None
+    )
+    if not from_vantage:
+        requester = _identify(request)
+        if requester is None:
+            raise _Problem(
+                401, "authentication required: a forwarded command comes from a vantage, with api.peer_token"
+            )
+        why = (
+            f"{requester.name} named another operator ({FORWARDED_HEADER}): only a vantage, with the "
+            "vantages' credential (api.peer_token) on the TCP API, forwards for an operator"
+        )
+        _log().warning("api.forbidden", who=requester.name, path=request.path, why="forged forward")
+        await _audit_refusal(request, AuditEntry(app[CLOCK](), "refused", requester.name, "forward", why))
+        raise _Problem(403, why)
+    claim = _forward_claim(request.headers[FORWARDED_HEADER])
+    operator, groups, via = claim
+    etcd = _backend(request).config.etcd
+    if etcd is not None and etcd.vantages and via not in etcd.vantages:
+        raise _Problem(403, f"vantage {via} is not one of etcd.vantages ({', '.join(etcd.vantages)})")
+    if _forwardable(request) is None:
+        raise _Problem(
+            403,
+            f"a vantage forwards operator commands and run reads, not {request.method} {request.path}",
+        )
+    request[VIA] = via
+    return Identity(operator, groups)
+
+
+def _forward_claim(raw: str) -> tuple[str, frozenset[str], str]:
+    """(operator, unix groups, via) from the `Baton-Forwarded` header; 400 if it is not one."""
+    bad = _untext(raw)
+    if bad is not None:
+        raise _Problem(400, f"the {FORWARDED_HEADER} header holds {bad}")
+    try:
+        claim = json.loads(raw)
+    except ValueError:
+        claim = None
+    if not isinstance(claim, dict) or set(claim) - {"operator", "groups", "via"}:
+        raise _Problem(400, f"the {FORWARDED_HEADER} header must be a JSON object: operator, groups, via")
+    operator, groups, via = claim.get("operator"), claim.get("groups", []), claim.get("via")
+    names = [operator, via, *(groups if isinstance(groups, list) else [])]
+    if (
+        not isinstance(groups, list)
+        or len(groups) > _MAX_GROUPS
+        or not all(isinstance(n, str) and n.strip() and len(n) <= _MAX_NAME_CHARS for n in names)
+        or any(_untext(str(n)) for n in names)
+    ):
+        raise _Problem(
+            400, f"the {FORWARDED_HEADER} header must name the operator, its unix groups and the vantage"
+        )
+    return str(operator), frozenset(str(g) for g in groups), str(via)
 
 
 def _peer_groups(sock: socket.socket, uid: int, gid: int) -> frozenset[str]:
@@ -305,6 +429,170 @@ def user_name(uid: int) -> str:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return f"uid:{uid}"
+
+
+# --- forwarding to the leader ----------------------------------------------------------------
+
+
+@web.middleware
+async def _forward(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On a follower, an operator command goes to the leader (see the module docstring)."""
+    kind = _forwardable(request)
+    if kind is None or VIA in request:
+        return await handler(request)  # a forwarded request is never forwarded again
+    backend = _backend(request)
+    forwarding = request.app[FORWARDING]
+    if forwarding is None or backend.controller.state.leader:
+        return await handler(request)  # decided here: this vantage leads, or it does not forward
+    if kind == "read" and backend.journal.run(request.match_info["run_id"]) is not None:
+        return await handler(request)  # a run of this vantage's own journal
+    leader, address, why_not = _leader_address(backend)
+    if leader is None or address is None:
+        if why_not:
+            request[FORWARD_NOTE] = why_not
+        return await handler(request)
+    answer = await _send(request, kind, forwarding, leader, address)
+    if isinstance(answer, str):  # it never reached the leader: refused here, saying it was tried
+        request[FORWARD_NOTE] = answer
+        return await handler(request)
+    return answer
+
+
+def _forwardable(request: web.Request) -> str | None:
+    """ "command" for a state-changing request, "read" for a run's view, else None."""
+    handler = request.match_info.handler
+    if request.method == "POST" and handler in _COMMANDS:
+        return "command"
+    if request.method == "GET" and handler is _run:
+        return "read"
+    return None
+
+
+def _leader_address(backend: ApiBackend) -> tuple[str | None, str | None, str]:
+    """The leader and its API's address, as it published them; and why not, when there is none
+    to forward to ("" when this vantage is about to lead: it decides)."""
+    view = backend.status_extra().get("leadership") or {}
+    leader, address = view.get("leader"), view.get("leader_api")
+    if not leader:
+        return None, None, "not forwarded: no vantage leads now"
+    if view.get("held") or leader == backend.config.vantage.id:
+        return None, None, ""
+    if not address:
+        return str(leader), None, f"not forwarded: {leader}'s API has no TCP address (api.tcp_listen)"
+    host = str(address).split("://")[-1].rpartition(":")[0].strip("[]")
+    if host in _EVERY_INTERFACE:
+        return (
+            str(leader),
+            None,
+            f"not forwarded: {leader} gives {address}, an address on every interface, not one to reach it at",
+        )
+    return str(leader), str(address), ""
+
+
+async def _send(
+    request: web.Request, kind: str, forwarding: _Forwarding, leader: str, address: str
+) -> web.StreamResponse | str:
+    """Forward `request` to the leader once; its answer, relayed. A sentence (the request stays
+    here) when it never reached the leader, or, for a read, when no answer came."""
+    backend = _backend(request)
+    me = backend.config.vantage.id
+    identity = request[IDENTITY]
+    claim = {"operator": identity.name, "groups": sorted(identity.unix_groups), "via": me}
+    headers = {
+        "Authorization": f"Bearer {forwarding.token}",
+        FORWARDED_HEADER: json.dumps(claim, ensure_ascii=True, separators=(",", ":")),
+        "Accept": "application/json",
+    }
+    body = await request.read()
+    if body:
+        headers["Content-Type"] = "application/json"
+    base = address if "://" in address else f"{'https' if forwarding.tls is not None else 'http'}://{address}"
+    url = URL(base.rstrip("/") + request.raw_path, encoded=True)
+    where = f"leader {leader} at {address}"
+    timeout = aiohttp.ClientTimeout(total=FORWARD_TIMEOUT_S, sock_connect=FORWARD_CONNECT_TIMEOUT_S)
+    log = _log().bind(who=identity.name, path=request.path, leader=leader, address=address)
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.request(
+                request.method,
+                url,
+                data=body or None,
+                headers=headers,
+                ssl=forwarding.tls if forwarding.tls is not None else True,
+                allow_redirects=False,
+            ) as response,
+        ):
+            status = response.status
+            raw = await _bounded(response)
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        cause = _cause(exc)
+        log.warning("api.forward_failed", delivered=False, cause=cause)
+        return f"tried to forward it to {leader} at {address}: {cause}"
+    except (TimeoutError, aiohttp.ClientError, _AnswerTooLarge) as exc:
+        cause = _cause(exc)
+        log.error("api.forward_failed", delivered="unknown", cause=cause)
+        if kind == "read":
+            return cause
+        return _error(
+            504,
+            f"forwarded to {where}, but its answer did not come back ({cause}): it may have been carried "
+            "out; check with `baton status` (or `baton audit` there) before asking again",
+        )
+    log.info("api.forwarded", status=status)
+    try:
+        data = json.loads(raw) if raw else None
+    except ValueError:
+        data = None
+    if status == 401:
+        return _error(
+            502,
+            f"not carried out: {where} did not accept this vantage's credential (api.peer_token must be "
+            "the same on every vantage)",
+        )
+    if not isinstance(data, dict) or not 200 <= status < 600:
+        return _error(
+            502,
+            f"forwarded to {where}, which answered HTTP {status} without an answer of Baton's: check with "
+            "`baton status` (or `baton audit` there)",
+        )
+    said = f"forwarded to {where}"
+    if isinstance(data.get("error"), str):
+        data["error"] = f"{said}: {data['error']}"
+    if kind == "command" and isinstance(data.get("reason"), str):
+        data["reason"] = f"{said}: {data['reason']}"
+    data["forwarded"] = {"leader": leader, "address": address, "via": me}
+    return web.json_response(data, status=status)
+
+
+async def _bounded(response: aiohttp.ClientResponse) -> bytes:
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_FORWARDED_ANSWER_BYTES:
+            raise _AnswerTooLarge(f"an answer larger than {MAX_FORWARDED_ANSWER_BYTES} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _cause(exc: BaseException) -> str:
+    """Why a forward failed, in a few words: never a header, a body or a credential."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return f"its TLS certificate was not accepted ({exc.certificate_error})"
+    if isinstance(exc, aiohttp.ClientConnectorSSLError | aiohttp.ClientSSLError):
+        return "TLS failed"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return f"no connection within {FORWARD_CONNECT_TIMEOUT_S:g} s"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        error = exc.os_error
+        if isinstance(error, socket.gaierror):
+            return f"its address does not resolve ({error.strerror})"
+        return os.strerror(error.errno).lower() if error.errno and error.errno > 0 else "cannot connect"
+    if isinstance(exc, TimeoutError):
+        return f"no answer within {FORWARD_TIMEOUT_S:g} s"
+    if isinstance(exc, _AnswerTooLarge):
+        return str(exc)
+    return f"the connection failed ({type(exc).__name__})"
 
 
 # --- reading the body and the query -----------------------------------------------------------
@@ -638,14 +926,24 @@ async def _allow(request: web.Request, command: str, office: str | None = None) 
     verdict = authorize(backend.config.operators.grants, identity, target, now)
     if verdict.allowed:
         return verdict.grant
-    _log().warning("api.forbidden", who=identity.name, command=command, office=office, why=verdict.reason)
-    entry = AuditEntry(now, "refused", identity.name, command, verdict.reason, office)
+    via = request.get(VIA)
+    _log().warning(
+        "api.forbidden", who=identity.name, command=command, office=office, why=verdict.reason, via=via
+    )
+    detail = {} if via is None else {"via": via}
+    await _audit_refusal(
+        request, AuditEntry(now, "refused", identity.name, command, verdict.reason, office, detail)
+    )
+    raise _Problem(403, verdict.reason)
+
+
+async def _audit_refusal(request: web.Request, entry: AuditEntry) -> None:
+    backend = _backend(request)
     try:
         await backend.journal.call(backend.journal.record_audit, entry)
     except JournalError as exc:
-        # The refusal stands; only its audit row is lost (the log line above keeps it).
-        _log().error("api.audit_write_failed", who=identity.name, command=command, error=str(exc))
-    raise _Problem(403, verdict.reason)
+        # The refusal stands; only its audit row is lost (the log line before it keeps it).
+        _log().error("api.audit_write_failed", who=entry.who, command=entry.what, error=str(exc))
 
 
 async def _office_for(request: web.Request, command: str) -> tuple[OfficeState, str | None]:
@@ -769,10 +1067,14 @@ def _answer(request: web.Request, command: str, outcome: CommandOutcome, office:
         accepted=outcome.accepted,
         run_id=outcome.run_id,
         approval_id=outcome.approval_id,
+        via=request.get(VIA),
     )
     backend = _backend(request)
     if not outcome.accepted:
-        raise _Problem(409, outcome.reason + _leader_api(backend, outcome.reason))
+        note = request.get(FORWARD_NOTE)
+        raise _Problem(
+            409, outcome.reason + _leader_api(backend, outcome.reason) + (f"; {note}" if note else "")
+        )
     body: dict[str, Any] = {
         "accepted": True,
         "reason": outcome.reason,
@@ -813,7 +1115,7 @@ async def _handover(request: web.Request) -> web.Response:
             raise _Problem(400, str(exc)) from None
     to = _optional_str(data, "to")
     outcome = _backend(request).controller.declare_closure(
-        office.office, who=request[WHO], reason=reason, until=until, to=to, grant=grant
+        office.office, who=request[WHO], reason=reason, until=until, to=to, grant=grant, via=request.get(VIA)
     )
     return _answer(request, "handover", outcome, office.office)
 
@@ -823,7 +1125,7 @@ async def _handback(request: web.Request) -> web.Response:
     data = await _body(request, {"reason": "string, required"})
     reason = _reason(data, required=True)
     outcome = _backend(request).controller.request_handback(
-        office.office, who=request[WHO], reason=reason, grant=grant
+        office.office, who=request[WHO], reason=reason, grant=grant, via=request.get(VIA)
     )
     return _answer(request, "handback", outcome, office.office)
 
@@ -832,7 +1134,9 @@ async def _ack(request: web.Request) -> web.Response:
     office, _ = await _office_for(request, "ack")
     data = await _body(request, {"reason": "string"})
     reason = _reason(data, required=False)
-    outcome = _backend(request).controller.ack(office.office, who=request[WHO], reason=reason)
+    outcome = _backend(request).controller.ack(
+        office.office, who=request[WHO], reason=reason, via=request.get(VIA)
+    )
     return _answer(request, "ack", outcome, office.office)
 
 
@@ -852,7 +1156,7 @@ async def _resolve(request: web.Request) -> web.Response:
     reason = _reason(data, required=True)
     to = _optional_str(data, "to")
     outcome = _backend(request).controller.resolve(
-        office.office, Phase(phase), who=request[WHO], reason=reason, alternate=to
+        office.office, Phase(phase), who=request[WHO], reason=reason, alternate=to, via=request.get(VIA)
     )
     return _answer(request, "resolve", outcome, office.office)
 
@@ -861,7 +1165,9 @@ async def _pause(request: web.Request) -> web.Response:
     await _allow(request, "pause")
     data = await _body(request, {"reason": "string, required"})
     reason = _reason(data, required=True)
-    outcome = _backend(request).controller.set_paused(True, who=request[WHO], reason=reason)
+    outcome = _backend(request).controller.set_paused(
+        True, who=request[WHO], reason=reason, via=request.get(VIA)
+    )
     return _answer(request, "pause", outcome, None)
 
 
@@ -869,7 +1175,9 @@ async def _resume(request: web.Request) -> web.Response:
     await _allow(request, "resume")
     data = await _body(request, {"reason": "string"})
     reason = _reason(data, required=False)
-    outcome = _backend(request).controller.set_paused(False, who=request[WHO], reason=reason)
+    outcome = _backend(request).controller.set_paused(
+        False, who=request[WHO], reason=reason, via=request.get(VIA)
+    )
     return _answer(request, "resume", outcome, None)
 
 
@@ -881,7 +1189,9 @@ async def _shadow(request: web.Request) -> web.Response:
         what = "missing" if on is None else f"{_json_type(on)}"
         raise _Problem(400, f"'on' must be true or false ({what})")
     reason = _reason(data, required=False)
-    outcome = _backend(request).controller.set_shadow(on, who=request[WHO], reason=reason)
+    outcome = _backend(request).controller.set_shadow(
+        on, who=request[WHO], reason=reason, via=request.get(VIA)
+    )
     return _answer(request, "shadow-on" if on else "shadow-off", outcome, None)
 
 
@@ -934,7 +1244,7 @@ async def _abort(request: web.Request) -> web.Response:
         raise _Problem(
             409, f"run {run_id} is not in progress (office {office} is no longer in the inventory)"
         )
-    outcome = backend.controller.abort(office, run_id, who=request[WHO], reason=reason)
+    outcome = backend.controller.abort(office, run_id, who=request[WHO], reason=reason, via=request.get(VIA))
     if outcome.accepted:
         # The run stops at its next safe point; the client follows it (`baton run ID`).
         outcome = replace(outcome, run_id=run_id)
@@ -980,7 +1290,7 @@ async def _on_approval(request: web.Request, command: str, *, required: bool) ->
     data = await _body(request, {"reason": "string, required" if required else "string"})
     reason = _reason(data, required=required)
     decide = backend.controller.deny if required else backend.controller.approve
-    outcome = decide(office, approval_id, who=request[WHO], reason=reason)
+    outcome = decide(office, approval_id, who=request[WHO], reason=reason, via=request.get(VIA))
     return _answer(request, command, outcome, office)
 
 
@@ -1045,6 +1355,12 @@ async def _audit_verify(request: web.Request) -> web.Response:
     return web.json_response(
         {"ok": result.ok, "rows": result.rows, "broken_id": result.broken_id, "why": result.why}
     )
+
+
+# Every state-changing request: on a follower, forwarded to the leader.
+_COMMANDS: frozenset[Handler] = frozenset(
+    {_handover, _handback, _ack, _resolve, _pause, _resume, _shadow, _abort, _approve, _deny}
+)
 
 
 # --- requests aiohttp cannot parse ----------------------------------------------------------
@@ -1119,9 +1435,18 @@ async def start_listeners(
     for ref in settings.tokens:
         # Named after where it lives ("token:api-ops"), which says whose it is without being it.
         store.add(f"token:{Path(ref.name).name if ref.kind == 'file' else ref.name}", resolve(ref))
+    if settings.peer_token is not None:
+        peer_token = resolve(settings.peer_token)
+        if store.identify(peer_token) is not None:
+            raise ApiSetupError(
+                "api.peer_token has the value of one of api.tokens: whoever holds that token could act as "
+                "any operator; give the vantages a credential of their own"
+            )
+        app[PEER_TOKENS].add("api.peer_token", peer_token)
+        app[FORWARDING] = _Forwarding(peer_token, _peer_tls(settings))
     if not app[PEERCRED] and not store.entries:
         raise ApiSetupError("the API has no way to authenticate anybody: no tokens and no peer credentials")
-    if settings.tcp_listen is not None and not store.entries:
+    if settings.tcp_listen is not None and not store.entries and not app[PEER_TOKENS].entries:
         raise ApiSetupError(
             f"the TCP API ({settings.tcp_listen}) has no tokens: add api.tokens or remove api.tcp_listen"
         )
@@ -1156,6 +1481,7 @@ async def start_listeners(
         tcp=None if listeners.tcp is None else f"{listeners.tcp[0]}:{listeners.tcp[1]}",
         tls=tls is not None,
         token_count=len(store.entries),
+        forwarding=app[FORWARDING] is not None,
     )
     return listeners
 
@@ -1211,6 +1537,21 @@ def _tcp_socket(listen: str) -> socket.socket:
     except (OSError, ValueError) as exc:
         cause = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ApiSetupError(f"cannot listen on {listen} for the TCP API: {cause}") from None
+
+
+def _peer_tls(settings: ApiSettings) -> ssl.SSLContext | None:
+    """Forwarding speaks TLS when this vantage's API does (the vantages are configured alike),
+    verifying the leader's certificate against api.peer_ca, else the system's trust store."""
+    if settings.tls_cert is None:
+        return None
+    try:
+        context = ssl.create_default_context(
+            cafile=None if settings.peer_ca is None else str(settings.peer_ca)
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ApiSetupError(f"cannot load api.peer_ca {settings.peer_ca}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def _tls_context(settings: ApiSettings) -> ssl.SSLContext | None:

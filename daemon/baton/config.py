@@ -57,6 +57,11 @@ class ApiSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tokens: tuple[SecretRef, ...] = ()
+    # Several vantages: the credential they share to forward an operator's command from a
+    # follower to the leader's TCP API (`baton.api`), and the CA that signed the leader's
+    # certificate when the API speaks TLS (None: the system's trust store).
+    peer_token: SecretRef | None = None
+    peer_ca: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +202,8 @@ class ApiFile(Strict):
     tls_cert: str | None = None
     tls_key: str | None = None
     tokens: Refs = Field(default_factory=list)
+    peer_token: Ref | None = None
+    peer_ca: str | None = None
 
 
 class TrapUserFile(Strict):
@@ -446,7 +453,7 @@ def read_config(
         problems.extend(
             _finding_problem(doc, f) for f in check_etcd(config.etcd, config.policy, config.vantage.id)
         )
-    problems.extend(_check_api(doc, config.api))
+    problems.extend(_check_api(doc, config.api, etcd=config.etcd is not None))
     if check_credentials:
         problems.extend(_check_credentials(doc, parsed, base, environ))
     problems.sort(key=lambda p: p.line or 0)
@@ -479,6 +486,8 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
             tls_cert=None if api.tls_cert is None else base / api.tls_cert,
             tls_key=None if api.tls_key is None else base / api.tls_key,
             tokens=tuple(_ref(base, t) for t in api.tokens),
+            peer_token=None if api.peer_token is None else _ref(base, api.peer_token),
+            peer_ca=None if api.peer_ca is None else base / api.peer_ca,
         ),
         metrics_listen=parsed.metrics_listen,
         traps=TrapSettings(
@@ -585,9 +594,9 @@ def _finding_problem(doc: Document, finding: Finding) -> Problem:
     return Problem(doc.file, doc.line_of(path), where, finding.message, finding.hint, finding.severity)
 
 
-def _check_api(doc: Document, api: ApiSettings) -> list[Problem]:
+def _check_api(doc: Document, api: ApiSettings, *, etcd: bool) -> list[Problem]:
     problems = []
-    if api.tcp_listen is not None and not api.tokens:
+    if api.tcp_listen is not None and not api.tokens and api.peer_token is None:
         problems.append(
             doc.problem(
                 ("api", "tcp_listen"),
@@ -608,6 +617,95 @@ def _check_api(doc: Document, api: ApiSettings) -> list[Problem]:
                     "warning",
                 )
             )
+    problems.extend(_check_forwarding(doc, api, etcd=etcd))
+    return problems
+
+
+_EVERY_INTERFACE = ("", "0.0.0.0", "::")  # noqa: S104 - recognised, not listened on
+
+
+def _check_forwarding(doc: Document, api: ApiSettings, *, etcd: bool) -> list[Problem]:
+    """Several vantages: a follower forwards an operator's command to the leader's TCP API (its
+    `api.tcp_listen`, published in etcd) with the vantages' shared `api.peer_token`. Without
+    them a follower refuses, naming the leader: safe, so warnings; a setting that cannot work
+    as written is an error."""
+    problems = []
+    peer = ("api", "peer_token")
+    if api.peer_token is not None and api.peer_token in api.tokens:
+        problems.append(
+            doc.problem(
+                peer,
+                "api.peer_token is also one of api.tokens: whoever holds that operator token could "
+                "act as any operator",
+                "give the vantages a credential of their own, used for nothing else",
+            )
+        )
+    if api.peer_token is not None and api.tcp_listen is None:
+        problems.append(
+            doc.problem(
+                peer,
+                "api.peer_token is set but api.tcp_listen is not: when this vantage leads, the others "
+                "cannot forward commands to it",
+                "set api.tcp_listen to an address the other vantages reach, or remove api.peer_token",
+            )
+        )
+    if api.peer_token is not None and not etcd:
+        problems.append(
+            doc.problem(
+                peer,
+                "api.peer_token has no use without etcd: this vantage leads alone, nothing is forwarded",
+                "remove api.peer_token, or configure etcd: for several vantages",
+                "warning",
+            )
+        )
+    if api.peer_ca is not None and api.peer_token is None:
+        problems.append(
+            doc.problem(("api", "peer_ca"), "api.peer_ca goes with api.peer_token", "set both, or neither")
+        )
+    elif api.peer_ca is not None and api.tls_cert is None:
+        problems.append(
+            doc.problem(
+                ("api", "peer_ca"),
+                "api.peer_ca verifies the leader's TLS certificate, but this vantage's API has no TLS: "
+                "commands are forwarded over TLS when the vantages' APIs speak it",
+                "set api.tls_cert and api.tls_key (on every vantage), or remove api.peer_ca",
+            )
+        )
+    if not etcd:
+        return problems
+    written: KeyPath = ("api",) if ("api",) in doc.lines else ("etcd",)  # a line to point at
+    if api.tcp_listen is None:
+        problems.append(
+            doc.problem(
+                written,
+                "with etcd, this vantage's API has no TCP listener (api.tcp_listen): when it leads, a "
+                "command given on another vantage can neither be forwarded to it nor be told where it is",
+                "set api.tcp_listen to an address the other vantages reach, and api.peer_token",
+                "warning",
+            )
+        )
+    elif api.tcp_listen.rpartition(":")[0].strip("[]") in _EVERY_INTERFACE:
+        problems.append(
+            doc.problem(
+                ("api", "tcp_listen"),
+                f"the other vantages are given api.tcp_listen ({api.tcp_listen}) as this vantage's "
+                "address: an address on every interface is not one they can reach, so commands cannot "
+                "be forwarded to this vantage when it leads",
+                "listen on the address the other vantages reach, e.g. 10.0.1.21:8443",
+                "warning",
+            )
+        )
+    elif api.peer_token is None:
+        problems.append(
+            doc.problem(
+                written,
+                "with etcd and no api.peer_token, a command given on this vantage while it follows is "
+                "refused (naming the leader and its address), not forwarded to the leader",
+                "set api.peer_token: file:/etc/baton/credentials/peer-token, the same credential on "
+                "every vantage",
+                "warning",
+            )
+        )
     return problems
 
 
@@ -615,6 +713,8 @@ def _check_credentials(
     doc: Document, parsed: ConfigFile, base: Path, environ: Mapping[str, str] | None
 ) -> list[Problem]:
     written: list[tuple[KeyPath, str]] = [(("api", "tokens", i), t) for i, t in enumerate(parsed.api.tokens)]
+    if parsed.api.peer_token is not None:
+        written.append((("api", "peer_token"), parsed.api.peer_token))
     written += [(("traps", "communities", i), c) for i, c in enumerate(parsed.traps.communities)]
     for i, user in enumerate(parsed.traps.v3_users):
         written += [(("traps", "v3_users", i, "auth_key"), user.auth_key)]

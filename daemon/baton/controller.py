@@ -259,9 +259,19 @@ class Controller:
                 self._sleep(0.05 * 2**attempt)
 
     def command(
-        self, name: str, event: Event, *, who: str, reason: str, args: Mapping[str, Any]
+        self,
+        name: str,
+        event: Event,
+        *,
+        who: str,
+        reason: str,
+        args: Mapping[str, Any],
+        via: str | None = None,
     ) -> CommandOutcome:
-        """An operator command: decided by the core like any event, journaled with who/why/what."""
+        """An operator command: decided by the core like any event, journaled with who/why/what.
+        `via`: the vantage that forwarded it from its operator (journaled and audited with it)."""
+        if via is not None:
+            args = {**args, "via": via}
         before = self._state
         transition = self.apply(event, who=who, command=(name, args, reason))
         run_id = next((a.run_id for a in transition.actions if isinstance(a, StartRun)), None)
@@ -293,51 +303,70 @@ class Controller:
         until: float | None = None,
         to: str | None = None,
         grant: str | None = None,
+        via: str | None = None,
     ) -> CommandOutcome:
         event = ClosureDeclared(office=office, who=who, reason=reason, until=until, to=to, grant=grant)
-        return self.command(
-            "handover", event, who=who, reason=reason, args={"office": office, "until": until, "to": to}
-        )
+        args = {"office": office, "until": until, "to": to}
+        return self.command("handover", event, who=who, reason=reason, args=args, via=via)
 
     def request_handback(
-        self, office: str, *, who: str, reason: str, grant: str | None = None
+        self, office: str, *, who: str, reason: str, grant: str | None = None, via: str | None = None
     ) -> CommandOutcome:
         event = HandbackRequested(office=office, who=who, reason=reason, grant=grant)
-        return self.command("handback", event, who=who, reason=reason, args={"office": office})
+        return self.command("handback", event, who=who, reason=reason, args={"office": office}, via=via)
 
-    def approve(self, office: str, approval_id: str, *, who: str, reason: str = "") -> CommandOutcome:
+    def approve(
+        self, office: str, approval_id: str, *, who: str, reason: str = "", via: str | None = None
+    ) -> CommandOutcome:
         event = ApprovalGiven(office=office, approval_id=approval_id, who=who)
         args = {"office": office, "approval": approval_id}
-        return self.command("approve", event, who=who, reason=reason, args=args)
+        return self.command("approve", event, who=who, reason=reason, args=args, via=via)
 
-    def deny(self, office: str, approval_id: str, *, who: str, reason: str) -> CommandOutcome:
+    def deny(
+        self, office: str, approval_id: str, *, who: str, reason: str, via: str | None = None
+    ) -> CommandOutcome:
         event = ApprovalDenied(office=office, approval_id=approval_id, who=who, reason=reason)
         args = {"office": office, "approval": approval_id}
-        return self.command("deny", event, who=who, reason=reason, args=args)
+        return self.command("deny", event, who=who, reason=reason, args=args, via=via)
 
-    def abort(self, office: str, run_id: str, *, who: str, reason: str) -> CommandOutcome:
+    def abort(
+        self, office: str, run_id: str, *, who: str, reason: str, via: str | None = None
+    ) -> CommandOutcome:
         event = AbortRequested(office=office, run_id=run_id, who=who, reason=reason)
-        return self.command("abort", event, who=who, reason=reason, args={"office": office, "run": run_id})
+        args = {"office": office, "run": run_id}
+        return self.command("abort", event, who=who, reason=reason, args=args, via=via)
 
     def resolve(
-        self, office: str, phase: Phase, *, who: str, reason: str, alternate: str | None = None
+        self,
+        office: str,
+        phase: Phase,
+        *,
+        who: str,
+        reason: str,
+        alternate: str | None = None,
+        via: str | None = None,
     ) -> CommandOutcome:
         event = PhaseResolved(office=office, phase=phase, who=who, reason=reason, alternate=alternate)
         args = {"office": office, "phase": phase.value, "alternate": alternate}
-        return self.command("resolve", event, who=who, reason=reason, args=args)
+        return self.command("resolve", event, who=who, reason=reason, args=args, via=via)
 
-    def ack(self, office: str, *, who: str, reason: str = "") -> CommandOutcome:
-        return self.command(
-            "ack", Acked(office=office, who=who), who=who, reason=reason, args={"office": office}
-        )
+    def ack(self, office: str, *, who: str, reason: str = "", via: str | None = None) -> CommandOutcome:
+        event = Acked(office=office, who=who)
+        return self.command("ack", event, who=who, reason=reason, args={"office": office}, via=via)
 
-    def set_paused(self, paused: bool, *, who: str, reason: str = "") -> CommandOutcome:
+    def set_paused(
+        self, paused: bool, *, who: str, reason: str = "", via: str | None = None
+    ) -> CommandOutcome:
         name = "pause" if paused else "resume"
-        return self.command(name, PauseSet(paused=paused, who=who), who=who, reason=reason, args={})
+        event = PauseSet(paused=paused, who=who)
+        return self.command(name, event, who=who, reason=reason, args={}, via=via)
 
-    def set_shadow(self, shadow: bool, *, who: str, reason: str = "") -> CommandOutcome:
+    def set_shadow(
+        self, shadow: bool, *, who: str, reason: str = "", via: str | None = None
+    ) -> CommandOutcome:
         name = "shadow-on" if shadow else "shadow-off"
-        return self.command(name, ShadowSet(shadow=shadow, who=who), who=who, reason=reason, args={})
+        event = ShadowSet(shadow=shadow, who=who)
+        return self.command(name, event, who=who, reason=reason, args={}, via=via)
 
 
 def config_event(offices: Mapping[str, tuple[str, ...]], shadow: bool, policy: Policy) -> ConfigLoaded:

@@ -8,7 +8,10 @@ import pytest
 
 from baton.core.actions import AbortRun, Alert, ClearAlert, RaiseAlert, StartRun
 from baton.core.events import (
+    AbortRequested,
     Acked,
+    ApprovalDenied,
+    ApprovalGiven,
     ClosureDeclared,
     ConfigLoaded,
     Event,
@@ -16,6 +19,7 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     PauseSet,
+    PhaseResolved,
     RoundObserved,
     RunFinished,
     ShadowSet,
@@ -403,6 +407,39 @@ def test_a_declared_closure_without_the_lease_is_recorded_and_honoured_later() -
         ),
     ] == [t.actions for t in ts]
     assert ["lease held; blocked handovers retry on the next tick"] == [ts[1].reason]
+
+
+@pytest.mark.parametrize(
+    ("event", "asked"),
+    [
+        (PauseSet(True, "alice"), "pause by alice"),
+        (PauseSet(False, "alice"), "resume by alice"),
+        (ShadowSet(True, "alice"), "shadow mode on by alice"),
+        (Acked("a", "alice"), "ack of a by alice"),
+        (ApprovalGiven("a", "approval-a-1", "alice"), "approval approval-a-1 by alice"),
+        (ApprovalDenied("a", "approval-a-1", "alice", "no"), "denial of approval-a-1 by alice"),
+        (AbortRequested("a", "r1", "alice", "stop"), "abort of run r1 by alice"),
+        (PhaseResolved("a", Phase.OPEN, "alice", "checked"), "resolve of a to OPEN by alice"),
+    ],
+)
+def test_a_follower_refuses_every_operator_command_while_another_vantage_leads(
+    event: Event, asked: str
+) -> None:
+    """Decided on a follower, a command would be undone by the leader's next report: refused,
+    naming the leader, nothing changed (the API forwards commands to the leader instead)."""
+    state = make_state(leader=False, leader_elsewhere="v2")
+    t = step(state, event, P, 5.0)
+    assert (
+        state,
+        (),
+        f"{asked} refused: this vantage does not hold the lease (vantage v2 leads: ask it, "
+        "`baton status` there)",
+    ) == (t.state, t.actions, t.reason)
+    # With no leader known, nothing changes for them (a declaration is still recorded, as before).
+    assert (
+        "refused: this vantage does not hold the lease"
+        not in step(make_state(leader=False), event, P, 5.0).reason
+    )
 
 
 def test_shadow_mode_never_runs_a_declared_closure() -> None:

@@ -52,7 +52,9 @@ Choices the design left open, taken as a NOC operator would want them:
 - A declared closure without the lease is still recorded (CLOSED): it is a fact, and the vantage
   acts on it once it holds the lease — unless another vantage is known to lead: then it is
   refused, naming that vantage (recorded here, nobody would act on it). A handback request
-  without the lease is refused.
+  without the lease is refused. So is every other operator command (pause, shadow, ack, approve,
+  deny, abort, resolve) while another vantage is known to lead: the leader's next report would
+  undo it here; the API forwards commands to the leader instead.
 - In HANDED_OVER a new declaration re-labels the closure (e.g. detected → declared, which stops
   automatic handback); moving to a different alternate needs a handback first.
 - Handback of a CLOSED office that no run ever touched reopens it without a run.
@@ -223,6 +225,9 @@ class _Outcome:
 
 def step(state: State, event: Event, policy: Policy, now: float) -> Transition:
     """The next state, the actions to carry out and why, for one event at time `now`."""
+    refused = _heard_by_the_leader(state, event)
+    if refused is not None:
+        return Transition(state, (), refused)
     if isinstance(event, PauseSet):
         return _on_pause(state, event)
     if isinstance(event, ShadowSet):
@@ -324,6 +329,32 @@ def _blocked(office: OfficeState, alert: Alert, reason: str) -> _Outcome:
 
 
 # --- global events -------------------------------------------------------------------------
+
+
+def _heard_by_the_leader(state: State, event: Event) -> str | None:
+    """Why an operator command is refused on a follower while another vantage leads (None: it is
+    not). Decided here it would be undone by the leader's next report (`LeaderReported`): the
+    leading vantage must hear it (the API forwards it there). Declarations and handbacks say the
+    same in their own handlers."""
+    if state.leader or not state.leader_elsewhere:
+        return None
+    if isinstance(event, PauseSet):
+        asked = f"{'pause' if event.paused else 'resume'} by {event.who}"
+    elif isinstance(event, ShadowSet):
+        asked = f"shadow mode {'on' if event.shadow else 'off'} by {event.who}"
+    elif isinstance(event, Acked):
+        asked = f"ack of {event.office} by {event.who}"
+    elif isinstance(event, ApprovalGiven):
+        asked = f"approval {event.approval_id} by {event.who}"
+    elif isinstance(event, ApprovalDenied):
+        asked = f"denial of {event.approval_id} by {event.who}"
+    elif isinstance(event, AbortRequested):
+        asked = f"abort of run {event.run_id} by {event.who}"
+    elif isinstance(event, PhaseResolved):
+        asked = f"resolve of {event.office} to {event.phase} by {event.who}"
+    else:
+        return None
+    return f"{asked} refused: {_no_lease(state)}"
 
 
 def _on_pause(state: State, event: PauseSet) -> Transition:
