@@ -458,10 +458,12 @@ def vantage_config(
     prefix: str,
     lease_ttl_s: float,
     request_timeout_s: float,
+    peer_token: Path | None = None,
 ) -> Path:
     """The lab's baton.yaml for one of several vantages over etcd: its own id, journal, API (a
     unix socket, and TCP with a token, as the leader's address a follower names), metrics and
-    trap ports."""
+    trap ports. `peer_token`: the vantages' shared credential file (api.peer_token), with which
+    a follower forwards commands to the leader; without it, a follower refuses them."""
     config = yaml.safe_load(lab.config_path.read_text())
     config["vantage"] = {"id": vantage, "office": office}
     token = lab.dir / f"{vantage}.token"
@@ -472,6 +474,8 @@ def vantage_config(
         "tcp_listen": f"127.0.0.1:{free_port()}",
         "tokens": [f"file:{token}"],
     }
+    if peer_token is not None:
+        config["api"]["peer_token"] = f"file:{peer_token}"
     config["metrics_listen"] = f"127.0.0.1:{free_port()}"
     config["journal_path"] = str(lab.dir / f"{vantage}.sqlite3")
     config["traps"] = {**config["traps"], "port": traps_port}
