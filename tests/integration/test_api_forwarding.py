@@ -9,6 +9,8 @@ refusal (its name and address), saying it was tried; the credential is never sho
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import io
 import ipaddress
@@ -16,6 +18,7 @@ import json
 import os
 import pwd
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +28,14 @@ import aiohttp
 import pytest
 import structlog
 
-from baton.api import FORWARDED_HEADER, ApiSetupError, Listeners, create_app, start_listeners
+from baton.api import (
+    FORWARD_TIMEOUT_S,
+    FORWARDED_HEADER,
+    ApiSetupError,
+    Listeners,
+    create_app,
+    start_listeners,
+)
 from baton.config import ApiSettings, EtcdSettings, VantageSettings
 from baton.core.events import LeaseChanged
 from baton.core.grants import Grant, Grants, Role
@@ -373,6 +383,44 @@ async def test_an_unreachable_leader_leaves_the_refusal_naming_it_saying_it_was_
     assert not leader.backend.controller.state.paused
     [command] = follower.backend.journal.commands()  # the refusal is journaled here, as before
     assert (ME, "pause") == (command.who, command.command)
+
+
+async def test_a_leader_that_took_the_command_but_never_answered_is_not_asked_again(
+    pair: tuple[Vantage, Vantage],
+) -> None:
+    """The leader's address accepts the request and says nothing: after the deadline the follower
+    says it may have been carried out (504), and neither retries nor decides it here."""
+    follower, _ = pair
+    received: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+    answered = asyncio.Event()  # never, until the test is over
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.append(writer)
+        received.append(await reader.read(65536))
+        await answered.wait()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        follower.backend.leadership["leader_api"] = f"127.0.0.1:{port}"
+        started = time.monotonic()
+        status, body = await call(follower, "POST", "/v1/pause", body={"reason": "x"})
+        took_s = time.monotonic() - started
+    finally:
+        answered.set()
+        for writer in writers:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        server.close()
+        await server.wait_closed()
+    assert 504 == status
+    assert f"forwarded to leader v2 at 127.0.0.1:{port}, but its answer did not come back" in body["error"]
+    assert "it may have been carried out" in body["error"]
+    assert FORWARD_TIMEOUT_S <= took_s < FORWARD_TIMEOUT_S + 3
+    assert 1 == len(received)  # once
+    assert [] == follower.backend.journal.commands()
 
 
 async def test_a_leader_without_an_address_is_named_and_not_forwarded_to(
