@@ -35,7 +35,7 @@ import re
 import shutil
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -371,6 +371,9 @@ T = TypeVar("T")
 # Called around every write transaction with ("before" | "after", the write's number from 1,
 # the method that writes): crash tests kill the process there. Production passes none.
 WriteHook = Callable[[str, int, str], None]
+# Called after every `Journal.call` with the method's name and arguments (`baton.runmirror`
+# shares a run's records with the other vantages before the runner acts on them).
+AfterCall = Callable[[str, tuple[Any, ...]], Awaitable[None]]
 
 
 class Journal:
@@ -386,6 +389,7 @@ class Journal:
         self._writes = 0
         self._durable = True
         self._executor: ThreadPoolExecutor | None = None
+        self.after_call: AfterCall | None = None
 
     # --- device configuration backups -------------------------------------------------------
     #
@@ -440,9 +444,12 @@ class Journal:
         """`fn(*args, **kwargs)` (a method of this journal) on the journal's own thread."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="baton-journal")
-        return await asyncio.get_running_loop().run_in_executor(
+        result = await asyncio.get_running_loop().run_in_executor(
             self._executor, functools.partial(fn, *args, **kwargs)
         )
+        if self.after_call is not None:
+            await self.after_call(getattr(fn, "__name__", ""), args)
+        return result
 
     @property
     def path(self) -> str:
@@ -907,6 +914,72 @@ class Journal:
     def steps_of(self, run_id: str) -> tuple[StepRecord, ...]:
         rows = self._read("SELECT * FROM steps WHERE run_id = ? ORDER BY id", (run_id,))
         return tuple(_step_record(row) for row in rows)
+
+    def device_steps(self, run_id: str, device: str) -> tuple[StepRecord, ...]:
+        rows = self._read("SELECT * FROM steps WHERE run_id = ? AND device = ? ORDER BY id", (run_id, device))
+        return tuple(_step_record(row) for row in rows)
+
+    def step(self, step_id: int) -> StepRecord | None:
+        rows = self._read("SELECT * FROM steps WHERE id = ?", (step_id,))
+        return _step_record(rows[0]) if rows else None
+
+    def adopt_run(self, record: RunRecord) -> bool:
+        """Take a run as etcd holds it (a takeover, `baton.runmirror`): its row and every step
+        record replace what this journal had of it, in one transaction — etcd's is the run's
+        story, this journal's may be older — unless both show it finished. True if adopted."""
+        outcome = json.dumps({"done": sorted(record.done), "pending": sorted(record.pending)})
+        with self._write(label="adopt_run") as conn:
+            row = conn.execute("SELECT finished FROM runs WHERE id = ?", (record.id,)).fetchone()
+            if row is not None and row[0] is not None and record.finished is not None:
+                return False
+            if row is None:
+                self._insert_run(
+                    conn,
+                    record.id,
+                    record.office,
+                    record.kind,
+                    record.alternate,
+                    record.reason,
+                    record.who,
+                    record.started,
+                )
+            conn.execute(
+                "UPDATE runs SET confirm_deadline = ?, persist_id = ?, decision = ?, decision_reason = ?,"
+                " plan = ?, window_s = ?, finished = ?, result = ?, detail = ?, outcome = ? WHERE id = ?",
+                (
+                    record.confirm_deadline,
+                    record.persist_id,
+                    record.decision,
+                    record.decision_reason,
+                    record.plan,
+                    record.window_s,
+                    record.finished,
+                    record.result,
+                    record.detail,
+                    outcome,
+                    record.id,
+                ),
+            )
+            conn.execute("DELETE FROM steps WHERE run_id = ?", (record.id,))
+            for step in record.steps:
+                conn.execute(
+                    "INSERT INTO steps (run_id, device, step_index, step_name, phase, status, started,"
+                    " finished, detail, attempt, facts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        record.id,
+                        step.device,
+                        step.index,
+                        step.name,
+                        step.phase,
+                        StepStatus(step.status).value,
+                        step.started,
+                        step.finished,
+                        step.detail,
+                        step.attempt,
+                        _facts_json(step.facts),
+                    ),
+                )
+            return True
 
     def unfinished_runs(self) -> list[RunRecord]:
         """Runs started and never finished, oldest first, with all their steps."""

@@ -28,9 +28,10 @@ not on disk.
 
 Leadership (`baton.leadership`): one vantage alone always holds the lease (`LocalLeadership`);
 with `etcd:` the vantages elect a leader on an etcd lease (`EtcdLeadership`). Only the leader
-acts: every run carries its epoch to the devices and asks the fence before every change; a
-vantage that gains the lease finishes the runs its journal shows unfinished (its own, fenced
-when it lost the lease) and acts on the offices it already judged closed. Every vantage
+acts: every run carries its epoch to the devices and asks the fence before every change, and
+shares each of its records in etcd before it goes on (`baton.runmirror`); a vantage that gains
+the lease adopts the runs etcd holds — whoever left them — finishes those left unfinished, and
+acts on the offices it already judged closed. Every vantage
 publishes its office verdicts in etcd and applies everyone's as one round (`baton.vantages`):
 an office is DOWN only when a quorum of vantages sees it down.
 """
@@ -65,9 +66,11 @@ from baton.logs import get_logger
 from baton.metrics import Metrics
 from baton.monitor import Monitor, trap_receiver_config
 from baton.playbook.choice import choose_playbook
+from baton.playbook.runner import FenceLost
 from baton.playbook.schema import Playbook
 from baton.playbook.steps import Connectors
 from baton.readmodel import ReadModel
+from baton.runmirror import RunMirror
 from baton.runs import RunManager, RunSettings, chains_of
 from baton.sdnotify import Notifier
 from baton.secrets import resolve
@@ -135,6 +138,7 @@ class Service:
         self._given_leadership = leadership
         self.leadership: Leadership
         self.board: VerdictBoard | None = None  # several vantages: verdicts go through etcd
+        self.mirror: RunMirror | None = None  # several vantages: run records go through etcd too
         self._etcd: EtcdClient | None = None
         self._takeover: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
@@ -186,6 +190,13 @@ class Service:
         connectors = Connectors(resolve=self.resolve, snmp=snmp_access, executor=run_pool)
         settings = run_settings(loaded)
         self.leadership = self._given_leadership or self._make_leadership()
+        leadership = self.leadership
+        if self._etcd is not None and self.config.etcd is not None and isinstance(leadership, EtcdLeadership):
+            # Every run record goes to etcd before the run goes on: another vantage can finish it.
+            self.mirror = RunMirror(
+                self._etcd, self.config.etcd.prefix, self.journal, leadership.term, lambda: leadership.held
+            )
+            self.journal.after_call = self.mirror.after
         self.runs = RunManager(
             self.journal,
             connectors,
@@ -270,8 +281,10 @@ class Service:
         budget_s = sum((run.window_s or window_s) + STOP_MARGIN_S for run in unfinished)
         if unfinished:
             self.notifier.status(f"recovering {len(unfinished)} unfinished run(s)")
-        async with self._extending(budget_s):
-            recovered = await self.runs.recover()
+        recovered = []
+        if self.mirror is None:  # with etcd, the leader recovers, from etcd's records (_take_over)
+            async with self._extending(budget_s):
+                recovered = await self.runs.recover()
         for event in recovered:
             self.apply(event)
         for event in self.runs.reconcile(self.controller.state):
@@ -405,6 +418,20 @@ class Service:
 
     async def _take_over(self) -> None:
         await self.runs.settle()  # runs of an earlier term end at their next action (fenced)
+        while self.mirror is not None:
+            # The runs another vantage left unfinished (or this one, in an earlier term), as etcd
+            # holds them, before anything is recovered: never from this journal alone.
+            try:
+                await self.mirror.adopt()
+                break
+            except EtcdError as exc:
+                log.warning("takeover.adopt_failed", error=str(exc))
+            except FenceLost as exc:
+                log.warning("takeover.fenced", why=str(exc))
+                return
+            await asyncio.sleep(0.5)
+            if not self.leadership.held:
+                return
         recovered = await self.runs.recover()
         with contextlib.suppress(JournalFailed):
             for event in recovered:

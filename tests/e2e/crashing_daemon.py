@@ -4,7 +4,9 @@
 
 Environment:
   BATON_CRASH_AT     "after:N" or "before:N": die right after (or right before) the N-th journal
-                     write counted since arming; unset: never die (count only)
+                     write counted since arming; "after:LABEL" / "before:LABEL" (a write's
+                     label, e.g. "decide"): at the first such write; "before:LABEL+N": at the
+                     N-th write after it; unset: never die
   BATON_WRITES_LOG   a file: one line "N when label" per counted write (how the test learns K)
 
 Counting starts at SIGUSR1 (the test sends it right before the command whose run it studies),
@@ -27,7 +29,9 @@ from baton.service import Service
 def main(config: str) -> int:
     crash_at = os.environ.get("BATON_CRASH_AT")
     when_crash, _, n_crash = (crash_at or ":").partition(":")
-    target = int(n_crash) if n_crash else None
+    target = int(n_crash) if n_crash.isdigit() else None
+    label_crash, _, later = (n_crash if n_crash and target is None else "").partition("+")
+    seen_label: int | None = None  # the count at the first write labelled `label_crash`
     writes_log = os.environ.get("BATON_WRITES_LOG")
     armed = False
     count = 0
@@ -37,7 +41,7 @@ def main(config: str) -> int:
         armed, count = True, 0
 
     def hook(when: str, _n: int, label: str) -> None:
-        nonlocal count
+        nonlocal count, seen_label
         if not armed:
             return
         if when == "before":
@@ -45,7 +49,13 @@ def main(config: str) -> int:
             if writes_log:
                 with Path(writes_log).open("a") as f:
                     f.write(f"{count} {label}\n")
-        if target is not None and count == target and when == when_crash:
+            if label_crash and label == label_crash and seen_label is None:
+                seen_label = count
+        if when != when_crash:
+            return
+        if target is not None and count == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if seen_label is not None and count == seen_label + int(later or 0):
             os.kill(os.getpid(), signal.SIGKILL)
 
     signal.signal(signal.SIGUSR1, arm)

@@ -216,9 +216,11 @@ def test_the_leader_killed_another_takes_over_and_hands_back(
     record_property("figure", figure)
     assert world.epoch(new) > old_epoch
     # The new leader had adopted the old one's state: HANDED_OVER already, nothing run again
-    # (the devices still carry the old epoch), the handback is its own (under its epoch).
+    # (the devices still carry the old epoch), the handback is its own (under its epoch). Its
+    # journal holds the old leader's handover as etcd shared it, finished there.
     assert "HANDED_OVER" == _phase(world, new)
-    assert not world.daemons[new].journal.runs(OFFICE)
+    [handover] = world.daemons[new].journal.runs(OFFICE)
+    assert ("handover", "ok") == (handover["kind"], handover["result"])
     assert {old_epoch} == world.device_epochs()
     world.lab("power_on", office=OFFICE)
     wait_for(
@@ -231,11 +233,14 @@ def test_the_leader_killed_another_takes_over_and_hands_back(
     world.daemons[new].wait_phase(OFFICE, "OPEN", TIMEOUT_S)
     assert not any(world.handed_over(d) for d in (ROUTER, f"{OFFICE}-agg1"))
     assert {world.epoch(new)} == world.device_epochs()
-    # Its runs: the catch-up of the device the old leader left pending (it answered once the
-    # power was back), then the handback. No second handover.
+    # Its runs after the old leader's handover: the catch-up of the device that handover left
+    # pending (it answered once the power was back), then the handback. No second handover.
     runs = world.daemons[new].journal.runs(OFFICE)
+    assert [handover["id"]] == [
+        r["id"] for r in runs if r["kind"] == "handover" and not r["id"].startswith("catchup-")
+    ]
     assert [("handover", True), ("handback", False)] == [
-        (r["kind"], r["id"].startswith("catchup-")) for r in runs
+        (r["kind"], r["id"].startswith("catchup-")) for r in runs if r["id"] != handover["id"]
     ]
     world.daemons[old].start(lambda offices: True)  # back as a follower
     wait_for(lambda: world.status(old) is not None, TIMEOUT_S, f"{old} answers")

@@ -17,6 +17,7 @@ from baton.core.events import (
     LeaseChanged,
     OfficeObserved,
     RoundObserved,
+    RunFinished,
     Ticked,
 )
 from baton.core.machine import TRANSITIONS, abstaining, combine, step
@@ -187,15 +188,37 @@ def test_a_follower_that_takes_over_finishes_the_leaders_story() -> None:
 @pytest.mark.parametrize(
     ("theirs", "kind"), [(Phase.HANDING_OVER, "handover"), (Phase.HANDING_BACK, "handback")]
 )
-def test_a_leader_that_died_mid_run_leaves_the_office_failed_for_an_operator(
-    theirs: Phase, kind: str
-) -> None:
-    """Its devices are where its run left them (that run's journal is on the dead vantage): not
-    guessed at. FAILED, one alert that says what to do; `baton handover` finishes it."""
+def test_a_leader_that_died_mid_run_has_its_run_taken_over(theirs: Phase, kind: str) -> None:
+    """The run's records are shared (`baton.runmirror`): the new leader waits on that same run,
+    which its takeover recovers; its result decides the office, as the leader's would have."""
     state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
     report = replace(_reported(theirs, verdict=D, run_kind=RunKind(kind)), paused=False)
     state = step(state, report, Policy(), 1.0).state
-    assert state.offices["a"].remote_run == f"{kind} run r-1 on v2"
+    following = state.offices["a"]
+    assert (f"{kind} run r-1 on v2", "r-1") == (following.remote_run, following.remote_run_id)
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    office = t.state.offices["a"]
+    assert (theirs, "r-1", RunKind(kind)) == (office.phase, office.run_id, office.run_kind)
+    assert office.remote_run is None
+    assert not [a for a in t.actions if isinstance(a, StartRun | RaiseAlert)]  # no second run, no alert
+    t = step(t.state, RunFinished("a", "r-1", RunKind(kind), True, "recovered"), Policy(), 6.0)
+    assert {"handover": Phase.HANDED_OVER, "handback": Phase.OPEN}[kind] is t.state.offices["a"].phase
+
+
+@pytest.mark.parametrize(
+    ("theirs", "kind"), [(Phase.HANDING_OVER, "handover"), (Phase.HANDING_BACK, "handback")]
+)
+def test_a_leader_that_died_mid_run_it_never_shared_leaves_the_office_failed_for_an_operator(
+    theirs: Phase, kind: str
+) -> None:
+    """A state journaled before runs were shared names the run but not its id: its devices are
+    where it left them, not guessed at. FAILED, one alert that says what to do; `baton
+    handover` finishes it."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    report = replace(_reported(theirs, verdict=D, run_kind=RunKind(kind)), paused=False)
+    state = step(state, report, Policy(), 1.0).state
+    office = replace(state.offices["a"], remote_run_id=None, remote_run_kind=None)
+    state = replace(state, offices=MappingProxyType({**state.offices, "a": office}))
     t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
     assert Phase.FAILED is t.state.offices["a"].phase
     [alert] = [a for a in t.actions if isinstance(a, RaiseAlert)]

@@ -162,6 +162,10 @@ def delete(key: str) -> dict[str, Any]:
     return {"request_delete_range": {"key": _b64(key)}}
 
 
+def delete_prefix(prefix: str) -> dict[str, Any]:
+    return {"request_delete_range": {"key": _b64(prefix), "range_end": range_end(prefix)}}
+
+
 @dataclass(frozen=True, slots=True)
 class TxnResult:
     succeeded: bool

@@ -172,7 +172,10 @@ TRANSITIONS: frozenset[tuple[Phase, str, Phase]] = frozenset(
         *((p, _APPROVED, Phase.HANDING_BACK) for p in (Phase.CLOSED, Phase.HANDED_OVER, Phase.FAILED)),
         # a follower adopts the leader's view (a run there as its intent: never a running phase)
         *((p, _REPORTED, q) for p in Phase for q in Phase if q not in _RUNNING_PHASES and p is not q),
-        # ...and comes to lead while that run was under way there
+        # ...and comes to lead while that run was under way there: it takes the run over (its
+        # records are shared), or, a run it knows nothing of, leaves the office to an operator
+        (Phase.CLOSED, LeaseChanged.__name__, Phase.HANDING_OVER),
+        (Phase.HANDED_OVER, LeaseChanged.__name__, Phase.HANDING_BACK),
         *(
             (p, LeaseChanged.__name__, Phase.FAILED)
             for p in (Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.HANDED_OVER)
@@ -435,21 +438,33 @@ def _on_lease(state: State, event: LeaseChanged, now: float) -> Transition:
         offices = dict(state.offices)
         alerts: list[Action] = []
         failed: list[str] = []
+        taken_over: list[str] = []
         for office in state.offices.values():
             if office.remote_run is None or state.leader or office.phase in _RUNNING:
                 continue
-            # The leader stopped in the middle of a run: its devices are where that run left
-            # them (its journal is on that vantage). Not guessed at: FAILED, for an operator.
+            gone = replace(office, since=now, remote_run=None, remote_run_id=None, remote_run_kind=None)
+            if office.remote_run_id is not None and office.remote_run_kind is not None:
+                # The leader stopped in the middle of a run it shared: this vantage finishes that
+                # run (the takeover recovers it from etcd's records and reports its result).
+                kind = office.remote_run_kind
+                running = Phase.HANDING_OVER if kind is RunKind.HANDOVER else Phase.HANDING_BACK
+                run_id = office.remote_run_id
+                offices[office.office] = replace(gone, phase=running, run_id=run_id, run_kind=kind)
+                taken_over.append(f"{office.office} ({office.remote_run})")
+                continue
+            # A run this vantage cannot know: its devices are where that run left them. Not
+            # guessed at: FAILED, for an operator.
             why = (
                 f"{_name(office)}: {office.remote_run} was under way when that vantage stopped leading; "
                 "the devices are where it left them: check them, then `baton handover` or "
                 "`baton handback` finishes it"
             )
-            changed = replace(office, phase=Phase.FAILED, since=now, remote_run=None)
-            offices[office.office], raised = _raise(changed, Alert.RUN_FAILED, why)
+            offices[office.office], raised = _raise(replace(gone, phase=Phase.FAILED), Alert.RUN_FAILED, why)
             alerts.extend(raised)
             failed.append(office.office)
         taken = f"; FAILED (a run of the last leader under way): {', '.join(failed)}" if failed else ""
+        if taken_over:
+            taken += f"; the last leader's runs taken over: {', '.join(taken_over)}"
         return Transition(
             replace(
                 state, offices=MappingProxyType(offices), leader=True, leader_elsewhere=None, epoch=epoch
@@ -626,6 +641,8 @@ def _on_reported(state: State, event: LeaderReported) -> Transition:
             alternates=mine.alternates,  # the chain is this vantage's configuration
             phase=_INTENT.get(theirs.phase, theirs.phase),
             remote_run=f"{theirs.run_kind} run {theirs.run_id} on {event.leader}" if running else None,
+            remote_run_id=theirs.run_id if running else None,
+            remote_run_kind=theirs.run_kind if running else None,
             # Runs live in the leader's journal; alerts are raised and cleared by this journal.
             run_id=None,
             run_kind=None,

@@ -287,10 +287,13 @@ class OfficeState:
     approval: Approval | None = None  # the run waiting for approvals
     approval_ended: str = ""  # what became of the last request ("approval-x-1 expired at ...")
     aborting: str | None = None  # the run an operator asked to abort (until its result arrives)
-    # Following: the run the leading vantage reported under way here ("handover run r-1 on v2");
-    # if this vantage comes to lead before it ends, the office is FAILED: the devices are where
-    # that run left them, and an operator finishes it.
+    # Following: the run the leading vantage reported under way here ("handover run r-1 on v2"),
+    # its id and kind. If this vantage comes to lead before it ends, it takes that run over: its
+    # records are in etcd (`baton.runmirror`), and recovery finishes it. Without the id (a state
+    # journaled before runs were shared) the office is FAILED, for an operator.
     remote_run: str | None = None
+    remote_run_id: str | None = None
+    remote_run_kind: RunKind | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,190 @@
+"""Takeover mid-run: the leading vantage dies (SIGKILL) in the middle of a handover, and another
+finishes that run — the same run, from the records etcd holds — within the lease TTL plus its
+recovery, once.
+
+Three Baton daemons over a real three-member etcd watch one lab. The first to start leads; it
+runs under `tests.e2e.crashing_daemon`, which SIGKILLs it at a chosen journal write of the run:
+
+* at the journal write after "forward" (every device passed verify, the decision journaled and
+  shared, no confirm sent yet): the new leader confirms the pending commits with the run's
+  persist id, from its own sessions: the office is handed over, by that one run;
+* right after it journaled "forward" but before that decision reached etcd: the old leader never
+  acted on it, and the new leader rolls the run back (<cancel-commit> with the persist id):
+  every device as before, the office FAILED for an operator. (Right before the decision is the
+  same story: the crash campaign covers each write on one vantage.)
+
+What is checked is what an operator and the devices say: the phase on every vantage, the runs in
+the new leader's journal, the router's running configuration and pending commit in the lab.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.harness import (
+    Daemon,
+    LabProcess,
+    free_port,
+    leak_report,
+    start_together,
+    stop_all,
+    vantage_config,
+    wait_for,
+)
+from tests.e2e.test_crash_campaign import CrashingDaemon
+from tests.peers.etcd import EtcdCluster, etcd_cluster_running
+
+pytestmark = pytest.mark.slow
+
+OFFICE = "seoul-geumcheon"
+ALTERNATE = "seoul-bangbae"
+ROUTER = f"{OFFICE}-core1"  # on its UPS: the one device the handover changes
+VANTAGES = ("v1", "v2", "v3")
+LEASE_TTL_S = 3.0
+TIMEOUT_S = 90.0
+_EPOCH = re.compile(r"<epoch>\d+</epoch>")
+
+
+@dataclass
+class World:
+    lab: LabProcess
+    etcd: EtcdCluster
+    daemons: dict[str, Daemon]
+    original: str  # the router's running configuration before any run (epoch leaf left out)
+
+    def leading(self, vantage: str) -> bool:
+        daemon = self.daemons[vantage]
+        if not daemon.running:
+            return False
+        result = daemon.cli("status", "--json")
+        return result.code == 0 and bool(result.json()["daemon"]["leadership"]["held"])
+
+    def router(self) -> dict[str, Any]:
+        shown: dict[str, Any] = self.lab("show", device=ROUTER)
+        shown["running"] = _EPOCH.sub("", shown["running"])
+        return shown
+
+
+def _world(base: Path, crash_at: str) -> Iterator[World]:
+    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 3)
+    daemons: dict[str, Daemon] = {}
+    try:
+        lab.start()
+        lab.configure()
+        groups_path = lab.dir / "inventory" / "groups.yaml"
+        groups = yaml.safe_load(groups_path.read_text())
+        groups["groups"]["olt"]["critical"] = True  # the power cut closes the office, as in the demo
+        groups_path.write_text(yaml.safe_dump(groups, sort_keys=False))
+        original = _EPOCH.sub("", lab("show", device=ROUTER)["running"])
+        with etcd_cluster_running(base / "etcd") as cluster:
+            try:
+                for i, vantage in enumerate(VANTAGES):
+                    path = vantage_config(
+                        lab,
+                        vantage,
+                        VANTAGES,
+                        list(cluster.endpoints),
+                        ALTERNATE,
+                        lab.trap_port if i == 0 else free_port(),
+                        prefix="/baton-takeover/",
+                        lease_ttl_s=LEASE_TTL_S,
+                        request_timeout_s=0.5,
+                    )
+                    log_dir = base / vantage
+                    log_dir.mkdir()
+                    if vantage == "v1":
+                        daemons[vantage] = CrashingDaemon(path, log_dir, env={"BATON_CRASH_AT": crash_at})
+                    else:
+                        daemons[vantage] = Daemon(path, log_dir)
+                # v1 first, alone: it leads; then the others follow.
+                start_together({"v1": daemons["v1"]}, TIMEOUT_S)
+                wait_for(lambda: World(lab, cluster, daemons, original).leading("v1"), TIMEOUT_S, "v1 leads")
+                start_together({v: daemons[v] for v in VANTAGES[1:]}, TIMEOUT_S)
+                yield World(lab, cluster, daemons, original)
+            finally:
+                stop_all(daemons)
+    finally:
+        lab.stop()
+    leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
+    if leaks:
+        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
+
+
+@pytest.fixture
+def after_forward(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path, "before:decide+1")
+
+
+@pytest.fixture
+def forward_not_shared(tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path, "after:decide")
+
+
+def _leader_killed_mid_run(world: World) -> tuple[str, str, float]:
+    """Close the office; v1 dies in its handover. The run's id, the new leader, how long it took."""
+    leader = world.daemons["v1"]
+    leader.signal(signal.SIGUSR1)  # arm the crash hook
+    world.lab("power_off", office=OFFICE, ups=["core"])
+    assert isinstance(leader, CrashingDaemon)
+    wait_for(leader.exited, TIMEOUT_S, "v1 killed in the middle of its handover")
+    died = time.monotonic()
+    runs = leader.journal.runs(OFFICE)
+    assert 1 == len(runs), runs
+    assert runs[0]["finished"] is None  # v1 died with its run unfinished
+    new = wait_for(
+        lambda: next((v for v in VANTAGES[1:] if world.leading(v)), None), TIMEOUT_S, "a new leader"
+    )
+    return str(runs[0]["id"]), new, died
+
+
+def _the_same_run_finished_once(world: World, new: str, run_id: str, result: str) -> None:
+    runs = world.daemons[new].journal.runs(OFFICE)
+    assert [(run_id, result)] == [(r["id"], r["result"]) for r in runs], runs
+    other = next(v for v in VANTAGES[1:] if v != new)
+    assert not world.daemons[other].journal.runs(OFFICE)  # the follower ran nothing
+
+
+def test_the_leader_killed_after_forward_the_new_leader_completes_the_handover(
+    after_forward: World, record_property: Callable[[str, object], None]
+) -> None:
+    world = after_forward
+    run_id, new, died = _leader_killed_mid_run(world)
+    assert world.router()["confirm_pending"]  # v1 died between its decision and the confirms
+    world.daemons[new].wait_phase(OFFICE, "HANDED_OVER", TIMEOUT_S)
+    took_s = time.monotonic() - died
+    figure = f"takeover mid-run: handed over {took_s:.2f} s after SIGKILL (lease {LEASE_TTL_S:g} s)"
+    print(figure)
+    record_property("figure", figure)
+    _the_same_run_finished_once(world, new, run_id, "ok")
+    router = world.router()
+    assert not router["confirm_pending"]
+    assert ALTERNATE in {e["name"] for e in world.lab.mgmt(ROUTER)["acl"]}
+    for vantage in VANTAGES[1:]:
+        wait_for(
+            lambda v=vantage: world.daemons[v].office(OFFICE)["phase"] == "HANDED_OVER",
+            TIMEOUT_S,
+            f"{vantage} sees the office handed over",
+        )
+
+
+def test_the_leader_killed_before_forward_was_shared_the_new_leader_rolls_the_run_back(
+    forward_not_shared: World,
+) -> None:
+    world = forward_not_shared
+    run_id, new, _ = _leader_killed_mid_run(world)
+    assert world.router()["confirm_pending"]  # committed and verified, the decision not shared
+    world.daemons[new].wait_phase(OFFICE, "FAILED", TIMEOUT_S)
+    _the_same_run_finished_once(world, new, run_id, "rolled_back")
+    router = world.router()
+    assert not router["confirm_pending"]
+    assert world.original == router["running"]
+    assert ALTERNATE not in {e["name"] for e in world.lab.mgmt(ROUTER)["acl"]}
