@@ -205,6 +205,30 @@ def test_a_leader_that_died_mid_run_has_its_run_taken_over(theirs: Phase, kind: 
     assert {"handover": Phase.HANDED_OVER, "handback": Phase.OPEN}[kind] is t.state.offices["a"].phase
 
 
+def test_a_catch_up_under_way_on_the_dead_leader_is_waited_on_not_run_again() -> None:
+    """The leader was catching up a device its handover had left pending, and died: the next
+    leader waits on that catch-up (its takeover finishes it) and starts no other for it."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    report = _reported(
+        Phase.HANDED_OVER,
+        verdict=H,
+        pending=frozenset({"a-olt1"}),
+        pending_kind=RunKind.HANDOVER,
+        pending_alternate="b",
+        ready=frozenset({"a-olt1"}),
+        catchup_id="catchup-1",
+    )
+    state = step(state, replace(report, paused=False), Policy(), 1.0).state
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    assert "catchup-1" == t.state.offices["a"].catchup_id
+    t = step(t.state, Ticked("a"), Policy(), 6.0)
+    assert not [a for a in t.actions if isinstance(a, StartRun)]
+    done = RunFinished("a", "catchup-1", RunKind.HANDOVER, True, "recovered", done=frozenset({"a-olt1"}))
+    t = step(t.state, done, Policy(), 7.0)
+    office = t.state.offices["a"]
+    assert (Phase.HANDED_OVER, None, frozenset()) == (office.phase, office.catchup_id, office.pending)
+
+
 @pytest.mark.parametrize(
     ("theirs", "kind"), [(Phase.HANDING_OVER, "handover"), (Phase.HANDING_BACK, "handback")]
 )

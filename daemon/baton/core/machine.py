@@ -643,10 +643,11 @@ def _on_reported(state: State, event: LeaderReported) -> Transition:
             remote_run=f"{theirs.run_kind} run {theirs.run_id} on {event.leader}" if running else None,
             remote_run_id=theirs.run_id if running else None,
             remote_run_kind=theirs.run_kind if running else None,
-            # Runs live in the leader's journal; alerts are raised and cleared by this journal.
+            # Runs live in the leader's journal (and etcd); alerts are raised and cleared by this
+            # journal. A catch-up under way there is kept: if this vantage comes to lead before it
+            # ends, it waits on that run, which its takeover finishes (`baton.runmirror`).
             run_id=None,
             run_kind=None,
-            catchup_id=None,
             aborting=None,
             alerts=mine.alerts,
         )
