@@ -331,6 +331,9 @@ class EtcdLeadership:
                 if left <= 0:
                     self._lost("the lease deadline passed without a keepalive answered in time")
                     continue
+                # Status and metrics show the time left now: while keepalives fail (etcd cut
+                # off), it counts down to the deadline instead of standing at the last answer's.
+                self.view.lease_left_s = left
                 await asyncio.sleep(min(left, 0.1))  # the deadline only moves later while held
             else:
                 await asyncio.sleep(0.1)
