@@ -6,12 +6,17 @@ after the local journal and *before* the runner goes on: `Journal.after_call` ca
 the runner's next action waits for it. So whatever a run did to a device, etcd holds at least its
 intent — the rule recovery needs to treat an unfinished step as possibly done.
 
-    <prefix>runs/<run id>/run            the run row (plan compressed), and its end once finished
+    <prefix>runs/<run id>/run            the run row, and its end once finished
+    <prefix>runs/<run id>/plan/<n>       its rendered plan, compressed, in parts that each fit in
+                                         an etcd request (written before the row that names them)
     <prefix>runs/<run id>/dev/<device>   that device's step records, in journal order
 
 Every write is a transaction conditioned on the writer's term (`EtcdLeadership.term`): a vantage
-that stopped leading writes nothing. A write that etcd cannot take is retried while the term
+that stopped leading writes nothing. A write no etcd member answers is retried while the term
 holds; once it does not, the run stops where it is (`FenceLost`), unfinished, for whoever leads.
+A write etcd refuses (its quota full, a permission) stops the run the same way and this vantage
+steps down (`step_down`): a leader that cannot share what it does must not act, and whoever
+leads next — this vantage again, perhaps — adopts and finishes the run.
 The keys are on no lease: a dead leader's runs outlive it. A finished run keeps its row (a new
 leader learns how it ended, even if the old one died before the others adopted its state) and
 loses its device records; rows finished more than `KEEP_FINISHED_S` ago are removed at takeover.
@@ -37,7 +42,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from baton.adapters.etcd import EtcdClient, EtcdError, delete_prefix, put
+from baton.adapters.etcd import EtcdClient, EtcdError, EtcdUnavailable, delete_prefix, put
 from baton.core.model import RunKind
 from baton.journal import Journal, RunRecord, StepRecord, StepStatus
 from baton.logs import get_logger
@@ -47,6 +52,7 @@ from baton.runs import NOT_STARTED
 log = get_logger(component="runmirror")
 
 KEEP_FINISHED_S = 3600.0
+PLAN_PART_CHARS = 512 * 1024  # etcd refuses requests above 1.5 MiB (--max-request-bytes)
 _RUN_WRITES = frozenset({"start_run", "set_plan", "decide", "set_confirm"})
 _RETRY_S = 0.1
 
@@ -62,6 +68,7 @@ class RunMirror:
         term: Callable[[], list[dict[str, Any]]],
         held: Callable[[], bool],
         clock: Callable[[], float] = time.time,
+        step_down: Callable[[str], None] = lambda why: None,
     ) -> None:
         self.client = client
         self.prefix = f"{prefix}runs/"
@@ -69,6 +76,7 @@ class RunMirror:
         self.term = term
         self.held = held
         self.clock = clock
+        self.step_down = step_down
 
     def _run_key(self, run_id: str) -> str:
         return f"{self.prefix}{run_id}/run"
@@ -81,8 +89,13 @@ class RunMirror:
         journal = self.journal
         if name in _RUN_WRITES:
             record = await journal.call(journal.run, str(args[0]))
-            if record is not None:
-                await self._write([put(self._run_key(record.id), run_doc(record))])
+            if record is None:
+                return
+            parts = plan_parts(record.plan)
+            if name in ("set_plan", "start_run"):
+                for n, part in enumerate(parts):
+                    await self._write([put(f"{self.prefix}{record.id}/plan/{n}", part)])
+            await self._write([put(self._run_key(record.id), run_doc(record, len(parts)))])
         elif name in ("step_intent", "step_result"):
             if name == "step_intent":
                 run_id, device = str(args[0]), str(args[1])
@@ -98,8 +111,9 @@ class RunMirror:
             if record is not None:
                 await self._write(
                     [
-                        put(self._run_key(record.id), run_doc(replace(record, plan=None))),
+                        put(self._run_key(record.id), run_doc(replace(record, plan=None), 0)),
                         delete_prefix(f"{self.prefix}{record.id}/dev/"),
+                        delete_prefix(f"{self.prefix}{record.id}/plan/"),
                     ]
                 )
 
@@ -110,10 +124,15 @@ class RunMirror:
                 raise FenceLost("this vantage's term ended before the run's progress was shared")
             try:
                 written = await self.client.txn(self.term(), operations)
-            except EtcdError as exc:
+            except EtcdUnavailable as exc:
                 log.warning("runmirror.write_failed", error=str(exc))
                 await asyncio.sleep(_RETRY_S)
                 continue
+            except EtcdError as exc:
+                why = f"etcd refused the run's progress ({exc}): this vantage cannot act"
+                log.critical("runmirror.write_refused", error=str(exc))
+                self.step_down(why)
+                raise FenceLost(why) from exc
             if not written.succeeded:
                 raise FenceLost("another vantage leads: the run's progress was not shared")
             return
@@ -124,6 +143,7 @@ class RunMirror:
         kvs = await self.client.get_prefix(self.prefix)
         runs: dict[str, dict[str, Any]] = {}
         devices: dict[str, list[StepRecord]] = {}
+        plans: dict[str, dict[int, str]] = {}
         for kv in kvs:
             run_id, _, rest = kv.key.removeprefix(self.prefix).partition("/")
             try:
@@ -131,14 +151,16 @@ class RunMirror:
                     runs[run_id] = kv.json()
                 elif rest.startswith("dev/"):
                     devices.setdefault(run_id, []).extend(steps_from_doc(run_id, kv.text))
+                elif rest.startswith("plan/"):
+                    plans.setdefault(run_id, {})[int(rest.removeprefix("plan/"))] = kv.text
             except (ValueError, KeyError, TypeError) as exc:
                 log.error("runmirror.bad_record", key=kv.key, error=str(exc))
         adopted = []
         stale = []
         for run_id, doc in runs.items():
             try:
-                record = run_from_doc(doc, tuple(devices.get(run_id, ())))
-            except (ValueError, KeyError, TypeError) as exc:
+                record = run_from_doc(doc, tuple(devices.get(run_id, ())), plans.get(run_id, {}))
+            except (ValueError, KeyError, TypeError, zlib.error) as exc:
                 log.error("runmirror.bad_record", run_id=run_id, error=str(exc))
                 continue
             if record.finished is not None and self.clock() - record.finished > KEEP_FINISHED_S:
@@ -155,8 +177,16 @@ class RunMirror:
         return adopted
 
 
-def run_doc(record: RunRecord) -> str:
-    plan = None if record.plan is None else base64.b64encode(zlib.compress(record.plan.encode())).decode()
+def plan_parts(plan: str | None) -> list[str]:
+    """The plan compressed, in parts that each fit in one etcd request."""
+    if plan is None:
+        return []
+    text = base64.b64encode(zlib.compress(plan.encode())).decode()
+    return [text[i : i + PLAN_PART_CHARS] for i in range(0, len(text), PLAN_PART_CHARS)]
+
+
+def run_doc(record: RunRecord, parts: int) -> str:
+    """The run row; its plan is in `parts` parts beside it (0: none)."""
     return json.dumps(
         {
             "id": record.id,
@@ -173,7 +203,7 @@ def run_doc(record: RunRecord) -> str:
             "persist_id": record.persist_id,
             "decision": record.decision,
             "decision_reason": record.decision_reason,
-            "plan_z": plan,
+            "plan_parts": parts,
             "window_s": record.window_s,
             "done": sorted(record.done),
             "pending": sorted(record.pending),
@@ -182,8 +212,14 @@ def run_doc(record: RunRecord) -> str:
     )
 
 
-def run_from_doc(doc: Mapping[str, Any], steps: tuple[StepRecord, ...]) -> RunRecord:
-    plan_z = doc.get("plan_z")
+def run_from_doc(
+    doc: Mapping[str, Any], steps: tuple[StepRecord, ...], parts: Mapping[int, str]
+) -> RunRecord:
+    count = int(doc["plan_parts"])
+    if any(n not in parts for n in range(count)):
+        raise ValueError(f"run {doc['id']}: {count - len(parts)} part(s) of its plan missing")
+    joined = "".join(parts[n] for n in range(count))
+    plan = zlib.decompress(base64.b64decode(joined)).decode() if count else None
     return RunRecord(
         id=str(doc["id"]),
         office=str(doc["office"]),
@@ -200,7 +236,7 @@ def run_from_doc(doc: Mapping[str, Any], steps: tuple[StepRecord, ...]) -> RunRe
         steps=steps,
         decision=doc["decision"],
         decision_reason=str(doc["decision_reason"]),
-        plan=None if plan_z is None else zlib.decompress(base64.b64decode(plan_z)).decode(),
+        plan=plan,
         window_s=doc["window_s"],
         done=frozenset(doc["done"]),
         pending=frozenset(doc["pending"]),

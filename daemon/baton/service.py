@@ -194,7 +194,12 @@ class Service:
         if self._etcd is not None and self.config.etcd is not None and isinstance(leadership, EtcdLeadership):
             # Every run record goes to etcd before the run goes on: another vantage can finish it.
             self.mirror = RunMirror(
-                self._etcd, self.config.etcd.prefix, self.journal, leadership.term, lambda: leadership.held
+                self._etcd,
+                self.config.etcd.prefix,
+                self.journal,
+                leadership.term,
+                lambda: leadership.held,
+                step_down=self._step_down,
             )
             self.journal.after_call = self.mirror.after
         self.runs = RunManager(
@@ -442,6 +447,9 @@ class Service:
     def _fenced(self, why: str, seen_epoch: int) -> None:
         """A device holds a newer leader's epoch than ours: another vantage leads; step down."""
         log.critical("leadership.fenced", why=why, seen_epoch=seen_epoch)
+        self._step_down(why)
+
+    def _step_down(self, why: str) -> None:
         step_down = getattr(self.leadership, "step_down", None)
         if step_down is not None:
             task = asyncio.get_running_loop().create_task(step_down(why), name="step down")

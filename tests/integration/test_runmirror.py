@@ -5,6 +5,7 @@ holds, by the rules of the module's docstring."""
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from baton.adapters.etcd import EtcdClient, created, delete
 from baton.core.model import RunKind
 from baton.journal import Journal, RunRecord, StepStatus
 from baton.playbook.runner import FenceLost
-from baton.runmirror import KEEP_FINISHED_S, RunMirror, run_doc, run_from_doc, steps_doc
+from baton.runmirror import KEEP_FINISHED_S, RunMirror, plan_parts, run_doc, run_from_doc, steps_doc
 from baton.runs import NOT_STARTED
 from tests.peers.etcd import EtcdProcess
 
@@ -96,7 +97,11 @@ async def test_every_run_write_is_in_etcd_when_the_journal_call_returns(
         assert local is not None
         assert doc is not None
         # The run as etcd holds it is the journal's, step for step.
-        assert local == run_from_doc(doc, local.steps)
+        parts = {
+            int(kv.key.rsplit("/", 1)[1]): kv.text
+            for kv in await client.get_prefix(f"{PREFIX}runs/r-1/plan/")
+        }
+        assert local == run_from_doc(doc, local.steps, parts)
         assert {"a-core1": steps_doc(journal.device_steps("r-1", "a-core1"))} == devices
         assert ("forward", "baton-r-1") == (doc["decision"], doc["persist_id"])
         assert ["done", "intent"] == [s["status"] for s in json.loads(devices["a-core1"])]
@@ -105,8 +110,9 @@ async def test_every_run_write_is_in_etcd_when_the_journal_call_returns(
         doc, devices = await _shared(client, "r-1")
         assert doc is not None
         # Finished: how it ended stays (a new leader learns it), the step records go.
-        assert ("ok", 5.0, ["a-core1"], None) == (doc["result"], doc["finished"], doc["done"], doc["plan_z"])
+        assert ("ok", 5.0, ["a-core1"], 0) == (doc["result"], doc["finished"], doc["done"], doc["plan_parts"])
         assert {} == devices
+        assert [] == await client.get_prefix(f"{PREFIX}runs/r-1/plan/")
 
 
 async def test_a_vantage_whose_term_ended_shares_nothing_and_stops(
@@ -177,11 +183,57 @@ async def test_the_next_leader_adopts_what_etcd_holds_over_its_own_journal(
         assert ["r-3"] == [r.id for r in new_journal.unfinished_runs()]
 
 
+async def test_a_plan_above_etcds_request_limit_is_shared_in_parts(
+    tmp_path: Path, client: EtcdClient
+) -> None:
+    """A rendered plan that compresses to more than one etcd request (~1.5 MiB) still reaches
+    the next leader whole; a part missing makes the run unreadable, never a wrong plan."""
+    term = Term(client)
+    await term.take()
+    plan = json.dumps({"devices": [os.urandom(300).hex() for _ in range(8000)]})  # ~4.8 MB, incompressible
+    journal, _ = _journal(tmp_path / "a.sqlite3", client, term)
+    new_journal = Journal.open(tmp_path / "b.sqlite3")
+    with journal, new_journal:
+        await journal.call(journal.start_run, "r-8", "a", RunKind.HANDOVER, "b", "closed", "core", 1.0)
+        await journal.call(journal.set_plan, "r-8", plan, 60.0)
+        parts = await client.get_prefix(f"{PREFIX}runs/r-8/plan/")
+        assert len(parts) >= 3
+        mirror = RunMirror(client, PREFIX, new_journal, term.compare, lambda: term.held)
+        assert ["r-8"] == await mirror.adopt()
+        adopted = new_journal.run("r-8")
+        assert adopted is not None
+        assert plan == adopted.plan
+        doc = json.loads((await client.get(f"{PREFIX}runs/r-8/run") or parts[0]).text)
+        with pytest.raises(ValueError, match="part"):
+            run_from_doc(doc, (), {0: parts[0].text})
+
+
+@pytest.mark.filterwarnings("ignore:Sending a large body:ResourceWarning")  # aiohttp, on the 2 MiB row
+async def test_a_write_etcd_refuses_stops_the_run_and_steps_down(tmp_path: Path, client: EtcdClient) -> None:
+    term = Term(client)
+    await term.take()
+    stepped_down: list[str] = []
+    journal = Journal.open(tmp_path / "a.sqlite3")
+    mirror = RunMirror(
+        client, PREFIX, journal, term.compare, lambda: term.held, step_down=stepped_down.append
+    )
+    journal.after_call = mirror.after
+    with journal:
+        # A run row above etcd's request limit (an absurd reason): etcd answers, and refuses it.
+        with pytest.raises(FenceLost, match="etcd refused"):
+            await journal.call(
+                journal.start_run, "r-9", "a", RunKind.HANDOVER, "b", "x" * (2 * 1024 * 1024), "core", 1.0
+            )
+        assert 1 == len(stepped_down)
+        assert "cannot act" in stepped_down[0]
+
+
 def test_a_run_document_round_trips() -> None:
     record = RunRecord(
         "r-7", "a", RunKind.HANDOVER, "b", "why", "who", 1.0, None, None, "", 61.0, "p-7",
         decision="forward", decision_reason="verified", plan='{"x": "' + "y" * 5000 + '"}', window_s=60.0,
     )  # fmt: skip
-    text = run_doc(record)
-    assert len(text) < 1000  # the plan travels compressed
-    assert record == run_from_doc(json.loads(text), ())
+    text = run_doc(record, 1)
+    [part] = plan_parts(record.plan)
+    assert len(part) < 1000  # the plan travels compressed
+    assert record == run_from_doc(json.loads(text), (), {0: part})
