@@ -144,6 +144,7 @@ class RunMirror:
         runs: dict[str, dict[str, Any]] = {}
         devices: dict[str, list[StepRecord]] = {}
         plans: dict[str, dict[int, str]] = {}
+        unreadable: set[str] = set()
         for kv in kvs:
             run_id, _, rest = kv.key.removeprefix(self.prefix).partition("/")
             try:
@@ -154,14 +155,21 @@ class RunMirror:
                 elif rest.startswith("plan/"):
                     plans.setdefault(run_id, {})[int(rest.removeprefix("plan/"))] = kv.text
             except (ValueError, KeyError, TypeError) as exc:
-                log.error("runmirror.bad_record", key=kv.key, error=str(exc))
+                # One device's records missing would read as "never touched": the whole run is
+                # left out, for this vantage's own journal (if it has the run) and an operator.
+                log.critical("runmirror.bad_record", key=kv.key, error=str(exc))
+                unreadable.add(run_id)
         adopted = []
-        stale = []
+        # Records of a run without its row: a leader that died between the plan and the row,
+        # before the run touched anything. Nobody else writes now: they go.
+        stale = list({*devices, *plans} - {*runs, *unreadable})
         for run_id, doc in runs.items():
             try:
+                if run_id in unreadable:
+                    raise ValueError("some of its records are unreadable")
                 record = run_from_doc(doc, tuple(devices.get(run_id, ())), plans.get(run_id, {}))
             except (ValueError, KeyError, TypeError, zlib.error) as exc:
-                log.error("runmirror.bad_record", run_id=run_id, error=str(exc))
+                log.critical("runmirror.run_not_adopted", run_id=run_id, error=str(exc))
                 continue
             if record.finished is not None and self.clock() - record.finished > KEEP_FINISHED_S:
                 stale.append(run_id)

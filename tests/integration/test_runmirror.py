@@ -157,6 +157,14 @@ async def test_the_next_leader_adopts_what_etcd_holds_over_its_own_journal(
             new_journal.start_run(run_id, "e", RunKind.HANDBACK, "f", "open", "core", 1.0)
             new_journal.finish_run(run_id, "ok", "handed back here too", finished)
         await client.put(f"{PREFIX}runs/r-bad/run", "{not json")
+        # r-10: a device's records unreadable: the run is not adopted at all (read without that
+        # device, it would look never touched, and nothing would undo it).
+        await old.call(old.start_run, "r-10", "g", RunKind.HANDOVER, "h", "closed", "core", 1.0)
+        await old.call(old.set_plan, "r-10", "{}", 60.0)
+        await old.call(old.step_intent, "r-10", "g-core1", 0, "commit", 2.0)
+        await client.put(f"{PREFIX}runs/r-10/dev/g-agg1", "[{garbage")
+        # r-11: parts of a plan without the row (its leader died in between): removed.
+        await client.put(f"{PREFIX}runs/r-11/plan/0", "eJwDAAAAAAE=")
 
         mirror = RunMirror(client, PREFIX, new_journal, term.compare, lambda: term.held, clock=lambda: 1000.0)
         new_journal.after_call = mirror.after
@@ -180,6 +188,8 @@ async def test_the_next_leader_adopts_what_etcd_holds_over_its_own_journal(
         assert "handed back here too" == (new_journal.run("r-5") or never_shared).detail  # left alone
         assert await client.get(f"{PREFIX}runs/r-6/run") is None  # finished long ago: removed
         assert await client.get(f"{PREFIX}runs/r-5/run") is not None
+        assert new_journal.run("r-10") is None
+        assert [] == await client.get_prefix(f"{PREFIX}runs/r-11/")
         assert ["r-3"] == [r.id for r in new_journal.unfinished_runs()]
 
 
