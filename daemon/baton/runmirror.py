@@ -69,6 +69,7 @@ class RunMirror:
         held: Callable[[], bool],
         clock: Callable[[], float] = time.time,
         step_down: Callable[[str], None] = lambda why: None,
+        count_error: Callable[[], None] = lambda: None,
     ) -> None:
         self.client = client
         self.prefix = f"{prefix}runs/"
@@ -77,6 +78,7 @@ class RunMirror:
         self.held = held
         self.clock = clock
         self.step_down = step_down
+        self.count_error = count_error  # baton_etcd_errors_total
 
     def _run_key(self, run_id: str) -> str:
         return f"{self.prefix}{run_id}/run"
@@ -125,10 +127,12 @@ class RunMirror:
             try:
                 written = await self.client.txn(self.term(), operations)
             except EtcdUnavailable as exc:
+                self.count_error()
                 log.warning("runmirror.write_failed", error=str(exc))
                 await asyncio.sleep(_RETRY_S)
                 continue
             except EtcdError as exc:
+                self.count_error()
                 why = f"etcd refused the run's progress ({exc}): this vantage cannot act"
                 log.critical("runmirror.write_refused", error=str(exc))
                 self.step_down(why)

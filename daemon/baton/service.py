@@ -200,6 +200,7 @@ class Service:
                 leadership.term,
                 lambda: leadership.held,
                 step_down=self._step_down,
+                count_error=self.metrics.etcd_errors_total.inc,
             )
             self.journal.after_call = self.mirror.after
         self.runs = RunManager(
