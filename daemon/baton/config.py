@@ -9,6 +9,7 @@ config and adds the checks that need both (the vantage's office, poll interval v
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -87,6 +88,9 @@ class TrapSettings:
 class VantageSettings:
     id: str
     office: str
+    # The address this vantage's probes leave from (the one the devices' ACLs and the network
+    # know it by, on a host with several); None: the kernel's choice.
+    source_address: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,9 +235,19 @@ class TrapsFile(Strict):
     vendor_traps: list[VendorTrapFile] = Field(default_factory=list)
 
 
+def _check_address(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        raise PydanticCustomError(
+            "bad_address", "not an IP address", {"hint": "write this host's address, e.g. 10.0.1.21"}
+        ) from None
+
+
 class VantageFile(Strict):
     id: Id
     office: Id
+    source_address: Annotated[str, AfterValidator(_check_address)] | None = None
 
 
 def _check_endpoint(value: str) -> str:
@@ -475,7 +489,9 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
     api = parsed.api
     return Config(
         policy=Policy(**given),
-        vantage=VantageSettings(parsed.vantage.id, parsed.vantage.office),
+        vantage=VantageSettings(
+            parsed.vantage.id, parsed.vantage.office, source_address=parsed.vantage.source_address
+        ),
         inventory=base / parsed.inventory,
         playbooks=base / parsed.playbooks,
         journal_path=base / parsed.journal_path,

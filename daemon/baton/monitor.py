@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import math
 import os
 import time
@@ -115,19 +116,20 @@ ProbeFactory = Callable[[Device], HealthProbe]
 NetconfGate = Callable[[Device], Awaitable[str | None]]
 
 
-async def tcp_gate(device: Device) -> str | None:
+async def tcp_gate(device: Device, source_address: str | None = None) -> str | None:
     """A TCP connect to the device's NETCONF port on the event loop (no worker thread), within
-    its `netconf.timeout_s`. None when the connect succeeded (closed at once: the probe makes
-    its own session) or the failure is not the device's silence (a name that does not resolve,
-    no file descriptor left: the probe says why); else the reason, worded
-    as the NETCONF adapter words a failed connect ("TCP connect to 10.0.0.1:830 timed out after
-    10 s", "...: connection refused")."""
+    its `netconf.timeout_s`, from `source_address` when given. None when the connect succeeded
+    (closed at once: the probe makes its own session) or the failure is not the device's silence
+    (a name that does not resolve, no file descriptor left: the probe says why); else the reason,
+    worded as the NETCONF adapter words a failed connect ("TCP connect to 10.0.0.1:830 timed out
+    after 10 s", "...: connection refused")."""
     settings = device.netconf
     host = f"[{device.address}]" if ":" in device.address else device.address
     endpoint = f"{host}:{settings.port}"
+    local = (source_address, 0) if source_address else None
     try:
         async with asyncio.timeout(settings.timeout_s):
-            _, writer = await asyncio.open_connection(device.address, settings.port)
+            _, writer = await asyncio.open_connection(device.address, settings.port, local_addr=local)
     except TimeoutError:
         return f"TCP connect to {endpoint} timed out after {settings.timeout_s:g} s"
     except OSError as exc:
@@ -349,7 +351,8 @@ class Monitor:
     `TrapReceiver` when `traps` is given. An injected receiver must deliver to its `events`
     queue (the default), which the monitor drains. The NETCONF probes it builds run their
     blocking calls in `probe_executor`, or in a pool the monitor owns (`probe_threads` workers,
-    sized at start; shut down when it stops).
+    sized at start; shut down when it stops). The probes it builds (SNMP polls, NETCONF sessions,
+    the TCP gate) leave from `source_address` when given (`vantage.source_address`).
 
     Dark devices. A device whose last NETCONF probe did not succeed (or that was never probed)
     first passes `netconf_gate` (default `tcp_gate` with the monitor's own probes, none with an
@@ -376,6 +379,7 @@ class Monitor:
         netconf_gate: NetconfGate | None = None,
         probe_executor: Executor | None = None,
         trap_repoll_spacing_s: float = 1.0,
+        source_address: str | None = None,
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
@@ -386,10 +390,19 @@ class Monitor:
         self._resolve = resolve
         self.metrics = metrics
         self._on_observed = on_observed
+        self._source_address = source_address
         self._own_poller = poller is None
-        self._poller = poller if poller is not None else SnmpPoller(resolve, metrics=metrics)
+        self._poller = (
+            poller
+            if poller is not None
+            else SnmpPoller(resolve, metrics=metrics, source_address=source_address)
+        )
         self._netconf_factory: ProbeFactory = netconf_probe or self._default_netconf_probe
-        self._netconf_gate = netconf_gate if netconf_gate is not None or netconf_probe else tcp_gate
+        self._netconf_gate = (
+            netconf_gate
+            if netconf_gate is not None or netconf_probe
+            else functools.partial(tcp_gate, source_address=source_address)
+        )
         self._netconf_ok: dict[str, bool] = {}  # device -> did its last NETCONF probe succeed
         self._probe_executor = probe_executor
         self._own_probe_pool: ThreadPoolExecutor | None = None
@@ -762,7 +775,10 @@ class Monitor:
 
     def _default_netconf_probe(self, device: Device) -> HealthProbe:
         return NetconfProbe(
-            device, resolve=self._resolve, executor=self._probe_executor or self._own_probe_pool
+            device,
+            resolve=self._resolve,
+            source_address=self._source_address,
+            executor=self._probe_executor or self._own_probe_pool,
         )
 
     def _start_netconf(self, device: Device) -> None:

@@ -71,12 +71,37 @@ def test_power_off_with_ups_keeps_those_roles_up(lab_network: RunningLab) -> Non
     assert all(d.faults.powered for d in devices.values())
 
 
+def test_cut_from_one_source_shows_and_is_restored(
+    lab_network: RunningLab, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`cut OFFICE --from ADDRESS` shows in status and show; `uncut OFFICE --from ADDRESS`
+    restores that path, plain `uncut` every path; an address that is not one is refused."""
+    office = "seoul-geumcheon"
+    assert EX_OK == lab_cli(lab_network, "cut", office, "--from", "127.0.0.13")
+    assert EX_OK == lab_cli(lab_network, "cut", office, "--from", "127.0.0.12")
+    capsys.readouterr()
+    assert EX_OK == lab_cli(lab_network, "status")
+    out = capsys.readouterr().out
+    assert "cut from 127.0.0.12, 127.0.0.13" in out
+    assert EX_OK == lab_cli(lab_network, "--json", "show", f"{office}-core1")
+    shown = printed_json(capsys.readouterr().out)
+    assert (["cut from 127.0.0.12", "cut from 127.0.0.13"], True) == (shown["faults"], shown["reachable"])
+
+    assert EX_OK == lab_cli(lab_network, "uncut", office, "--from", "127.0.0.13")
+    assert {"127.0.0.12"} == lab_network.lab.device(f"{office}-core1").faults.cut_from
+    assert EX_OK == lab_cli(lab_network, "uncut", office)
+    assert all(not d.faults.cut_from for d in lab_network.lab.devices.values())
+    capsys.readouterr()
+    assert EX_FAILURE == lab_cli(lab_network, "cut", office, "--from", "vantage-3")
+    assert ["baton lab: not an IP address: 'vantage-3'"] == capsys.readouterr().err.splitlines()
+
+
 def test_show_prints_running_mgmt(lab_network: RunningLab, capsys: pytest.CaptureFixture[str]) -> None:
     """`show` prints the device's running mgmt config: home NOC and Baton in the ACL, trap target."""
     assert EX_OK == lab_cli(lab_network, "show", "busan-jung-core1")
     out = capsys.readouterr().out
     host, port = lab_network.traps.address
-    assert "acl: busan-jung=127.10.2.0/24, baton=127.0.0.1/32" in out
+    assert "acl: busan-jung=127.10.2.0/24, baton=127.0.0.0/24" in out
     assert f"trap targets: {host}:{port}" in out
 
 

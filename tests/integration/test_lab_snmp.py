@@ -9,7 +9,13 @@ import pytest
 
 from baton.lab.device import LabDevice
 from baton.lab.network import Lab, noc_source
-from baton.lab.traps import OID_LAB_TRAP_OFFICE, TRAP_COLD_START, TRAP_LINK_DOWN, TRAP_POWER_FAIL
+from baton.lab.traps import (
+    OID_LAB_TRAP_OFFICE,
+    TRAP_COLD_START,
+    TRAP_LINK_DOWN,
+    TRAP_LINK_UP,
+    TRAP_POWER_FAIL,
+)
 from tests.lab_fixtures import RunningLab
 
 SYS_NAME = "1.3.6.1.2.1.1.5.0"
@@ -22,9 +28,13 @@ def dotted(oid: tuple[int, ...]) -> str:
     return ".".join(map(str, oid))
 
 
-def snmpget(running: RunningLab, device: LabDevice, *oids: str) -> subprocess.CompletedProcess[str]:
+def snmpget(
+    running: RunningLab, device: LabDevice, *oids: str, source: str | None = None
+) -> subprocess.CompletedProcess[str]:
     assert running.lab.secrets is not None
     argv = ["snmpget", "-m", "", "-Oqv", "-t", "0.5", "-r", "0", "-v2c", "-c", running.lab.secrets.community]
+    if source is not None:
+        argv.append(f"--clientaddr={source}")  # the request leaves from this address
     argv += [f"{device.address}:{running.lab.config.snmp_port}", *oids]
     return subprocess.run(argv, capture_output=True, text=True, timeout=15, check=False)
 
@@ -118,6 +128,45 @@ def test_cut_makes_office_unreachable_until_uncut(lab_network: RunningLab) -> No
     assert "Timeout" in snmpget(lab_network, agg, SYS_NAME).stderr
     lab_network.call(lambda lab: lab.uncut("seoul-geumcheon"))
     assert [agg.id, "1"] == values(snmpget(lab_network, agg, SYS_NAME, LAB_OFFICE_POWER))
+
+
+async def test_a_path_cut_from_one_source_hides_the_office_from_that_source_only(
+    lab_network: RunningLab,
+) -> None:
+    """`cut OFFICE --from ADDRESS` (one vantage's uplink): SNMP and SSH from that address get
+    nothing, from any other address the office answers as before; uncut --from restores it."""
+    office = "seoul-geumcheon"
+    agg = lab_network.lab.device(f"{office}-agg1")
+    cut_off, other = "127.0.0.13", "127.0.0.11"
+    lab_network.call(lambda lab: lab.cut(office, cut_off))
+    assert "Timeout" in snmpget(lab_network, agg, SYS_NAME, source=cut_off).stderr
+    assert [agg.id] == values(snmpget(lab_network, agg, SYS_NAME, source=other))
+    assert [agg.id] == values(snmpget(lab_network, agg, SYS_NAME))  # from 127.0.0.1
+    with pytest.raises((asyncssh.Error, OSError)):
+        await ssh_login(lab_network, agg, source=cut_off)
+    assert "" != await ssh_login(lab_network, agg, source=other)
+    offices = {o["id"]: o for o in lab_network.lab.status()["offices"]}
+    assert (False, [cut_off]) == (offices[office]["cut"], offices[office]["cut_from"])
+    assert [] == offices["busan-jung"]["cut_from"]
+    assert agg.faults.reachable  # it still runs, and answers everyone else
+
+    lab_network.call(lambda lab: lab.uncut(office, cut_off))
+    assert [agg.id] == values(snmpget(lab_network, agg, SYS_NAME, source=cut_off))
+    assert "" != await ssh_login(lab_network, agg, source=cut_off)
+
+
+def test_traps_are_not_sent_over_a_cut_path(lab_network: RunningLab) -> None:
+    """A path cut from the trap collector's address: the device's traps do not reach it; once
+    restored, they do."""
+    olt = lab_network.lab.device("seoul-geumcheon-olt01")
+    collector = lab_network.traps.address[0]
+    lab_network.call(lambda lab: lab.cut(olt.office, collector))
+    lab_network.call(lambda lab: lab.link_down(olt.id, 2))
+    lab_network.call(lambda lab: lab.uncut(olt.office, collector))
+    lab_network.call(lambda lab: lab.link_up(olt.id, 2))
+    lab_network.traps.wait_for(dotted(TRAP_LINK_UP), source=olt.address)
+    # Sent in order over loopback: a linkDown that had gone out would have arrived first.
+    assert [] == [t for src, t in lab_network.traps.seen if t.trap_oid == dotted(TRAP_LINK_DOWN)]
 
 
 async def test_ssh_acl_admits_home_noc_and_refuses_other_office(lab_network: RunningLab) -> None:

@@ -86,8 +86,10 @@ class LabRig:
         poll_interval_s: float,
         traps: bool,
         rewire: Callable[[Inventory], Inventory] | None = None,
+        source_address: str | None = None,
     ) -> None:
         self.rewire = rewire
+        self.source_address = source_address
         self.dir = tmp_path / "lab"
         self.secrets = load_or_create_secrets(self.dir / "lab")  # the lab picks these up
         self.metrics = Metrics()
@@ -139,6 +141,7 @@ class LabRig:
             on_observed=self.recorder,
             trap_receiver=self.receiver,
             trap_repoll_spacing_s=0.2,
+            source_address=self.source_address,
         )
         self.recorder.monitor = self.monitor
         await self.monitor.start()
@@ -186,8 +189,15 @@ async def make_rig(tmp_path: Path) -> AsyncIterator[Callable[..., Coroutine[Any,
         poll_interval_s: float = 1.0,
         traps: bool = False,
         rewire: Callable[[Inventory], Inventory] | None = None,
+        source_address: str | None = None,
     ) -> LabRig:
-        rig = LabRig(tmp_path, poll_interval_s=poll_interval_s, traps=traps, rewire=rewire)
+        rig = LabRig(
+            tmp_path,
+            poll_interval_s=poll_interval_s,
+            traps=traps,
+            rewire=rewire,
+            source_address=source_address,
+        )
         rigs.append(rig)
         await rig.start()
         return rig
@@ -229,6 +239,34 @@ async def test_power_off_makes_that_office_down_within_failures_to_down_rounds(
     rendered = rig.metrics.render().decode()
     assert 'baton_office_verdict{office="busan-jung",verdict="DOWN"} 1.0' in rendered
     assert 'baton_office_health_ratio{office="busan-jung"} 0.0' in rendered
+
+
+async def test_probes_leave_from_the_source_address_so_a_path_cut_from_it_darkens_the_office(
+    make_rig: Callable[..., Coroutine[Any, Any, LabRig]],
+) -> None:
+    """With a source address (a vantage's own), every probe (SNMPv3, v2c, NETCONF) leaves from
+    it: offices whose path from that address is cut are DOWN; an office cut from another
+    address only stays HEALTHY every round."""
+    rig = await make_rig(source_address="127.0.0.14")
+    monitor = rig.monitor
+    assert monitor is not None
+    before = monitor.rounds
+    await rig.lab(lambda lab: lab.cut("daegu-dongdaegu", "127.0.0.15"))  # someone else's path
+    await rig.lab(lambda lab: lab.cut("seoul-geumcheon", "127.0.0.14"))  # SNMPv3 + NETCONF
+    await rig.lab(lambda lab: lab.cut("busan-jung", "127.0.0.14"))  # v2c + NETCONF
+    await rig.recorder.until_verdict("seoul-geumcheon", OfficeVerdict.DOWN)
+    await rig.recorder.until_verdict("busan-jung", OfficeVerdict.DOWN)
+    others = {e.verdict for r, _, e in rig.recorder.events if r > before and e.office == "daegu-dongdaegu"}
+    assert {OfficeVerdict.HEALTHY} == others
+
+    def netconf_failed() -> bool:
+        views = {v["id"]: v for v in monitor.device_views("busan-jung")}
+        return views["busan-jung-core1"]["probes"]["netconf"]["ok"] is False
+
+    await rig.recorder.until(netconf_failed)  # the NETCONF probe's session came from there too
+
+    await rig.lab(lambda lab: lab.uncut("busan-jung", "127.0.0.14"))
+    await rig.recorder.until_verdict("busan-jung", OfficeVerdict.HEALTHY)
 
 
 HUB = "busan-jung-core2"  # stands in for the regional router geumcheon's uplinks end on

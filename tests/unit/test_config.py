@@ -37,6 +37,20 @@ def test_minimal_config_takes_design_defaults_and_resolves_paths_from_its_direct
     )
 
 
+def test_a_vantage_source_address_is_an_ip_address(tmp_path: Path) -> None:
+    """vantage.source_address (what the probes leave from) is kept, normalised; default none;
+    a name or a typo is refused with the line."""
+    assert None is load_config(write(tmp_path, MINIMAL)).vantage.source_address
+    config = load_config(write(tmp_path, "vantage: {id: v1, office: alpha, source_address: 10.0.1.21}\n"))
+    assert "10.0.1.21" == config.vantage.source_address
+    config = load_config(write(tmp_path, "vantage: {id: v1, office: alpha, source_address: '2001:DB8::1'}\n"))
+    assert "2001:db8::1" == config.vantage.source_address
+    path = write(tmp_path, "vantage: {id: v1, office: alpha, source_address: noc-host}\n")
+    assert [
+        f"{path}:1: vantage.source_address: not an IP address — write this host's address, e.g. 10.0.1.21"
+    ] == [str(p) for p in read_config(path).problems]
+
+
 def test_policy_file_names_every_policy_field() -> None:
     """Every Policy field can be set in baton.yaml (the schema and the model agree)."""
     from_operators = {"approvals", "grant_terms"}  # `operators:` fills these (baton.operators)

@@ -65,6 +65,7 @@ from baton.adapters.snmp_fast import (
     BerError,
     GetTemplate,
     Response,
+    SourceAddressError,
     V2cClient,
     V2cTimeout,
     decode_oid,
@@ -364,8 +365,9 @@ class SnmpSetupError(Exception):
 class EngineSlot:
     """One SnmpEngine (one UDP socket per address family) and what is configured in it."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, source_address: str | None = None) -> None:
         self.index = index
+        self.source = ipaddress.ip_address(source_address) if source_address is not None else None
         self.engine = engine.SnmpEngine()
         self.users: dict[str, str] = {}  # v3 user name -> digest of (protocols, keys)
         self.communities: dict[str, str] = {}  # digest of community -> security name
@@ -390,8 +392,11 @@ class EngineSlot:
     def ensure_transport(self, domain: tuple[int, ...]) -> None:
         if domain in self.domains:
             return
-        transport = udp6.Udp6AsyncioTransport() if domain == udp6.DOMAIN_NAME else udp.UdpAsyncioTransport()
-        config.add_transport(self.engine, domain, transport.open_client_mode())
+        six = domain == udp6.DOMAIN_NAME
+        transport = udp6.Udp6AsyncioTransport() if six else udp.UdpAsyncioTransport()
+        source = self.source
+        iface = (str(source), 0) if source is not None and (source.version == 6) == six else None
+        config.add_transport(self.engine, domain, transport.open_client_mode(iface))
         self.domains.add(domain)
 
     def close(self) -> None:
@@ -517,7 +522,8 @@ class SnmpPoller:
     reader, ~10× less CPU than pysnmp); False sends them through pysnmp. `fast_v3` (default)
     polls v3 authNoPriv/authPriv devices with MD5/SHA/SHA-2 auth and AES-128/192/256 privacy
     through `snmp_v3` (USM without pysnmp); DES and noAuthNoPriv users, or `fast_v3=False`,
-    go through pysnmp.
+    go through pysnmp. `source_address`: every poll leaves from this local address (a vantage's
+    own, `vantage.source_address`); None: the kernel's choice.
     """
 
     def __init__(
@@ -530,6 +536,7 @@ class SnmpPoller:
         clock: Clock = time.time,
         fast_v2c: bool = True,
         fast_v3: bool = True,
+        source_address: str | None = None,
     ) -> None:
         if slot_hold_s <= 0:
             raise ValueError("slot_hold_s must be > 0")
@@ -545,9 +552,10 @@ class SnmpPoller:
         self._get = cmdgen.GetCommandGenerator()
         self._bulk = cmdgen.BulkCommandGeneratorSingleRun()
         self._fast_v2c = fast_v2c
-        self._v2c = V2cClient()
+        self._source_address = source_address
+        self._v2c = V2cClient(source_address)
         self._fast_v3 = fast_v3
-        self._v3 = V3Client(on_engine=_log_engine_event)
+        self._v3 = V3Client(on_engine=_log_engine_event, source_address=source_address)
         self._closed = False
 
     # -- lifecycle
@@ -731,6 +739,8 @@ class SnmpPoller:
             return SnmpSetupError("garbage", f"undecodable response ({exc})")
         except ConnectionAbortedError:
             return SnmpSetupError("error", "poller closed")
+        except SourceAddressError as exc:
+            return SnmpSetupError("error", str(exc))
         except (OSError, RuntimeError) as exc:
             return SnmpSetupError("error", f"cannot send request ({type(exc).__name__})")
         status, index = response.error_status, response.error_index
@@ -1104,7 +1114,7 @@ class SnmpPoller:
         )
 
     def _new_slot(self) -> EngineSlot:
-        slot = EngineSlot(len(self._slots))
+        slot = EngineSlot(len(self._slots), self._source_address)
         self._slots.append(slot)
         return slot
 

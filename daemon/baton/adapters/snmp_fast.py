@@ -24,6 +24,7 @@ pysnmp drops it, so junk from the network never becomes an exception or a false 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import random
 import socket
@@ -343,11 +344,17 @@ class _Pending:
     timer: asyncio.TimerHandle | None = None
 
 
+class SourceAddressError(OSError):
+    """The socket cannot be bound to the configured source address (not one of this host's)."""
+
+
 class UdpClient(asyncio.DatagramProtocol):
     """One unconnected UDP socket per address family, opened on first use (shared by the v2c and
-    v3 clients); subclasses route the datagrams that arrive."""
+    v3 clients); subclasses route the datagrams that arrive. `source_address` binds the socket of
+    its family to that address (requests leave from it); the other family's is left unbound."""
 
-    def __init__(self) -> None:
+    def __init__(self, source_address: str | None = None) -> None:
+        self._source = ipaddress.ip_address(source_address) if source_address is not None else None
         self._transports: dict[int, asyncio.DatagramTransport] = {}
         self._opening: dict[int, asyncio.Future[asyncio.DatagramTransport]] = {}
         self._closed = False
@@ -368,14 +375,29 @@ class UdpClient(asyncio.DatagramProtocol):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECV_BUFFER)
-            sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", 0))  # noqa: S104
+            host = self._local_host(family)
+            try:
+                sock.bind((host, 0))
+            except OSError as exc:
+                if self._source is None:
+                    raise
+                raise SourceAddressError(
+                    exc.errno, f"cannot bind source address {host}: {exc.strerror}"
+                ) from exc
             sock.setblocking(False)
             transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(lambda: self, sock=sock)
         except BaseException:
             sock.close()
+            self._opening.pop(family, None)  # the next request tries again (the address may come up)
             raise
         self._transports[family] = transport
         return transport
+
+    def _local_host(self, family: int) -> str:
+        source = self._source
+        if source is not None and family == (socket.AF_INET6 if source.version == 6 else socket.AF_INET):
+            return str(source)
+        return "::" if family == socket.AF_INET6 else "0.0.0.0"  # noqa: S104 - any: the kernel picks
 
     def error_received(self, exc: Exception) -> None:
         pass  # ICMP errors on an unconnected socket cannot be attributed: the request times out
@@ -399,8 +421,8 @@ class V2cClient(UdpClient):
     try still counts.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, source_address: str | None = None) -> None:
+        super().__init__(source_address)
         self._pending: dict[int, _Pending] = {}
         self._ids = itertools.count(random.randint(RID_MIN, RID_MAX))
         self.unmatched = 0  # datagrams that matched no request (junk, late, spoofed)

@@ -87,6 +87,7 @@ from baton.adapters.snmp_fast import (
     BerError,
     Response,
     ResponseHeader,
+    SourceAddressError,
     UdpClient,
     encode_integer,
     encode_oid,
@@ -767,8 +768,14 @@ class V3Client(UdpClient):
     `on_engine(target, what, engine)` is told "discovered", "changed", "resynced" or "forgotten".
     """
 
-    def __init__(self, *, clock: Clock = time.monotonic, on_engine: EngineEvent | None = None) -> None:
-        super().__init__()
+    def __init__(
+        self,
+        *,
+        clock: Clock = time.monotonic,
+        on_engine: EngineEvent | None = None,
+        source_address: str | None = None,
+    ) -> None:
+        super().__init__(source_address)
         self._pending: dict[int, _Pending] = {}
         self._msg_ids = itertools.count(random.randint(RID_MIN, RID_MAX))
         self._request_ids = itertools.count(random.randint(RID_MIN, RID_MAX))
@@ -869,6 +876,8 @@ class V3Client(UdpClient):
         an outcome that settles it."""
         try:
             transport = await self._transport(target.family)
+        except SourceAddressError as exc:
+            return V3Failure("error", str(exc))
         except (OSError, RuntimeError) as exc:
             return V3Failure("error", f"cannot send request ({type(exc).__name__})")
         msg_id = self._next_msg_id()

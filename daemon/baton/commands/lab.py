@@ -93,8 +93,23 @@ def register(sub: Any) -> None:
     )
     power_off.set_defaults(func=lambda a: _control(a, "power_off", ["office", "ups"]))
     simple("power-on", "power an office on (devices boot, coldStart traps)", "power_on", office)
-    simple("cut", "cut an office's uplink: its devices become unreachable", "cut", office)
-    simple("uncut", "restore an office's uplink", "uncut", office)
+    for name, help_text, from_help in (
+        (
+            "cut",
+            "cut an office's uplink: its devices become unreachable",
+            "only the path from this source address (one vantage's, e.g. 127.0.0.13): what it sends "
+            "is dropped, everyone else still reaches the office",
+        ),
+        (
+            "uncut",
+            "restore an office's uplink (and every path cut from one source)",
+            "only the path from this source address",
+        ),
+    ):
+        cut = cmds.add_parser(name, parents=[common], help=help_text)
+        cut.add_argument("office", help="office id")
+        cut.add_argument("--from", dest="source", metavar="ADDRESS", help=from_help)
+        cut.set_defaults(func=lambda a, cmd=name: _control(a, cmd, ["office", "source"]))
     simple("device-down", "take one device down", "device_down", device)
     simple("device-up", "bring one device back (it reboots)", "device_up", device)
     simple("slow", "delay every answer of a device", "slow", device, ("seconds", float, "delay in seconds"))
@@ -178,17 +193,23 @@ def _control(args: argparse.Namespace, cmd: str, names: list[str]) -> int:
 
 
 def _status_table(st: dict[str, Any]) -> str:
+    def uplink(o: dict[str, Any]) -> str:
+        if o["cut"]:
+            return "CUT"
+        cut_from = o.get("cut_from") or []
+        return f"cut from {', '.join(cut_from)}" if cut_from else "ok"
+
+    width = max([7, *(len(uplink(o)) for o in st["offices"])])
     lines = [
         f"lab in {st['dir']} (pid {st['pid']}): SNMP udp/{st['snmp_port']}, "
         f"NETCONF/SSH tcp/{st['ssh_port']}{'' if st['netconf'] else ' (not running)'}",
         "",
-        f"{'OFFICE':<20} {'POWER':<6} {'UPLINK':<7} {'REACHABLE':<10} NOC PREFIX",
+        f"{'OFFICE':<20} {'POWER':<6} {'UPLINK':<{width}} {'REACHABLE':<10} NOC PREFIX",
     ]
     for o in st["offices"]:
         reach = f"{o['devices_reachable']}/{o['devices']}"
         power = "on" if o["powered"] else "OFF"
-        uplink = "CUT" if o["cut"] else "ok"
-        lines.append(f"{o['id']:<20} {power:<6} {uplink:<7} {reach:<10} {o['noc_prefix']}")
+        lines.append(f"{o['id']:<20} {power:<6} {uplink(o):<{width}} {reach:<10} {o['noc_prefix']}")
     faulty = [d for d in st["devices"] if d["faults"]]
     lines += ["", f"{len(st['devices'])} devices, {len(faulty)} with faults"]
     for d in faulty[:50]:

@@ -56,6 +56,11 @@ def _rpc(req: dict[str, Any]) -> str | None:
     return None if req.get("rpc") is None else str(_arg(req, "rpc", str))
 
 
+def _source(req: dict[str, Any]) -> str | None:
+    """A cut's optional "source": only the path from that address (absent or null: every path)."""
+    return None if req.get("source") is None else str(_arg(req, "source", str))
+
+
 def _roles(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ControlError("argument 'ups' must be a list of roles")
@@ -76,8 +81,8 @@ def _commands(lab: Lab) -> dict[str, Callable[[dict[str, Any]], Awaitable[Any]]]
             _arg(r, "office", str), float(r.get("grace_s", 0.0)), _roles(r.get("ups", []))
         ),
         "power_on": lambda r: lab.power_on(_arg(r, "office", str)),
-        "cut": lambda r: lab.cut(_arg(r, "office", str)),
-        "uncut": lambda r: lab.uncut(_arg(r, "office", str)),
+        "cut": lambda r: lab.cut(_arg(r, "office", str), _source(r)),
+        "uncut": lambda r: lab.uncut(_arg(r, "office", str), _source(r)),
         "device_down": lambda r: lab.device_down(_arg(r, "device", str)),
         "device_up": lambda r: lab.device_up(_arg(r, "device", str)),
         "link_down": lambda r: lab.link_down(_arg(r, "device", str), _arg(r, "if_index", int)),

@@ -55,7 +55,7 @@ class Interface:
 class Faults:
     """Faults injected on command. Mutated in place by the lab's control API.
 
-    The first four hold until changed. The NETCONF reply faults below are one-shot: each fires
+    The first five hold until changed. The NETCONF reply faults below are one-shot: each fires
     on the next RPC it applies to (on any session of the device: a running Baton's probes too),
     then clears itself. no_reply, endless_reply and garbage_reply hold the operation they wait
     for: "*" for any RPC, or one name ("commit", "edit-config", "get"...), so a probe's <get>
@@ -66,6 +66,9 @@ class Faults:
 
     powered: bool = True  # False: the device answers nothing at all
     cut: bool = False  # path to the device cut: unreachable, though it still runs
+    # Paths cut from these source addresses only (one vantage's uplink): what comes from them is
+    # dropped, traps to them are not sent; everyone else reaches the device as before.
+    cut_from: set[str] = field(default_factory=set)
     slow_s: float = 0.0  # delay added to every answer
     refuse_commits: bool = False  # <commit> fails with an rpc-error
     # The next RPC closes the session instead of replying; the RPC is NOT carried out.
@@ -95,6 +98,10 @@ class Faults:
     @property
     def reachable(self) -> bool:
         return self.powered and not self.cut
+
+    def reaches(self, source: str) -> bool:
+        """Does what `source` sends reach the device (and its answers reach `source`)?"""
+        return self.reachable and source.removeprefix("::ffff:") not in self.cut_from
 
 
 @dataclass(slots=True)

@@ -230,7 +230,7 @@ class DeviceServer:
 
     def admits(self, peer: str) -> str | None:
         """Why a connection from `peer` is refused, or None when it is admitted."""
-        if not self.device.faults.reachable:
+        if not self.device.faults.reaches(peer):
             return "unreachable"
         if not self.device.mgmt.allows(peer):
             return "acl"
@@ -439,7 +439,7 @@ class _NetconfSession:
                             messages = self._reader.feed(b"")
                         continue
                     faults = device.faults
-                    if not faults.reachable or faults.drop_mid_rpc:
+                    if not faults.reaches(self._info.peer) or faults.drop_mid_rpc:
                         faults.drop_mid_rpc = False
                         log.info("lab.netconf.dropped", device=device.id, session=self._info.id)
                         self._kill()
@@ -490,7 +490,7 @@ class _NetconfSession:
         data = head + filler
         try:
             while (
-                self._server.device.faults.reachable
+                self._server.device.faults.reaches(self._info.peer)
                 and self._info.id in self._server.sessions
                 and not self._process.is_closing()
             ):

@@ -12,7 +12,9 @@ Address plan (all on 127.0.0.0/8, which Linux routes to `lo`, so nothing needs c
 
     device d of office o   127.(20 + (d-1) // 250).o.((d-1) % 250 + 1)   (o = 1..250)
     office o's NOC         127.10.o.0/24 (a client "in" that office binds a source address there)
-    Baton's automation     127.0.0.1/32 (ACL entry "baton")
+    Baton's automation     127.0.0.0/24 (ACL entry "baton"): 127.0.0.1, or one address per
+                           vantage (`vantage.source_address`, e.g. 127.0.0.11), so that the lab
+                           can cut one vantage's path to an office (`cut OFFICE --from ADDRESS`)
     AAA / syslog of o      127.10.o.10-11 / 127.10.o.20 (addresses only; nothing listens)
 
 SNMP listens on <address>:<snmp_port>/udp and NETCONF+SSH on <address>:<ssh_port>/tcp for every
@@ -47,7 +49,7 @@ from baton.lab.traps import TrapSender
 
 log = structlog.get_logger("baton.lab")
 
-BATON_SOURCE = "127.0.0.1"
+BATON_PREFIX = "127.0.0.0/24"  # where Baton's vantages connect from
 DEFAULT_SNMP_PORT = 16100
 DEFAULT_SSH_PORT = 18300
 DEFAULT_DEVICES_PER_OFFICE = 4
@@ -386,7 +388,7 @@ class Lab:
             host, port = self.config.trap_target
             traps = (TrapTarget(host, port, self.secrets.community),)
         return management_xml(
-            acl=((office.id, office.noc_prefix), ("baton", f"{BATON_SOURCE}/32")),
+            acl=((office.id, office.noc_prefix), ("baton", BATON_PREFIX)),
             aaa_servers=office.aaa_servers,
             trap_targets=traps,
             syslog_servers=office.syslog_servers,
@@ -458,13 +460,15 @@ class Lab:
         indexes = ", ".join(str(i.if_index) for i in device.interfaces)
         raise LabError(f"device {device_id} has no ifIndex {if_index} (has {indexes})")
 
-    def _drop_sessions(self, devices: list[LabDevice]) -> None:
-        # A dead or cut-off box takes its open SSH/NETCONF sessions with it.
+    def _drop_sessions(self, devices: list[LabDevice], source: str | None = None) -> None:
+        # A dead or cut-off box takes its open SSH/NETCONF sessions with it (with `source`, only
+        # those from that address: the others' path still works).
         for device in devices:
             server = self._rt.servers.get(device.id)
             if server is not None:
                 for session in list(server.sessions.values()):
-                    session.close()
+                    if source is None or session.peer.removeprefix("::ffff:") == source:
+                        session.close()
 
     def _boot(self, device: LabDevice) -> None:
         device.boot_time = time.monotonic()
@@ -516,22 +520,41 @@ class Lab:
         log.info("lab.power_on", office=office, devices=len(dark))
         return f"office {office} powered on ({len(dark)} devices booted)"
 
-    async def cut(self, office: str) -> str:
+    async def cut(self, office: str, source: str | None = None) -> str:
+        """Cut the office's uplink: its devices answer nobody. With `source`, only the path from
+        that address (one vantage's): what it sends is dropped, its sessions close, traps to it
+        are lost; everyone else reaches the office as before."""
         devices = self.office_devices(office)
+        if source is None:
+            for device in devices:
+                device.faults.cut = True
+            self._drop_sessions(devices)
+            self._cut.add(office)
+            log.info("lab.cut", office=office)
+            return f"office {office} uplink cut ({len(devices)} devices unreachable)"
+        source = _source(source)
         for device in devices:
-            device.faults.cut = True
-        self._drop_sessions(devices)
-        self._cut.add(office)
-        log.info("lab.cut", office=office)
-        return f"office {office} uplink cut ({len(devices)} devices unreachable)"
+            device.faults.cut_from.add(source)
+        self._drop_sessions(devices, source)
+        log.info("lab.cut", office=office, source=source)
+        return f"office {office} cut from {source} ({len(devices)} devices unreachable from there only)"
 
-    async def uncut(self, office: str) -> str:
+    async def uncut(self, office: str, source: str | None = None) -> str:
+        """Restore the office's uplink and every path cut from one source; with `source`, only
+        the path from that address."""
         devices = self.office_devices(office)
+        if source is None:
+            for device in devices:
+                device.faults.cut = False
+                device.faults.cut_from.clear()
+            self._cut.discard(office)
+            log.info("lab.uncut", office=office)
+            return f"office {office} uplink restored"
+        source = _source(source)
         for device in devices:
-            device.faults.cut = False
-        self._cut.discard(office)
-        log.info("lab.uncut", office=office)
-        return f"office {office} uplink restored"
+            device.faults.cut_from.discard(source)
+        log.info("lab.uncut", office=office, source=source)
+        return f"office {office} reachable from {source} again"
 
     async def device_down(self, device_id: str) -> str:
         device = self.device(device_id)
@@ -661,6 +684,7 @@ class Lab:
                     "alternates": list(office.alternates),
                     "powered": office.id not in self._powered_off,
                     "cut": office.id in self._cut,
+                    "cut_from": sorted(set().union(*(d.faults.cut_from for d in devs))),
                     "devices": len(devs),
                     "devices_reachable": sum(1 for d in devs if d.faults.reachable),
                 }
@@ -683,6 +707,7 @@ class Lab:
             for name, on in (
                 ("powered-off", not f.powered),
                 ("cut", f.cut),
+                *((f"cut from {source}", True) for source in sorted(f.cut_from)),
                 (f"slow {f.slow_s:g}s", f.slow_s > 0),
                 ("refuse-commits", f.refuse_commits),
                 ("drop-mid-rpc", f.drop_mid_rpc),
@@ -729,6 +754,14 @@ class Lab:
                 "contact": mgmt.contact,
             },
         }
+
+
+def _source(text: str) -> str:
+    """A source address, as the devices see it (what a client binds)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise LabError(f"not an IP address: {text!r}") from None
 
 
 def _armed(name: str, rpc: str | None) -> str:

@@ -7,7 +7,8 @@ Theory of operation: a single pysnmp `SnmpEngine` owns one UDP socket per device
 there and hands the stock GET/GETNEXT/GETBULK responders the MIB of that device. So pysnmp does
 all of the protocol work (v2c communities, v3 USM authPriv, GETBULK), and this module only says
 what each device's values are. Faults act on the socket before pysnmp sees a datagram: an
-unreachable device drops it (the client times out, as with a dead box), a slow one delays it.
+unreachable device drops it (the client times out, as with a dead box), and so does one whose
+path from the datagram's source is cut; a slow one delays it.
 
 Numeric OIDs served (no MIB compilation anywhere):
 
@@ -181,7 +182,7 @@ class _DeviceUdpTransport(udp.UdpAsyncioTransport):  # type: ignore[misc]
 
     def datagram_received(self, datagram: bytes, address: Any) -> None:
         faults = self.device.faults
-        if not faults.reachable:
+        if not faults.reaches(str(address[0])):
             return
         if faults.slow_s > 0:
             self.loop.call_later(faults.slow_s, super().datagram_received, datagram, address)

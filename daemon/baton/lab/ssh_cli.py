@@ -149,7 +149,7 @@ async def serve(
         buf = b""
         while True:
             data = await process.stdin.read(4096)
-            if not data or not faults.reachable:
+            if not data or not faults.reaches(info.peer):
                 break
             if tty:
                 process.stdout.write(data.replace(b"\r", b"\r\n"))  # a terminal expects the echo

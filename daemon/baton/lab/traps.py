@@ -115,6 +115,8 @@ class TrapSender:
         uptime = uptime_ticks(device.boot_time, time.monotonic())
         sent = 0
         for target in device.mgmt.trap_targets:
+            if not device.faults.reaches(target.address):
+                continue  # the path to that collector is cut
             data = encode_v2c_trap(target.community, uptime, trap_oid, var_binds)
             try:
                 self._agent.send_raw(device.id, data, (target.address, target.port))
