@@ -288,13 +288,35 @@ def _daemon_rows(extra: dict[str, Any], now: float) -> list[tuple[str, str]]:
     for key, value in sorted(extra.items()):
         if key in _SHOWN:
             continue
-        if key == "uptime_s" and isinstance(value, int | float):
+        if key == "leadership" and isinstance(value, dict):
+            rows += _leadership_rows(value)
+        elif key == "uptime_s" and isinstance(value, int | float):
             rows.append(("uptime", duration(value)))
         elif key.endswith("_at") and isinstance(value, int | float):
             rows.append((key.removesuffix("_at").replace("_", " "), relative(value, now)))
         else:
             rows.append((key.replace("_", " "), _plain(value)))
     return rows
+
+
+def _leadership_rows(view: dict[str, Any]) -> list[tuple[str, str]]:
+    """Who leads, at which epoch, the lease time left, who is present and why (several vantages)."""
+    leader, me = view.get("leader"), view.get("me")
+    if view.get("held"):
+        left = view.get("lease_left_s")
+        lease = f"; lease {left:.1f} s left" if isinstance(left, int | float) else ""
+        who = f"{me} (this vantage), epoch {view.get('epoch')}{lease}"
+    elif leader:
+        where = f" at {view['leader_api']}" if view.get("leader_api") else ""
+        who = f"{leader}{where}"
+    else:
+        who = "none known"
+    vantages = view.get("vantages") or []
+    return [
+        ("leader", who),
+        ("vantages", ", ".join(map(str, vantages)) if vantages else "-"),
+        ("leadership", str(view.get("reason") or "-")),
+    ]
 
 
 def _plain(value: Any) -> str:
