@@ -90,6 +90,7 @@ class DemoOptions:
     offices: int = MIN_OFFICES
     fast: bool = False
     playbooks: Path | None = None
+    vantages: int = 1  # 3: the scene of `baton.demo_vantages` (three vantages over etcd)
 
 
 # --- small parts --------------------------------------------------------------------------------

@@ -38,6 +38,15 @@ def register(sub: Any) -> None:
     parser.add_argument(
         "--playbooks", type=Path, help="directory with the lab playbooks (default: the source tree's)"
     )
+    parser.add_argument(
+        "--vantages",
+        type=int,
+        choices=(1, 3),
+        default=1,
+        help="3: the scene with three Baton vantages over a local etcd cluster (needs etcd-server): the "
+        "leader dies mid-handover and another finishes it; an uplink cut seen by one vantage closes "
+        "nothing (default 1: the main demo)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -47,8 +56,16 @@ def run(args: argparse.Namespace) -> int:
     if args.dir is not None and args.dir.exists() and not args.dir.is_dir():
         print(f"baton demo: --dir {args.dir} is not a directory", flush=True)
         return EX_USAGE
-    return run_demo(
-        DemoOptions(
-            dir=args.dir, keep=args.keep, offices=args.offices, fast=args.fast, playbooks=args.playbooks
-        )
+    options = DemoOptions(
+        dir=args.dir,
+        keep=args.keep,
+        offices=args.offices,
+        fast=args.fast,
+        playbooks=args.playbooks,
+        vantages=args.vantages,
     )
+    if options.vantages == 3:
+        from baton.demo_vantages import run_vantages_demo
+
+        return run_vantages_demo(options)
+    return run_demo(options)
