@@ -187,7 +187,13 @@ class Service:
     async def _serve(self, loaded: Loaded) -> int:
         run_pool = ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="baton-run")
         snmp_access = PysnmpAccess(self.resolve)
-        connectors = Connectors(resolve=self.resolve, snmp=snmp_access, executor=run_pool)
+        # Probes and runs leave from the vantage's own address when it has one (management ACLs).
+        connectors = Connectors(
+            resolve=self.resolve,
+            source_address=self.config.vantage.source_address,
+            snmp=snmp_access,
+            executor=run_pool,
+        )
         settings = run_settings(loaded)
         self.leadership = self._given_leadership or self._make_leadership()
         leadership = self.leadership
@@ -643,6 +649,7 @@ class Service:
                 metrics=self.metrics,
                 on_observed=deliver,
                 traps=trap_receiver_config(self.config.traps) if with_traps else None,
+                source_address=self.config.vantage.source_address,
             )
 
         self.monitor = make(with_traps=True)

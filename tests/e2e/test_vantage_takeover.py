@@ -168,6 +168,10 @@ def test_the_leader_killed_after_forward_the_new_leader_completes_the_handover(
     router = world.router()
     assert not router["confirm_pending"]
     assert ALTERNATE in {e["name"] for e in world.lab.mgmt(ROUTER)["acl"]}
+    # The confirming commit carried the new leader's epoch: the device now stops the dead one.
+    status = world.daemons[new].cli("status", "--json").json()
+    epoch = int(status["daemon"]["leadership"]["epoch"])
+    assert f"<epoch>{epoch}</epoch>" in world.lab("show", device=ROUTER)["running"]
     for vantage in VANTAGES[1:]:
         wait_for(
             lambda v=vantage: world.daemons[v].office(OFFICE)["phase"] == "HANDED_OVER",

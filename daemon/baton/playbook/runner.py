@@ -297,10 +297,12 @@ class _Run:
         clock: Callable[[], float],
         fence: Fence | None = None,
         epoch: int = 0,
+        claim: bool = False,
     ) -> None:
         self.plan = plan
         self.fence = fence
         self.epoch = epoch
+        self.claim = claim  # resumed: its confirms carry this run's epoch (devices are claimed)
         # Why every device stops before its next action: a lost fence, a journal that fails, a
         # bug in one device's drive (siblings must not go on changing devices without it).
         self.stopped: BaseException | None = None
@@ -787,6 +789,7 @@ class _Run:
 
     async def _confirm(self, dev: _Dev) -> None:
         persist = bool(dev.progress.persist)
+        marker = self.plan.playbook.fence
 
         async def confirm() -> tuple[str, Mapping[str, object]]:
             nc = await dev.session.netconf()
@@ -794,13 +797,29 @@ class _Run:
             timeout = self.plan.playbook.confirm_timeout_s
             if left is not None:
                 timeout = max(1.0, min(timeout, left))
-            try:
-                await nc.commit(persist_id=self.persist_id if persist else None, rpc_timeout_s=timeout)
-            except NetconfRpcError as exc:
-                raise _Answer(
-                    StepStatus.FAILED, f"nothing pending to confirm: {exc.cause}", {"pending": False}
-                ) from None
-            return "confirmed", {}
+
+            async def confirming_commit() -> None:
+                try:
+                    await nc.commit(persist_id=self.persist_id if persist else None, rpc_timeout_s=timeout)
+                except NetconfRpcError as exc:
+                    raise _Answer(
+                        StepStatus.FAILED, f"nothing pending to confirm: {exc.cause}", {"pending": False}
+                    ) from None
+
+            if not (self.claim and persist and marker is not None):
+                await confirming_commit()
+                return "confirmed", {}
+            # Finishing another leader's run (a takeover, or this vantage in a later term): the
+            # confirming commit carries this leader's epoch, read and written under the lock, so
+            # the device stops the leader it replaced (a confirming commit commits the candidate).
+            async with nc.locked("candidate"):
+                seen = await _device_epoch(nc, marker, timeout)
+                if seen > self.epoch:
+                    raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
+                await nc.discard_changes(rpc_timeout_s=timeout)
+                await self._fence_candidate(nc, timeout)
+                await confirming_commit()
+            return f"confirmed, with epoch {self.epoch} (device had {seen})", {"epoch": self.epoch}
 
         await self._journaled(dev, CONFIRM, dev.index_of(COMMIT), "confirm", confirm)
         if dev.progress.confirm is pg.Sent.DONE and not dev.hold:
@@ -1114,6 +1133,7 @@ async def resume(
         clock=clock,
         fence=fence,
         epoch=epoch,
+        claim=True,
     )
     if direction is None:
         await state.turn_back("recovered after a restart before every device passed verify")
