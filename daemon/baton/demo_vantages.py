@@ -18,8 +18,9 @@ through the doors an operator uses, and checked as it goes (a deviation: exit co
 4. another vantage takes the lease (a greater epoch), adopts the run from etcd and finishes it:
    HANDED_OVER by that one run, which its `baton runs` lists;
 5. power returns: the new leader catches up the router the run could not reach, and an operator
-   on the other follower hands the office back (forwarded to the leader): the routers' fencing
-   leaves then hold the new leader's epoch, which the dead leader's is below;
+   on the other follower hands the office back (forwarded to the leader): every router then
+   holds the new leader's epoch (the core router from the takeover's confirming commit on, if
+   that confirm was the new leader's), which the dead leader's is below;
 6. a clean stop: the daemons (SIGTERM, exit 0), the lab, etcd.
 
 When to kill, deterministically: the lab makes the core router answer 0.5 s late, so the run
@@ -658,9 +659,11 @@ class VantagesDemo(Demo):
             "Every commit of a run writes the leader's epoch into the device (the playbook's fence leaf),"
         )
         self.say("and a device refuses a run whose epoch is below the one it holds. Right now:")
-        self.say(
-            f"  {ROUTER}: epoch {epochs[ROUTER]} (the dead leader's commit, which {self.leader} confirmed)"
-        )
+        if epochs[ROUTER] == epoch:
+            why = f"{self.leader}'s: its confirming commit carried it; the dead leader's is refused there"
+        else:
+            why = "the dead leader's: its confirm reached the router before it died, nothing left to confirm"
+        self.say(f"  {ROUTER}: epoch {epochs[ROUTER]} ({why})")
         self.say(f"  {AGG}: epoch {epochs[AGG]} (dark since before the run: left pending)")
         run_ids = {r["id"] for r in self.client().get("/v1/runs", {"office": CLOSED_OFFICE})["runs"]}
         self.say(

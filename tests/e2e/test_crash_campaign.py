@@ -310,7 +310,13 @@ def test_a_handback_killed_at_every_journal_write(
 
 
 def _run_with(
-    site: Site, tag: str, inject: Any, *, expect_exit: bool = False, where: Path | None = None
+    site: Site,
+    tag: str,
+    inject: Any,
+    *,
+    expect_exit: bool = False,
+    where: Path | None = None,
+    before_restart: Callable[[Daemon], None] | None = None,
 ) -> dict[str, Any]:
     """A handover with a fault injected; the office settled (after a restart if the daemon
     stopped itself); the invariant checked. Returns the office."""
@@ -325,6 +331,8 @@ def _run_with(
         if expect_exit:
             wait_for(lambda: not daemon.running, SETTLE_TIMEOUT_S, "the daemon to stop itself")
             assert 74 == daemon.process.popen.returncode  # type: ignore[union-attr]
+            if before_restart is not None:
+                before_restart(daemon)
             daemon.start(offices_ready=lambda offices: bool(offices))
         office = _settle(daemon, journal)
         _check(site, "handover", office, daemon)
@@ -366,23 +374,36 @@ def test_a_journal_that_cannot_be_written_stops_the_daemon_and_nothing_is_lost(s
     import threading
 
     release = threading.Event()
+    released = threading.Event()
 
     def inject(daemon: Daemon, journal: Path) -> None:
+        process = daemon.process
+        assert process is not None
+
         def hold() -> None:
             conn = sqlite3.connect(journal, timeout=30)
-            wait_for(lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step")
-            conn.execute("BEGIN EXCLUSIVE")
-            # Held until the daemon has given up and stopped (or the test ends).
-            deadline = time.monotonic() + 90
-            while daemon.running and not release.is_set() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            conn.rollback()
-            conn.close()
+            try:
+                wait_for(
+                    lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step"
+                )
+                conn.execute("BEGIN EXCLUSIVE")
+                # Held until *this* process has given up and stopped (not the restarted one), or
+                # the test ends.
+                deadline = time.monotonic() + 90
+                while process.is_running() and not release.is_set() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                conn.rollback()
+            finally:
+                conn.close()
+                released.set()
 
         threading.Thread(target=hold, daemon=True).start()
 
+    def restarted_after_the_lock(daemon: Daemon) -> None:
+        assert released.wait(SETTLE_TIMEOUT_S), "the lock was never released"
+
     try:
-        _run_with(site, "journal-locked", inject, expect_exit=True)
+        _run_with(site, "journal-locked", inject, expect_exit=True, before_restart=restarted_after_the_lock)
     finally:
         release.set()
 
