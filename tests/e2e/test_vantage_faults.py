@@ -22,7 +22,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import re
 import sys
 import threading
 import time
@@ -30,36 +29,30 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.harness import (
-    Daemon,
-    LabProcess,
-    free_port,
-    leak_report,
-    start_together,
-    stop_all,
-    vantage_config,
-    wait_for,
+from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.vantage_world import (
+    ALTERNATE,
+    EPOCH,
+    LEASE_TTL_S,
+    OFFICE,
+    TIMEOUT_S,
+    VANTAGES,
+    VantageWorld,
+    vantages_running,
 )
-from tests.peers.etcd import EtcdCluster, etcd_cluster_running
 from tests.peers.partition import Cut, Group, Partition, partition_usable
 from tests.peers.util import PeerProcess, require_binary, skip_or_fail
 
 pytestmark = pytest.mark.slow
 
-OFFICE = "seoul-geumcheon"
-ALTERNATE = "seoul-bangbae"
-VANTAGES = ("v1", "v2", "v3")
 PREFIX = "/baton-faults/"
-LEASE_TTL_S = 3.0
-REQUEST_TIMEOUT_S = 0.5
-TIMEOUT_S = 60.0
 ROUTERS = (f"{OFFICE}-core1", f"{OFFICE}-agg1")  # what the handover changes (routers, not OLTs)
-EPOCH = re.compile(r"<epoch>(\d+)</epoch>")
 SPLIT_VIEW = "split_view"
 
 
@@ -85,41 +78,11 @@ class CgroupDaemon(Daemon):
 
 
 @dataclass
-class World:
-    lab: LabProcess
-    etcd: EtcdCluster
-    daemons: dict[str, CgroupDaemon]
+class World(VantageWorld):
+    daemons: dict[str, CgroupDaemon]  # type: ignore[assignment]
     partition: Partition
     office_addresses: tuple[str, ...]
     cuts: list[Cut] = field(default_factory=list)
-
-    def status(self, vantage: str) -> dict[str, Any] | None:
-        daemon = self.daemons[vantage]
-        if not daemon.running:
-            return None
-        result = daemon.cli("status", "--json")
-        return result.json() if result.code == 0 else None
-
-    def leadership(self, vantage: str) -> dict[str, Any]:
-        status = self.status(vantage)
-        assert status is not None, f"{vantage} does not answer"
-        found: dict[str, Any] = status["daemon"]["leadership"]
-        return found
-
-    def leaders(self) -> list[str]:
-        found = []
-        for vantage in VANTAGES:
-            status = self.status(vantage)
-            if status is not None and status["daemon"]["leadership"]["held"]:
-                found.append(vantage)
-        return found
-
-    def leader(self, *, besides: str | None = None) -> str:
-        def one() -> str | None:
-            leaders = [v for v in self.leaders() if v != besides]
-            return leaders[0] if len(leaders) == 1 else None
-
-        return wait_for(one, TIMEOUT_S, "exactly one vantage leading")
 
     def followers(self, leader: str) -> list[str]:
         return [v for v in VANTAGES if v != leader]
@@ -171,7 +134,7 @@ class World:
             epochs[device] = int(found.group(1)) if found else 0
         return epochs
 
-    def handed_over(self) -> dict[str, bool]:
+    def routers_handed_over(self) -> dict[str, bool]:
         return {d: ALTERNATE in {e["name"] for e in self.lab.mgmt(d)["acl"]} for d in ROUTERS}
 
     def runs(self) -> dict[str, int]:
@@ -188,54 +151,25 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     if why_not is not None:
         skip_or_fail(why_not)
     base = tmp_path_factory.mktemp("vantage-faults")
-    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 3)
     partition = Partition(nft)
-    daemons: dict[str, CgroupDaemon] = {}
-    problems: list[str] = []
+
+    def make_daemon(vantage: str, path: Path, log_dir: Path) -> Daemon:
+        return CgroupDaemon(path, log_dir, group=partition.group(vantage))
+
     try:
         partition.open()
-        lab.start()
-        lab.configure()
-        groups_path = lab.dir / "inventory" / "groups.yaml"
-        groups = yaml.safe_load(groups_path.read_text())
-        groups["groups"]["olt"]["critical"] = True  # as in the demo: the OLTs count
-        groups_path.write_text(yaml.safe_dump(groups, sort_keys=False))
-        devices = yaml.safe_load((lab.dir / "inventory" / "devices" / f"{OFFICE}.yaml").read_text())
-        addresses = tuple(d["address"] for d in devices["devices"])
-        with etcd_cluster_running(base / "etcd") as cluster:
+        with vantages_running(base, prefix=PREFIX, make_daemon=make_daemon) as (lab, etcd, daemons):
+            devices = yaml.safe_load((lab.dir / "inventory" / "devices" / f"{OFFICE}.yaml").read_text())
+            addresses = tuple(d["address"] for d in devices["devices"])
+            world = World(lab, etcd, daemons, partition, addresses)  # type: ignore[arg-type]
             try:
-                for i, vantage in enumerate(VANTAGES):
-                    traps_port = lab.trap_port if i == 0 else free_port()  # the lab traps to v1
-                    path = vantage_config(
-                        lab,
-                        vantage,
-                        VANTAGES,
-                        list(cluster.endpoints),
-                        ALTERNATE,
-                        traps_port,
-                        prefix=PREFIX,
-                        lease_ttl_s=LEASE_TTL_S,
-                        request_timeout_s=REQUEST_TIMEOUT_S,
-                    )
-                    log_dir = base / vantage
-                    log_dir.mkdir()
-                    daemons[vantage] = CgroupDaemon(path, log_dir, group=partition.group(vantage))
-                start_together(daemons, TIMEOUT_S)
-                world = World(lab, cluster, daemons, partition, addresses)
-                try:
-                    yield world
-                finally:
-                    world.restore_all()
+                yield world
             finally:
-                stop_all(daemons)
+                world.restore_all()
     finally:
-        lab.stop()
         problems = partition.close()
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
-    leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
-    if leaks:
-        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
 
 
 @pytest.fixture
@@ -422,7 +356,7 @@ def test_one_vantage_cut_from_an_office_sees_it_unreachable_and_nobody_hands_ove
             office = world.office(vantage)
             assert ("OPEN", "UNREACHABLE") == (office["phase"], office["verdict"]), (vantage, office)
         assert runs == world.runs()
-        assert not any(world.handed_over().values())
+        assert not any(world.routers_handed_over().values())
 
     _hold(3 * 4.0, nothing_moves)  # three hold-downs (FAST_POLICY hold_down_s)
 
@@ -452,7 +386,7 @@ def test_a_majority_sees_the_office_dark_so_it_is_down_and_handed_over(restored:
     world.daemons[leader].wait_phase(OFFICE, "HANDED_OVER", TIMEOUT_S)
     handed_s = time.monotonic() - cut_at
     print(f"majority dark: DOWN after {down_s:.2f} s, HANDED_OVER after {handed_s:.2f} s (hold-down 4 s)")
-    assert dict.fromkeys(ROUTERS, True) == world.handed_over()
+    assert dict.fromkeys(ROUTERS, True) == world.routers_handed_over()
     assert dict.fromkeys(ROUTERS, epoch) == world.device_epochs()
     after = world.runs()
     assert {**runs, leader: runs[leader] + 1} == after  # one run, the leader's
@@ -466,7 +400,7 @@ def test_a_majority_sees_the_office_dark_so_it_is_down_and_handed_over(restored:
     handback = world.daemons[leader].cli("handback", OFFICE, "--reason", "paths restored", "--yes")
     assert 0 == handback.code, handback
     world.daemons[leader].wait_phase(OFFICE, "OPEN", TIMEOUT_S)
-    assert not any(world.handed_over().values())
+    assert not any(world.routers_handed_over().values())
     for vantage in VANTAGES:
         world.daemons[vantage].wait_phase(OFFICE, "OPEN", TIMEOUT_S)
 
@@ -538,7 +472,7 @@ def test_the_leader_cut_off_from_etcd_stops_before_its_lease_can_expire(
     world.lab("power_off", office=OFFICE, ups=["core"])
     try:
         world.daemons[new].wait_phase(OFFICE, "HANDED_OVER", TIMEOUT_S)
-        assert world.handed_over()[ROUTERS[0]]
+        assert world.routers_handed_over()[ROUTERS[0]]
         assert {new_epoch} == set(world.device_epochs().values()) - {old_epoch}
         assert new_epoch == world.device_epochs()[ROUTERS[0]]
         wait_for(

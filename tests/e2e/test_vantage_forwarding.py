@@ -12,50 +12,22 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import secrets
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.harness import (
-    Daemon,
-    LabProcess,
-    find_secrets,
-    free_port,
-    leak_report,
-    start_together,
-    stop_all,
-    vantage_config,
-    wait_for,
-)
-from tests.peers.etcd import EtcdCluster, etcd_cluster_running
+from tests.e2e.harness import wait_for
+from tests.e2e.vantage_world import ALTERNATE, OFFICE, TIMEOUT_S, VANTAGES, VantageWorld, vantages_running
 
 pytestmark = pytest.mark.slow
 
-OFFICE = "seoul-geumcheon"
-ALTERNATE = "seoul-bangbae"
-VANTAGES = ("v1", "v2", "v3")
-LEASE_TTL_S = 3.0
-REQUEST_TIMEOUT_S = 0.5
-TIMEOUT_S = 60.0
-ROUTER = f"{OFFICE}-core1"
 ME = pwd.getpwuid(os.getuid()).pw_name
 
 
-@dataclass
-class World:
-    lab: LabProcess
-    etcd: EtcdCluster
-    daemons: dict[str, Daemon]
-
-    def status(self, vantage: str) -> dict[str, Any] | None:
-        result = self.daemons[vantage].cli("status", "--json")
-        return result.json() if result.code == 0 else None
-
-    def leader(self) -> str:
+class World(VantageWorld):
+    def leader(self) -> str:  # type: ignore[override]
         def one() -> str | None:
             held = [v for v in VANTAGES if (s := self.status(v)) and s["daemon"]["leadership"]["held"]]
             # ...and every vantage names it (a follower forwards to the leader it knows).
@@ -90,53 +62,12 @@ class World:
                 f"{vantage} shows {OFFICE} {phase}",
             )
 
-    def handed_over(self) -> bool:
-        return ALTERNATE in {e["name"] for e in self.lab.mgmt(ROUTER)["acl"]}
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     base = tmp_path_factory.mktemp("forwarding")
-    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 3)
-    daemons: dict[str, Daemon] = {}
-    peer_token = base / "peer-token"
-    peer_token.write_text(secrets.token_urlsafe(24) + "\n")
-    peer_token.chmod(0o600)
-    try:
-        lab.start()
-        lab.configure()
-        with etcd_cluster_running(base / "etcd") as cluster:
-            try:
-                for i, vantage in enumerate(VANTAGES):
-                    path = vantage_config(
-                        lab,
-                        vantage,
-                        VANTAGES,
-                        list(cluster.endpoints),
-                        ALTERNATE,
-                        lab.trap_port if i == 0 else free_port(),
-                        prefix="/baton-forwarding/",
-                        lease_ttl_s=LEASE_TTL_S,
-                        request_timeout_s=REQUEST_TIMEOUT_S,
-                        peer_token=peer_token,
-                    )
-                    log_dir = base / vantage
-                    log_dir.mkdir()
-                    daemons[vantage] = Daemon(path, log_dir)
-                start_together(daemons, TIMEOUT_S)
-                yield World(lab, cluster, daemons)
-            finally:
-                stop_all(daemons)
-    finally:
-        lab.stop()
-    leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
-    # The vantages' credential: in no log line, journal row or audit row of any vantage.
-    for daemon in daemons.values():
-        texts = {str(log): log.read_text(errors="replace") for log in daemon.logs if log.exists()}
-        texts["journal"] = daemon.journal.dump()
-        leaks += find_secrets({"api.peer_token": peer_token.read_text().strip()}, texts)
-    if leaks:
-        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
+    with vantages_running(base, prefix="/baton-forwarding/", critical_olts=False, peer_token=True) as running:
+        yield World(*running)
 
 
 def test_pause_and_resume_on_followers_take_effect_on_the_leader_and_show_everywhere(world: World) -> None:

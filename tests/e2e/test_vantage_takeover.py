@@ -19,7 +19,6 @@ the new leader's journal, the router's running configuration and pending commit 
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -28,95 +27,49 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.e2e.harness import (
-    Daemon,
-    LabProcess,
-    free_port,
-    leak_report,
-    start_together,
-    stop_all,
-    vantage_config,
-    wait_for,
-)
+from tests.e2e.harness import Daemon, start_together, wait_for
 from tests.e2e.test_crash_campaign import CrashingDaemon
-from tests.peers.etcd import EtcdCluster, etcd_cluster_running
+from tests.e2e.vantage_world import (
+    ALTERNATE,
+    EPOCH,
+    LEASE_TTL_S,
+    OFFICE,
+    ROUTER,
+    VANTAGES,
+    VantageWorld,
+    vantages_running,
+)
 
 pytestmark = pytest.mark.slow
 
-OFFICE = "seoul-geumcheon"
-ALTERNATE = "seoul-bangbae"
-ROUTER = f"{OFFICE}-core1"  # on its UPS: the one device the handover changes
-VANTAGES = ("v1", "v2", "v3")
-LEASE_TTL_S = 3.0
 TIMEOUT_S = 90.0
-_EPOCH = re.compile(r"<epoch>\d+</epoch>")
 
 
 @dataclass
-class World:
-    lab: LabProcess
-    etcd: EtcdCluster
-    daemons: dict[str, Daemon]
+class World(VantageWorld):
     original: str  # the router's running configuration before any run (epoch leaf left out)
-
-    def leading(self, vantage: str) -> bool:
-        daemon = self.daemons[vantage]
-        if not daemon.running:
-            return False
-        result = daemon.cli("status", "--json")
-        return result.code == 0 and bool(result.json()["daemon"]["leadership"]["held"])
 
     def router(self) -> dict[str, Any]:
         shown: dict[str, Any] = self.lab("show", device=ROUTER)
-        shown["running"] = _EPOCH.sub("", shown["running"])
+        shown["running"] = EPOCH.sub("", shown["running"])
         return shown
 
 
 def _world(base: Path, crash_at: str) -> Iterator[World]:
-    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 3)
-    daemons: dict[str, Daemon] = {}
-    try:
-        lab.start()
-        lab.configure()
-        groups_path = lab.dir / "inventory" / "groups.yaml"
-        groups = yaml.safe_load(groups_path.read_text())
-        groups["groups"]["olt"]["critical"] = True  # the power cut closes the office, as in the demo
-        groups_path.write_text(yaml.safe_dump(groups, sort_keys=False))
-        original = _EPOCH.sub("", lab("show", device=ROUTER)["running"])
-        with etcd_cluster_running(base / "etcd") as cluster:
-            try:
-                for i, vantage in enumerate(VANTAGES):
-                    path = vantage_config(
-                        lab,
-                        vantage,
-                        VANTAGES,
-                        list(cluster.endpoints),
-                        ALTERNATE,
-                        lab.trap_port if i == 0 else free_port(),
-                        prefix="/baton-takeover/",
-                        lease_ttl_s=LEASE_TTL_S,
-                        request_timeout_s=0.5,
-                    )
-                    log_dir = base / vantage
-                    log_dir.mkdir()
-                    if vantage == "v1":
-                        daemons[vantage] = CrashingDaemon(path, log_dir, env={"BATON_CRASH_AT": crash_at})
-                    else:
-                        daemons[vantage] = Daemon(path, log_dir)
-                # v1 first, alone: it leads; then the others follow.
-                start_together({"v1": daemons["v1"]}, TIMEOUT_S)
-                wait_for(lambda: World(lab, cluster, daemons, original).leading("v1"), TIMEOUT_S, "v1 leads")
-                start_together({v: daemons[v] for v in VANTAGES[1:]}, TIMEOUT_S)
-                yield World(lab, cluster, daemons, original)
-            finally:
-                stop_all(daemons)
-    finally:
-        lab.stop()
-    leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
-    if leaks:
-        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
+    def make_daemon(vantage: str, path: Path, log_dir: Path) -> Daemon:
+        if vantage == "v1":
+            return CrashingDaemon(path, log_dir, env={"BATON_CRASH_AT": crash_at})
+        return Daemon(path, log_dir)
+
+    with vantages_running(base, prefix="/baton-takeover/", make_daemon=make_daemon, start=False) as running:
+        lab, _, daemons = running
+        world = World(*running, EPOCH.sub("", lab("show", device=ROUTER)["running"]))
+        # v1 first, alone: it leads; then the others follow.
+        start_together({"v1": daemons["v1"]}, TIMEOUT_S)
+        wait_for(lambda: world.leading("v1"), TIMEOUT_S, "v1 leads")
+        start_together({v: daemons[v] for v in VANTAGES[1:]}, TIMEOUT_S)
+        yield world
 
 
 @pytest.fixture

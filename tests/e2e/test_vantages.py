@@ -10,77 +10,32 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.e2e.harness import (
-    Daemon,
-    LabProcess,
-    free_port,
-    leak_report,
-    start_together,
-    stop_all,
-    vantage_config,
-    wait_for,
+from tests.e2e.harness import Daemon, wait_for
+from tests.e2e.vantage_world import (
+    EPOCH,
+    LEASE_TTL_S,
+    OFFICE,
+    ROUTER,
+    TIMEOUT_S,
+    VANTAGES,
+    VantageWorld,
+    vantages_running,
 )
-from tests.peers.etcd import EtcdCluster, etcd_cluster_running
 
 pytestmark = pytest.mark.slow
 
-OFFICE = "seoul-geumcheon"
-ALTERNATE = "seoul-bangbae"
-VANTAGES = ("v1", "v2", "v3")
-LEASE_TTL_S = 3.0
-REQUEST_TIMEOUT_S = 0.5
-TIMEOUT_S = 60.0
-# The power fails; the core router runs on its UPS, the rest goes dark (the OLTs count as
-# critical, as in the demo): the office closes, and the handover changes the core router.
-ROUTER = f"{OFFICE}-core1"
-EPOCH = re.compile(r"<epoch>(\d+)</epoch>")
 
-
-@dataclass
-class World:
-    lab: LabProcess
-    etcd: EtcdCluster
-    daemons: dict[str, Daemon]
-
-    def status(self, vantage: str) -> dict[str, Any] | None:
-        daemon = self.daemons[vantage]
-        if not daemon.running:
-            return None
-        result = daemon.cli("status", "--json")
-        return result.json() if result.code == 0 else None
-
-    def leaders(self) -> list[str]:
-        found = []
-        for vantage in VANTAGES:
-            status = self.status(vantage)
-            if status is not None and status["daemon"]["leadership"]["held"]:
-                found.append(vantage)
-        return found
-
-    def leader(self, *, besides: str | None = None) -> str:
-        def one() -> str | None:
-            leaders = [v for v in self.leaders() if v != besides]
-            return leaders[0] if len(leaders) == 1 else None
-
-        return wait_for(one, TIMEOUT_S, "exactly one vantage leading")
-
-    def epoch(self, vantage: str) -> int:
-        status = self.status(vantage)
-        assert status is not None
-        return int(status["daemon"]["leadership"]["epoch"])
-
+class World(VantageWorld):
     def device_epochs(self) -> set[int]:
         epochs = set()
         for device in (ROUTER,):
@@ -88,50 +43,13 @@ class World:
             epochs.add(int(found.group(1)) if found else 0)
         return epochs
 
-    def handed_over(self, *devices: str) -> bool:
-        return all(ALTERNATE in {e["name"] for e in self.lab.mgmt(d)["acl"]} for d in devices or (ROUTER,))
-
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    base = tmp_path_factory.mktemp("vantages")
-    lab = LabProcess(base / "lab", f"{OFFICE},{ALTERNATE}", 3)
-    daemons: dict[str, Daemon] = {}
-    try:
-        lab.start()
-        lab.configure()
-        groups_path = lab.dir / "inventory" / "groups.yaml"
-        groups = yaml.safe_load(groups_path.read_text())
-        groups["groups"]["olt"]["critical"] = True
-        groups_path.write_text(yaml.safe_dump(groups, sort_keys=False))
-        with etcd_cluster_running(base / "etcd") as cluster:
-            try:
-                for i, vantage in enumerate(VANTAGES):
-                    # The lab sends its traps to one port: v1's. The others poll only.
-                    traps_port = lab.trap_port if i == 0 else free_port()
-                    path = vantage_config(
-                        lab,
-                        vantage,
-                        VANTAGES,
-                        list(cluster.endpoints),
-                        ALTERNATE,
-                        traps_port,
-                        prefix="/baton-e2e/",
-                        lease_ttl_s=LEASE_TTL_S,
-                        request_timeout_s=REQUEST_TIMEOUT_S,
-                    )
-                    log_dir = base / vantage
-                    log_dir.mkdir()
-                    daemons[vantage] = Daemon(path, log_dir)
-                start_together(daemons, TIMEOUT_S)
-                yield World(lab, cluster, daemons)
-            finally:
-                stop_all(daemons)
-    finally:
-        lab.stop()
-    leaks = [leak for daemon in daemons.values() for leak in leak_report(lab.dir, daemon)]
-    if leaks:
-        pytest.fail("secrets leaked: " + "; ".join(leaks), pytrace=False)
+    # The power fails; the core router runs on its UPS, the rest goes dark (the OLTs count as
+    # critical, as in the demo): the office closes, and the handover changes the core router.
+    with vantages_running(tmp_path_factory.mktemp("vantages"), prefix="/baton-e2e/") as (lab, etcd, daemons):
+        yield World(lab, etcd, daemons)
 
 
 def _wallboard(daemon: Daemon) -> dict[str, Any]:
