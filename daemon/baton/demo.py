@@ -421,33 +421,7 @@ class Demo:
         self.title("Setting up: a lab of simulated offices, and the Baton daemon watching them")
         self.say(f"Everything lives in {self.dir}; to type the commands below yourself (with --keep):")
         self.say(f"  export DEMO={self.dir} BATON_SOCKET={self.socket_path}")
-        self.lab = Child(
-            "the lab (baton lab run)",
-            [
-                sys.executable,
-                "-m",
-                "baton.cli",
-                "lab",
-                "run",
-                "--dir",
-                str(self.dir),
-                "--offices",
-                str(opts.offices),
-                "--devices-per-office",
-                str(DEVICES_PER_OFFICE),
-                "--trap-target",
-                f"127.0.0.1:{trap_port}",
-                "--snmp-port",
-                str(snmp_port),
-                "--ssh-port",
-                str(ssh_port),
-            ],
-            self.dir / "lab.log",
-            outlive_parent=opts.keep,
-        )
-        self.lab.log.write_text("")
-        self.lab.start(env)
-        self.wait_for("the lab to start", lambda: LAB_READY_LINE in self.lab_log(), 90)
+        self.start_lab(env, opts, f"127.0.0.1:{trap_port}", snmp_port, ssh_port)
         self.say(
             f"lab: {opts.offices} offices × {DEVICES_PER_OFFICE} devices (a core router, an aggregation "
             f"router, 2 OLTs), SNMP on udp/{snmp_port}, NETCONF over SSH on tcp/{ssh_port} — log: lab.log"
@@ -485,6 +459,38 @@ class Demo:
             return offices if not bad else "not yet: " + ", ".join(bad)
 
         self.wait_for("every device UP and every office HEALTHY", all_up, 90)
+
+    def start_lab(
+        self, env: dict[str, str], opts: DemoOptions, trap_target: str, snmp_port: int, ssh_port: int
+    ) -> None:
+        """`baton lab run` as a child, waited for until it says it is ready."""
+        self.lab = Child(
+            "the lab (baton lab run)",
+            [
+                sys.executable,
+                "-m",
+                "baton.cli",
+                "lab",
+                "run",
+                "--dir",
+                str(self.dir),
+                "--offices",
+                str(opts.offices),
+                "--devices-per-office",
+                str(DEVICES_PER_OFFICE),
+                "--trap-target",
+                trap_target,
+                "--snmp-port",
+                str(snmp_port),
+                "--ssh-port",
+                str(ssh_port),
+            ],
+            self.dir / "lab.log",
+            outlive_parent=opts.keep,
+        )
+        self.lab.log.write_text("")
+        self.lab.start(env)
+        self.wait_for("the lab to start", lambda: LAB_READY_LINE in self.lab_log(), 90)
 
     def lab_log(self) -> str:
         assert self.lab is not None

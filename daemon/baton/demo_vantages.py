@@ -57,7 +57,6 @@ from baton.demo import (
     ALTERNATE,
     CLOSED_OFFICE,
     DEVICES_PER_OFFICE,
-    LAB_READY_LINE,
     Child,
     Demo,
     DemoError,
@@ -341,33 +340,8 @@ class VantagesDemo(Demo):
         ports = ", ".join(url.rpartition(":")[2] for url in self.etcd.endpoints)
         self.say(f"etcd: 3 members ({binary}), client ports {ports}, data and logs in $DEMO/etcd/")
 
-        self.lab = Child(
-            "the lab (baton lab run)",
-            [
-                sys.executable,
-                "-m",
-                "baton.cli",
-                "lab",
-                "run",
-                "--dir",
-                str(self.dir),
-                "--offices",
-                str(opts.offices),
-                "--devices-per-office",
-                str(DEVICES_PER_OFFICE),
-                "--trap-target",
-                f"127.0.0.1:{trap_ports[0]}",  # the devices trap to the first vantage
-                "--snmp-port",
-                str(snmp_port),
-                "--ssh-port",
-                str(ssh_port),
-            ],
-            self.dir / "lab.log",
-            outlive_parent=opts.keep,
-        )
-        self.lab.log.write_text("")
-        self.lab.start(env)
-        self.wait_for("the lab to start", lambda: LAB_READY_LINE in self.lab_log(), 90)
+        # the devices trap to the first vantage
+        self.start_lab(env, opts, f"127.0.0.1:{trap_ports[0]}", snmp_port, ssh_port)
         self.say(
             f"lab: {opts.offices} offices × {DEVICES_PER_OFFICE} devices, SNMP on udp/{snmp_port}, "
             f"NETCONF over SSH on tcp/{ssh_port} — log: lab.log"
