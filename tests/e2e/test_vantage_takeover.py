@@ -145,3 +145,44 @@ def test_the_leader_killed_before_forward_was_shared_the_new_leader_rolls_the_ru
     assert not router["confirm_pending"]
     assert world.original == router["running"]
     assert ALTERNATE not in {e["name"] for e in world.lab.mgmt(ROUTER)["acl"]}
+
+
+# The leader killed at more points of its run: whichever it is, the next leader ends the story
+# with every device forward (and the office HANDED_OVER) or every device back (FAILED), by the
+# dead leader's run — or, when that run never touched a device, by one run of its own. (Every
+# journal write in turn is the single-vantage campaign's, tests/e2e/test_crash_campaign.py.)
+POINTS = {
+    "after:set_plan": "the plan shared, no device touched",
+    "after:set_confirm": "the window journaled (not shared), no commit sent",
+    "before:decide": "committed and verified everywhere, nothing decided",
+    "before:finish_run": "every device confirmed, the end not journaled",
+}
+
+
+@pytest.fixture(params=sorted(POINTS))
+def killed_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    yield from _world(tmp_path, str(request.param))
+
+
+def test_a_leader_killed_anywhere_in_its_run_leaves_the_office_whole(killed_at: World) -> None:
+    world = killed_at
+    run_id, new, _ = _leader_killed_mid_run(world)
+    phase = wait_for(
+        lambda: (p := world.daemons[new].office(OFFICE)["phase"]) in ("HANDED_OVER", "FAILED") and p,
+        TIMEOUT_S,
+        "the office handed over or failed",
+    )
+    router = world.router()
+    assert not router["confirm_pending"]
+    runs = [(r["id"], r["result"]) for r in world.daemons[new].journal.runs(OFFICE)]
+    if phase == "FAILED":
+        assert world.original == router["running"]  # every device back, byte for byte
+        assert [(run_id, "rolled_back")] == runs
+    else:
+        assert ALTERNATE in {e["name"] for e in world.lab.mgmt(ROUTER)["acl"]}
+        # The dead leader's run finished, or — it never touched a device — one run of the new
+        # leader's own (the dead one's not started, or never shared at all).
+        again = runs[-1][0]
+        assert runs in ([(run_id, "ok")], [(run_id, "not_started"), (again, "ok")], [(again, "ok")]), runs
+    other = next(v for v in VANTAGES[1:] if v != new)
+    assert not world.daemons[other].journal.runs(OFFICE)  # the other follower ran nothing
