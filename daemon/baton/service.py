@@ -186,7 +186,7 @@ class Service:
 
     async def _serve(self, loaded: Loaded) -> int:
         run_pool = ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="baton-run")
-        snmp_access = PysnmpAccess(self.resolve)
+        snmp_access = PysnmpAccess(self.resolve, source_address=self.config.vantage.source_address)
         # Probes and runs leave from the vantage's own address when it has one (management ACLs).
         connectors = Connectors(
             resolve=self.resolve,

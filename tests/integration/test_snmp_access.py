@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -280,3 +282,23 @@ def test_value_text() -> None:
     assert "10.0.0.1" == value_text(rfc1902.IpAddress("10.0.0.1"))
     assert "1.3.6.1" == value_text(rfc1902.ObjectName((1, 3, 6, 1)))
     assert (1, 3, 6, 1) == oid_tuple(".1.3.6.1")
+
+
+async def test_requests_leave_from_the_vantages_source_address() -> None:
+    """With `vantage.source_address`, a playbook step's SNMP request comes from that address
+    (a management ACL, or a lab cut from one vantage, sees it so); without, the kernel's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.setblocking(False)
+        endpoint = SnmpEndpoint(
+            "127.0.0.1", silent.getsockname()[1], "public", "u", "SHA", "a" * 8, "AES", "p" * 8, "x"
+        )
+        device = v2c_device(endpoint, timeout_s=0.3)
+        senders = []
+        for source in ("127.0.0.12", None):
+            async with PysnmpAccess(make_resolver(endpoint), source_address=source) as snmp:
+                with pytest.raises(SnmpTimeoutError):
+                    await snmp.get(device, SYS_NAME_OID, timeout_s=0.3)
+            _, (host, _) = await asyncio.get_running_loop().sock_recvfrom(silent, 2048)
+            senders.append(host)
+        assert ["127.0.0.12", "127.0.0.1"] == senders

@@ -164,11 +164,13 @@ class _Target:
 class PysnmpAccess:
     """`SnmpAccess` for playbook steps: GET/SET of one numeric OID on one device.
 
-    `resolve` turns a `SecretRef` into its value (the daemon's `Service.resolve`).
+    `resolve` turns a `SecretRef` into its value (the daemon's `Service.resolve`);
+    `source_address`: requests leave from this local address (`vantage.source_address`).
     """
 
-    def __init__(self, resolve: Resolve) -> None:
+    def __init__(self, resolve: Resolve, source_address: str | None = None) -> None:
         self._resolve = resolve
+        self._source_address = source_address
         self._loop: asyncio.AbstractEventLoop | None = None
         self._slots: list[EngineSlot] = []
         self._targets: dict[str, _Target] = {}
@@ -412,7 +414,7 @@ class PysnmpAccess:
         return target
 
     def _new_slot(self) -> EngineSlot:
-        slot = EngineSlot(len(self._slots))
+        slot = EngineSlot(len(self._slots), self._source_address)
         self._slots.append(slot)
         return slot
 
