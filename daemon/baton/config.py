@@ -55,6 +55,9 @@ class ApiSettings:
     unix_socket: Path = Path(DEFAULT_SOCKET)
     socket_group: str | None = None
     tcp_listen: str | None = None  # "host:port"; off when None
+    # The address the other vantages are given for this one's API (etcd): default tcp_listen;
+    # set it when the API listens on every interface (0.0.0.0:8443) or behind NAT.
+    advertise: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tokens: tuple[SecretRef, ...] = ()
@@ -203,6 +206,7 @@ class ApiFile(Strict):
     unix_socket: str = DEFAULT_SOCKET
     socket_group: str | None = None
     tcp_listen: Listen | None = None
+    advertise: Listen | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
     tokens: Refs = Field(default_factory=list)
@@ -499,6 +503,7 @@ def _to_config(parsed: ConfigFile, base: Path) -> Config:
             unix_socket=base / api.unix_socket,
             socket_group=api.socket_group,
             tcp_listen=api.tcp_listen,
+            advertise=api.advertise,
             tls_cert=None if api.tls_cert is None else base / api.tls_cert,
             tls_key=None if api.tls_key is None else base / api.tls_key,
             tokens=tuple(_ref(base, t) for t in api.tokens),
@@ -665,6 +670,14 @@ def _check_forwarding(doc: Document, api: ApiSettings, *, etcd: bool) -> list[Pr
                 "set api.tcp_listen to an address the other vantages reach, or remove api.peer_token",
             )
         )
+    if api.advertise is not None and api.tcp_listen is None:
+        problems.append(
+            doc.problem(
+                ("api", "advertise"),
+                "api.advertise is set but api.tcp_listen is not: nothing listens at that address",
+                "set api.tcp_listen (the address to listen on), or remove api.advertise",
+            )
+        )
     if api.peer_token is not None and not etcd:
         problems.append(
             doc.problem(
@@ -700,14 +713,15 @@ def _check_forwarding(doc: Document, api: ApiSettings, *, etcd: bool) -> list[Pr
                 "warning",
             )
         )
-    elif api.tcp_listen.rpartition(":")[0].strip("[]") in _EVERY_INTERFACE:
+    elif api.advertise is None and api.tcp_listen.rpartition(":")[0].strip("[]") in _EVERY_INTERFACE:
         problems.append(
             doc.problem(
                 ("api", "tcp_listen"),
                 f"the other vantages are given api.tcp_listen ({api.tcp_listen}) as this vantage's "
                 "address: an address on every interface is not one they can reach, so commands cannot "
                 "be forwarded to this vantage when it leads",
-                "listen on the address the other vantages reach, e.g. 10.0.1.21:8443",
+                "set api.advertise to the address the other vantages reach, e.g. 10.0.1.21:8443, "
+                "or listen on that address",
                 "warning",
             )
         )

@@ -489,7 +489,7 @@ class Service:
             me=me,
             ttl_s=etcd.lease_ttl_s,
             request_timeout_s=etcd.request_timeout_s,
-            api_address=self.config.api.tcp_listen,
+            api_address=self.config.api.advertise or self.config.api.tcp_listen,
             floor=floor,
         )
 

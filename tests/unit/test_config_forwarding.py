@@ -121,3 +121,23 @@ def test_a_tcp_api_for_the_vantages_alone_needs_no_operator_token(tmp_path: Path
     """Operators on the unix socket, the vantages on TCP with their credential: no error."""
     text = VANTAGE + ETCD + "api: {tcp_listen: 127.0.0.1:8443, peer_token: file:peer-token}\n"
     assert [] == problems(tmp_path, text)
+
+
+def test_a_listener_on_every_interface_with_an_advertised_address_forwards_silently(tmp_path: Path) -> None:
+    text = (
+        VANTAGE
+        + ETCD
+        + "api: {tcp_listen: 0.0.0.0:8443, advertise: 10.0.1.21:8443, tokens: [file:ops-token],"
+        " peer_token: file:peer-token}\n"
+    )
+    found = problems(tmp_path, text)
+    assert [p for p in found if "without TLS" not in p] == []  # (clear text beyond loopback: a warning)
+    config = read_config(tmp_path / "baton.yaml").config
+    assert config is not None
+    assert "10.0.1.21:8443" == config.api.advertise
+
+
+def test_an_advertised_address_without_a_listener_is_an_error(tmp_path: Path) -> None:
+    text = VANTAGE + ETCD + "api: {advertise: 10.0.1.21:8443}\n"
+    found = problems(tmp_path, text)
+    assert any("api.advertise is set but api.tcp_listen is not" in p for p in found), found
