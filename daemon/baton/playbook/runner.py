@@ -892,24 +892,14 @@ class _Run:
             else await self.journal.call(self.journal.load_backup, self.run_id, dev.id, digest)
         )
 
-        async def restore() -> tuple[str, Mapping[str, object]]:
-            assert backup is not None
-            roots = _edit_roots(dev)
-            nc = await dev.session.netconf()
-            async with nc.locked("candidate"):
-                await nc.discard_changes()
-                restored = restore_config(backup, roots)
-                await nc.edit_config("candidate", restored, rpc_timeout_s=_UNDO_TIMEOUT_S)
-                await self._fence_candidate(nc)
-                await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
-            return f"running restored as it was before the run ({len(roots)} subtree(s))", {}
-
         async def apply() -> tuple[str, Mapping[str, object]]:
             if backup is not None:
-                return await restore()
+                roots = _edit_roots(dev)
+                await self._commit_undo(dev, [(restore_config(backup, roots), None, _UNDO_TIMEOUT_S)])
+                return f"running restored as it was before the run ({len(roots)} subtree(s))", {}
             # Undone in the candidate, in one commit: each needs a compensating candidate edit.
             undo = {
-                n: (edit, comp.timeout_s)
+                n: (wrap_config(edit[0]), edit[1], comp.timeout_s)
                 for n in names
                 if n in steps
                 and (comp := steps[n].compensate) is not None
@@ -918,13 +908,7 @@ class _Run:
             missing = [n for n in names if n not in undo]
             if missing:
                 raise StepFailed(f"no compensating edit for {', '.join(missing)}: left as is")
-            nc = await dev.session.netconf()
-            async with nc.locked("candidate"):
-                await nc.discard_changes()
-                for (config, operation), timeout_s in undo.values():
-                    await nc.edit_config("candidate", wrap_config(config), operation, rpc_timeout_s=timeout_s)
-                await self._fence_candidate(nc)
-                await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
+            await self._commit_undo(dev, list(undo.values()))
             return f"compensating edits committed ({', '.join(names)})", {}
 
         index = steps[names[0]].index if names[0] in steps else 0
@@ -941,12 +925,7 @@ class _Run:
                 raise StepFailed(f"step {name} has no compensate: left as is")
             edit = comp.candidate_edit()
             if edit is not None:  # compensating a netconf.rpc with an edit
-                nc = await dev.session.netconf()
-                async with nc.locked("candidate"):
-                    await nc.discard_changes()
-                    await nc.edit_config("candidate", wrap_config(edit[0]), edit[1])
-                    await self._fence_candidate(nc)
-                    await nc.commit()
+                await self._commit_undo(dev, [(wrap_config(edit[0]), edit[1], comp.timeout_s)])
                 return "compensating edit committed", {}
             detail = await asyncio.wait_for(
                 run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
@@ -955,6 +934,17 @@ class _Run:
 
         index = ps.index if ps is not None else 0
         await self._journaled(dev, COMPENSATE + name, index, "rollback", run, ok=StepStatus.ROLLED_BACK)
+
+    async def _commit_undo(self, dev: _Dev, edits: Sequence[tuple[str, str | None, float]]) -> None:
+        """(config, default operation, timeout) edits committed for good in one commit, under
+        the candidate lock and with the run's epoch: how a change committed for good is undone."""
+        nc = await dev.session.netconf()
+        async with nc.locked("candidate"):
+            await nc.discard_changes(rpc_timeout_s=_UNDO_TIMEOUT_S)
+            for config, operation, timeout_s in edits:
+                await nc.edit_config("candidate", config, operation, rpc_timeout_s=timeout_s)
+            await self._fence_candidate(nc)
+            await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
 
     def outcomes(self) -> tuple[DeviceOutcome, ...]:
         result = []
