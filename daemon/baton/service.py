@@ -58,6 +58,7 @@ from baton.adapters.traps import TrapReceiverError
 from baton.config import STOP_MARGIN_S, Config, EtcdSettings
 from baton.controller import Controller, JournalFailed, config_event, restore
 from baton.core.events import Event, LeaseChanged, OfficeObserved, RunFinished, Stopping, Ticked
+from baton.core.machine import Transition
 from baton.core.model import DeviceVerdict, Inventory, RunKind
 from baton.journal import Journal, JournalError, WriteHook
 from baton.leadership import EtcdLeadership, LeaderView, LocalLeadership, OnChange
@@ -141,6 +142,8 @@ class Service:
         self.mirror: RunMirror | None = None  # several vantages: run records go through etcd too
         self._etcd: EtcdClient | None = None
         self._takeover: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None  # the leader's state, out after a decision
+        self._state_dirty = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.clock = clock
         self.metrics = Metrics()
@@ -220,7 +223,12 @@ class Service:
             fenced=self._fenced,
         )
         self.controller = Controller(
-            restore(self.journal), self.config.policy, self.journal, self.runs, self.clock
+            restore(self.journal),
+            self.config.policy,
+            self.journal,
+            self.runs,
+            self.clock,
+            on_transition=self._transitioned,
         )
         # Recovery before the lease is known runs with the last epoch journaled; under etcd the
         # fence stops it at once unless this vantage leads (its runs wait for it to lead).
@@ -270,7 +278,7 @@ class Service:
             drain_s = self.config.policy.drain_s
             async with self._extending(drain_s + STOP_MARGIN_S):
                 await self.runs.shutdown(drain_s)
-            for task in (share_task, self._takeover, lease_task, *self._tasks):
+            for task in (share_task, self._takeover, self._publisher, lease_task, *self._tasks):
                 if task is not None:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -381,6 +389,30 @@ class Service:
             self._exit_code = EX_IOERR
             self._stopping.set()
             raise
+
+    def _transitioned(self, transition: Transition) -> None:
+        """Leading: a decision that changed the state is published for the followers at once,
+        not at the next round — a pause, a closure or a run started a moment before the leader
+        dies is what the next leader starts from (the key outlives the leader by its lease)."""
+        if self.board is None or not self.leadership.held:
+            return
+        self._state_dirty = True
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.get_running_loop().create_task(self._publish_state(), name="publish")
+
+    async def _publish_state(self) -> None:
+        board, lease = self.board, getattr(self.leadership, "lease", 0)
+        term = getattr(self.leadership, "term", None)
+        while self._state_dirty and board is not None and lease and term is not None:
+            self._state_dirty = False
+            if not self.leadership.held:
+                return
+            try:
+                await board.publish_state(lease, self.controller.state, term())
+            except EtcdError as exc:
+                self.metrics.etcd_errors_total.inc()
+                log.warning("vantages.state_not_published", error=str(exc))
+                return
 
     def _with_answering(self, event: OfficeObserved) -> OfficeObserved:
         """The fact the core needs for catch-ups: which of its pending devices answer now."""

@@ -165,6 +165,26 @@ def test_the_leader_killed_another_takes_over_and_hands_back(
     assert world.leaders() == [new]
 
 
+def test_a_pause_given_a_moment_before_the_leader_dies_survives_the_takeover(world: World) -> None:
+    """The leader publishes its state right after each decision, not at the next round: the
+    operator's pause, given to the leader just before it is killed, is what the next leader
+    starts from (it does not hand offices over that the operator had stopped it for)."""
+    old = world.leader()
+    paused = world.daemons[old].cli("pause", "--reason", "maintenance window")
+    assert 0 == paused.code, paused
+    world.daemons[old].kill()
+    new = world.leader(besides=old)
+    status = world.status(new)
+    assert status is not None
+    assert status["paused"] is True
+    resumed = world.daemons[new].cli("resume", "--reason", "maintenance over")
+    assert 0 == resumed.code, resumed
+    world.daemons[old].start(lambda offices: True)  # back as a follower
+    wait_for(
+        lambda: (s := world.status(old)) is not None and s["paused"] is False, TIMEOUT_S, f"{old} resumed"
+    )
+
+
 def test_a_paused_leader_does_not_act_when_it_wakes(world: World) -> None:
     old = world.leader()
     daemon = world.daemons[old]
