@@ -1,7 +1,8 @@
-"""Dark devices: do probes of powered-off devices delay the polls of live ones?
+"""Dark devices: do probes of powered-off devices delay the polls of live ones, or a run?
 
     .venv/bin/python bench/dark.py [--live 1000] [--dark 0,1000,2000,4000] [--duration 60]
                                    [--live-netconf 20] [--baton-src DIR]
+    .venv/bin/python bench/dark.py --handover 100 --dark 1000 [--layouts daemon,shared] [--repeat 3]
 
 Needs root (a network namespace) and snmpd. Everything runs in a fresh network namespace
 `baton-dark-<pid>` (deleted at the end) whose only interface is its own loopback: an nftables
@@ -25,6 +26,27 @@ why), dark SNMP polls and NETCONF probes made, the process's peak
 thread count, CPU, RSS. "Live polls kept" = every due live SNMP poll on time and every live
 NETCONF probe ok. `--baton-src DIR` runs the monitor from another tree (before/after).
 Everything started is stopped at the end, also on failure or Ctrl-C.
+
+`--handover N`: does a dark office delay a run? A `baton lab` of two offices of N devices (its
+own process, `bench/handover.py --serve-lab`: every device a NETCONF target of
+`playbooks/handover.yaml`) is handed over by the runner's real path (`plan_run` + `execute`, a
+real SQLite journal, `--concurrency` devices at a time) while the daemon's `Monitor` probes the
+lab (SNMP and NETCONF, poll interval `--interval`) and, in half the runs, also the first `--dark`
+dark devices (SNMP v2c and NETCONF, connects time out after 10 s), started `--warmup` s before
+the run so their probes are in flight. Runs with and without the dark office alternate, `--repeat`
+times each, per layout of the thread pools (`--layouts`):
+
+* `daemon`: as the daemon runs it: the monitor's own probe pool and TCP gate, the runs' own
+  128-thread pool (`RUN_THREADS`), the journal's own thread;
+* `shared`: the control: one 128-thread pool for NETCONF probes, run RPCs and journal writes,
+  and no TCP gate (what the code had before the bulkheads: dark connects hold workers);
+* `shared-gated`: one shared pool, with the TCP gate (the gate alone);
+* `daemon-ungated`: the daemon's separate pools, without the TCP gate (the pools alone).
+
+Timed in this process: every `<commit>` RPC (`NetconfClient.commit`, from the call to its reply:
+queueing for a worker included) and every `Journal.call` of a step intent or result (queueing
+included). A run still going after `--run-cap` s is stopped and reported with what it timed.
+Every run is checked on the lab's devices, and every device reset before the next.
 """
 
 from __future__ import annotations
@@ -329,7 +351,282 @@ async def run_scenario(
     }
 
 
+# --- a handover while an office is dark -------------------------------------------------------------
+
+LAYOUTS = ("daemon", "shared", "shared-gated", "daemon-ungated")
+
+
+class Timings:
+    """What the patched commit and the timed journal record while `on` is set."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.commits: list[float] = []  # the office-wide confirmed commits
+        self.confirms: list[float] = []  # the confirming commits
+        self.journal: list[float] = []  # step_intent / step_result, queueing included
+
+    def clear(self) -> None:
+        self.commits, self.confirms, self.journal = [], [], []
+
+
+TIMINGS = Timings()
+
+
+def patch_commit() -> None:
+    """Time every NetconfClient.commit in this process (queueing for a worker included)."""
+    from baton.adapters.netconf import NetconfClient
+
+    original = NetconfClient.commit
+
+    async def timed(self: Any, confirmed: bool = False, *args: Any, **kwargs: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await original(self, confirmed, *args, **kwargs)
+        finally:
+            if TIMINGS.on:
+                (TIMINGS.commits if confirmed else TIMINGS.confirms).append(time.perf_counter() - started)
+
+    NetconfClient.commit = timed  # type: ignore[method-assign]
+
+
+def timed_journal(path: Path, executor: Any | None) -> Any:
+    from baton.journal import Journal
+
+    class TimedJournal(Journal):
+        async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return await super().call(fn, *args, **kwargs)
+            finally:
+                if TIMINGS.on and getattr(fn, "__name__", "") in ("step_intent", "step_result"):
+                    TIMINGS.journal.append(time.perf_counter() - started)
+
+    journal = TimedJournal.open(path)
+    if executor is not None:
+        journal._executor = executor  # the control: journal writes queue in the shared pool
+    return journal
+
+
+def dark_inventory(lab_inventory: Path, dark: int) -> Any:
+    """The lab's inventory plus `dark` powered-off devices (SNMP v2c + NETCONF) in offices of 20."""
+    from baton.core.model import Device, Inventory, NetconfSettings, Office, SecretRef, SnmpSettings
+    from baton.inventory import load_inventory
+
+    lab = load_inventory(lab_inventory)
+    offices, devices = dict(lab.offices), dict(lab.devices)
+    some = next(d for d in lab.devices.values() if d.netconf.enabled)
+    netconf = NetconfSettings(enabled=True, port=830, username="baton", private_key=some.netconf.private_key)
+    for k in range((dark + 19) // 20):
+        offices[f"dark-{k:03d}"] = Office(f"dark-{k:03d}", f"Dark {k}", "bench")
+    for n in range(dark):
+        devices[f"dark{n:05d}"] = Device(
+            f"dark{n:05d}",
+            f"dark-{n // 20:03d}",
+            "router",
+            dark_address(n),
+            critical=True,
+            host_key=some.host_key,
+            snmp=SnmpSettings(community=SecretRef("env", "BENCH_COMMUNITY"), port=161),
+            netconf=netconf,
+        )
+    return Inventory(offices=offices, devices=devices)
+
+
+async def _handover_sample(
+    args: argparse.Namespace,
+    layout: str,
+    inventory: Any,
+    lab_inventory: Path,
+    info: dict[str, Any],
+    journal_path: Path,
+) -> dict[str, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from baton.core.model import Policy, RunKind
+    from baton.metrics import Metrics
+    from baton.monitor import Monitor
+    from baton.playbook.plan import RunInfo, plan_run
+    from baton.playbook.runner import execute
+    from baton.playbook.schema import load_playbook
+    from baton.playbook.steps import Connectors
+    from baton.secrets import resolve
+    from baton.service import RUN_THREADS
+
+    def resolver(ref: Any) -> str:
+        return COMMUNITY if ref.name == "BENCH_COMMUNITY" else resolve(ref, base_dir=lab_inventory)
+
+    async def no_gate(device: Any) -> str | None:
+        return None  # probe for real: the connect waits in a worker thread
+
+    shared = layout.startswith("shared")
+    pool = ThreadPoolExecutor(
+        max_workers=RUN_THREADS, thread_name_prefix="baton-shared" if shared else "baton-run"
+    )
+    monitor = Monitor(
+        inventory,
+        Policy(poll_interval_s=args.interval, hold_down_s=max(30.0, 3 * args.interval)),
+        resolve=resolver,
+        metrics=Metrics(),
+        on_observed=lambda event: None,
+        probe_executor=pool if shared else None,
+        netconf_gate=None if layout in ("daemon", "shared-gated") else no_gate,  # None: the TCP gate
+    )
+    journal = timed_journal(journal_path, pool if shared else None)
+    result: dict[str, Any] = {"layout": layout}
+    try:
+        await monitor.start()
+        await asyncio.sleep(args.warmup)
+        playbook = load_playbook(ROOT / "playbooks" / "handover.yaml")
+        plan = plan_run(
+            playbook,
+            inventory,
+            info["office"],
+            info["alternate"],
+            RunInfo(f"bench-{layout}-{time.monotonic_ns()}", RunKind.HANDOVER, "bench", "bench"),
+        )
+        TIMINGS.clear()
+        TIMINGS.on = True
+        started = time.perf_counter()
+        run = asyncio.ensure_future(
+            execute(
+                plan,
+                journal=journal,
+                connectors=Connectors(resolve=resolver, executor=pool),
+                concurrency=args.concurrency,
+                confirm_window_s=playbook.window_for(300.0),
+                run_timeout_s=240.0,
+            )
+        )
+        done, _ = await asyncio.wait([run], timeout=args.run_cap)
+        result["wall_s"] = time.perf_counter() - started
+        TIMINGS.on = False
+        if run in done:
+            outcome = run.result()
+            result["ok"] = outcome.ok
+            result["detail"] = "" if outcome.ok else f"{outcome.result}: {outcome.detail}"[:200]
+        else:
+            run.cancel()
+            await asyncio.gather(run, return_exceptions=True)
+            result["ok"] = False
+            result["detail"] = f"did not finish within {args.run_cap:g} s (stopped)"
+        result["threads"] = threading.active_count()
+    finally:
+        TIMINGS.on = False
+        pool.shutdown(wait=False, cancel_futures=True)  # queued dark probes: dropped, not waited for
+        await monitor.stop()
+        if shared:
+            journal._executor = None  # the shared pool is not the journal's to wait for
+        journal.close()
+    result["commits"] = list(TIMINGS.commits)
+    result["confirms"] = list(TIMINGS.confirms)
+    result["journal"] = list(TIMINGS.journal)
+    return result
+
+
+def _ms(values: list[float], q: float = 0.5) -> str:
+    return f"{1000 * percentile(values, q):.1f}" if values else "–"
+
+
+def handover_bench(args: argparse.Namespace) -> int:
+    sys.path.insert(0, str(ROOT / "bench"))
+    sys.path.insert(1, str(ROOT))
+    import logging
+
+    from handover import LabProcess  # bench/handover.py
+
+    from baton import logs
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    patch_commit()
+    dark = int(args.dark.split(",")[-1])
+    layouts = [x for x in args.layouts.split(",") if x]
+    unknown = sorted(set(layouts) - set(LAYOUTS))
+    if unknown:
+        sys.exit(f"unknown layout(s) {', '.join(unknown)}; known: {', '.join(LAYOUTS)}")
+    with open(os.devnull, "w") as devnull, tempfile.TemporaryDirectory(prefix="baton-bench-darkrun-") as tmp:
+        logs.configure(level="info", stream=devnull)
+        logging.getLogger().setLevel(logging.WARNING)
+        workdir = Path(tmp)
+        lab = LabProcess(workdir, args.handover, LAB_SSH_PORT, LAB_SNMP_PORT)
+        try:
+            info = lab.info
+            lab_inventory = Path(info["inventory"])
+            print(
+                f"lab: 2 offices x {args.handover} devices (pid {lab.pid}); dark devices {dark}; "
+                f"concurrency {args.concurrency}; poll {args.interval:g} s; warm-up {args.warmup:g} s; "
+                f"load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+                flush=True,
+            )
+            rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+            for rep in range(args.repeat):
+                for layout in layouts:
+                    order = (0, dark) if rep % 2 == 0 else (dark, 0)  # alternate which goes first
+                    for n in order:
+                        inventory = dark_inventory(lab_inventory, n)
+                        r = asyncio.run(
+                            _handover_sample(
+                                args,
+                                layout,
+                                inventory,
+                                lab_inventory,
+                                info,
+                                workdir / f"j-{layout}-{n}-{rep}.sqlite3",
+                            )
+                        )
+                        check = lab.ask("check")
+                        if r["ok"] and check["bad_count"]:
+                            r["ok"], r["detail"] = False, f"check: {check['bad'][:2]}"
+                        lab.ask("reset")
+                        rows.setdefault((layout, n), []).append(r)
+                        print(
+                            f"{layout} dark={n} run {rep + 1}: "
+                            f"{'ok' if r['ok'] else 'FAILED ' + r['detail']}, wall {r['wall_s']:.2f} s; "
+                            f"commit RPC p50 {_ms(r['commits'])} ms (max {_ms(r['commits'], 1.0)}, "
+                            f"n={len(r['commits'])}); confirm p50 {_ms(r['confirms'])} ms; "
+                            f"journal write p50 {_ms(r['journal'])} ms (p99 {_ms(r['journal'], 0.99)}, "
+                            f"max {_ms(r['journal'], 1.0)}, n={len(r['journal'])}); threads {r['threads']}; "
+                            f"load {' '.join(Path('/proc/loadavg').read_text().split()[:3])}",
+                            flush=True,
+                        )
+            print("summary (medians over every sample of the runs; ratio = with the dark office / without):")
+            for layout in layouts:
+                without, with_dark = rows[(layout, 0)], rows[(layout, dark)]
+
+                def pooled(runs: list[dict[str, Any]], key: str) -> list[float]:
+                    return [v for r in runs for v in r[key]]
+
+                parts = []
+                for key, name in (
+                    ("commits", "commit RPC"),
+                    ("journal", "journal write"),
+                    ("confirms", "confirm"),
+                ):
+                    a, b = pooled(without, key), pooled(with_dark, key)
+                    if a and b:
+                        ratio = percentile(b, 0.5) / percentile(a, 0.5)
+                        parts.append(f"{name} {_ms(a)} -> {_ms(b)} ms ({ratio:.2f}x)")
+                    else:
+                        parts.append(f"{name} {_ms(a)} -> {_ms(b)} ms (n={len(a)}/{len(b)})")
+                walls = (
+                    statistics.median(r["wall_s"] for r in without),
+                    statistics.median(r["wall_s"] for r in with_dark),
+                )
+                ok = (sum(r["ok"] for r in without), sum(r["ok"] for r in with_dark))
+                print(
+                    f"  {layout}: {'; '.join(parts)}; run wall {walls[0]:.2f} -> {walls[1]:.2f} s "
+                    f"({walls[1] / walls[0]:.2f}x); runs ok {ok[0]}/{len(without)} -> "
+                    f"{ok[1]}/{len(with_dark)}",
+                    flush=True,
+                )
+        finally:
+            lab.close()
+    return 0
+
+
 def inner(args: argparse.Namespace) -> int:
+    if args.handover:
+        return handover_bench(args)
     sys.path.insert(0, str(args.baton_src.resolve() / "daemon"))
     import logging
 
@@ -398,6 +695,11 @@ def main() -> int:
     )
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baton-src", type=Path, default=ROOT)
+    parser.add_argument("--handover", type=int, default=0, help="N: a handover of N lab devices (see above)")
+    parser.add_argument("--layouts", default="daemon,shared", help=f"with --handover: of {','.join(LAYOUTS)}")
+    parser.add_argument("--concurrency", type=int, default=64, help="with --handover: devices at once")
+    parser.add_argument("--warmup", type=float, default=20.0, help="with --handover: monitor first")
+    parser.add_argument("--run-cap", type=float, default=120.0, help="with --handover: stop a run after")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     return inner(args) if args.inner else outer(args)
