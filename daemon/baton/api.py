@@ -136,6 +136,12 @@ class ApiBackend(Protocol):
         """Daemon facts for /v1/status: vantage id, leader, uptime, last loop time, storm..."""
         ...
 
+    async def shared(self) -> None:
+        """Leading among vantages: until what the last command decided is published to the
+        others (bounded; at once without etcd). The answer waits for it: an acknowledged
+        command is not lost with the leader."""
+        ...
+
 
 class ApiSetupError(Exception):
     """The API cannot be set up as configured (no way to authenticate, socket in use...). One sentence."""
@@ -438,12 +444,21 @@ def user_name(uid: int) -> str:
 async def _forward(request: web.Request, handler: Handler) -> web.StreamResponse:
     """On a follower, an operator command goes to the leader (see the module docstring)."""
     kind = _forwardable(request)
-    if kind is None or VIA in request:
-        return await handler(request)  # a forwarded request is never forwarded again
+    if kind is None:
+        return await handler(request)
+    if VIA in request:  # a forwarded request is never forwarded again
+        here = await handler(request)
+        await _backend(request).shared()
+        return here
     backend = _backend(request)
     forwarding = request.app[FORWARDING]
-    if forwarding is None or backend.controller.state.leader:
-        return await handler(request)  # decided here: this vantage leads, or it does not forward
+    if backend.controller.state.leader:
+        here = await handler(request)  # decided here, where it is published from
+        if kind == "command":
+            await backend.shared()
+        return here
+    if forwarding is None:
+        return await handler(request)  # decided here: this vantage does not forward
     if kind == "read" and backend.journal.run(request.match_info["run_id"]) is not None:
         return await handler(request)  # a run of this vantage's own journal
     leader, address, why_not = _leader_address(backend)

@@ -9,7 +9,7 @@ alternate it would choose and the playbook choice which playbook, and changes no
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -50,6 +50,7 @@ class ReadModel:
         self.connectors = connectors
         self.monitor: Monitor | None = None
         self.leadership: LeaderView | None = None  # the service's leadership's live view
+        self.state_out: Callable[[], Awaitable[None]] | None = None  # the leader's state published
         self.clock = clock
         self.started_at = clock()
         self.last_loop_at: float | None = None
@@ -87,6 +88,10 @@ class ReadModel:
         result = await dryrun.dry_run(plan, self.connectors)
         window = playbook.window_for(self.settings.policy_window_s)
         return dryrun.as_dict(replace(result, window_s=window))
+
+    async def shared(self) -> None:
+        if self.state_out is not None:
+            await self.state_out()
 
     def status_extra(self) -> dict[str, Any]:
         state = self.controller.state

@@ -244,6 +244,7 @@ class Service:
             clock=self.clock,
         )
         self.read.leadership = self.leadership.view
+        self.read.state_out = self._state_out
         self.apply(config_event(chains_of(self.inventory), self.config.shadow, self.config.policy))
         self.apply(LeaseChanged(held=self.leadership.held))
         await self._recover()
@@ -399,6 +400,16 @@ class Service:
         self._state_dirty = True
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_state(), name="publish")
+
+    async def _state_out(self) -> None:
+        """Until the state the last decision changed is published (the API answers after it),
+        at most a request's deadline on every endpoint."""
+        task = self._publisher
+        etcd = self.config.etcd
+        if task is None or task.done() or etcd is None:
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), etcd.request_timeout_s * (len(etcd.endpoints) + 1))
 
     async def _publish_state(self) -> None:
         board, lease = self.board, getattr(self.leadership, "lease", 0)

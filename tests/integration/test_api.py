@@ -97,6 +97,7 @@ class ApiTestBackend:
     config: Config
     runner: RecordingRunner
     plans: list[tuple[str, str | None]] = field(default_factory=list)
+    shared_waits: int = 0
 
     def device_views(self, office: str) -> list[dict[str, Any]]:
         return [
@@ -123,6 +124,9 @@ class ApiTestBackend:
 
     def status_extra(self) -> dict[str, Any]:
         return {"vantage": self.config.vantage.id, "uptime_s": 75.0, "last_loop_at": time.time() - 2}
+
+    async def shared(self) -> None:
+        self.shared_waits += 1  # the daemon's waits until the leader's state is published
 
     def finish_run(self, run_id: str, ok: bool) -> None:
         """The run's result reaches the core, as the service feeds it back."""
@@ -245,6 +249,11 @@ async def test_tcp_with_good_token_is_served_and_named_after_the_token(served: S
     assert 200 == status
     [command] = served.backend.journal.commands()
     assert ("token:api-ops", "pause", "drill") == (command.who, command.command, command.reason)
+    # Leading, a command is answered once what it decided is shared with the other vantages;
+    # a read waits for nothing.
+    assert 1 == served.backend.shared_waits
+    await call(served, "GET", "/v1/status", via="tcp", token=TOKEN)
+    assert 1 == served.backend.shared_waits
 
 
 async def test_unix_socket_operator_is_the_peer_user(served: Served) -> None:
