@@ -18,8 +18,9 @@ A write etcd refuses (its quota full, a permission) stops the run the same way a
 steps down (`step_down`): a leader that cannot share what it does must not act, and whoever
 leads next — this vantage again, perhaps — adopts and finishes the run.
 The keys are on no lease: a dead leader's runs outlive it. A finished run keeps its row (a new
-leader learns how it ended, even if the old one died before the others adopted its state) and
-loses its device records; rows finished more than `KEEP_FINISHED_S` ago are removed at takeover.
+leader learns how it ended, even if the old one died before the others adopted its state) for
+`KEEP_FINISHED_S`, on a lease of its own that nobody keeps alive, and loses its device records;
+a row older than that which is still there (no lease could be had) is removed at takeover.
 
 A vantage that becomes leader calls `adopt` before recovering: every run etcd holds replaces
 what its journal had of it (`Journal.adopt_run`), and a run its journal shows unfinished that
@@ -111,9 +112,16 @@ class RunMirror:
         elif name == "finish_run":
             record = await journal.call(journal.run, str(args[0]))
             if record is not None:
+                # The row of a finished run goes by itself after KEEP_FINISHED_S: on a lease of its
+                # own that nobody keeps alive (without one, the next takeover removes it).
+                try:
+                    lease, _ = await self.client.grant(KEEP_FINISHED_S)
+                except EtcdError as exc:
+                    log.warning("runmirror.no_lease", error=str(exc))
+                    lease = 0
                 await self._write(
                     [
-                        put(self._run_key(record.id), run_doc(replace(record, plan=None), 0)),
+                        put(self._run_key(record.id), run_doc(replace(record, plan=None), 0), lease),
                         delete_prefix(f"{self.prefix}{record.id}/dev/"),
                         delete_prefix(f"{self.prefix}{record.id}/plan/"),
                     ]

@@ -113,6 +113,10 @@ async def test_every_run_write_is_in_etcd_when_the_journal_call_returns(
         assert ("ok", 5.0, ["a-core1"], 0) == (doc["result"], doc["finished"], doc["done"], doc["plan_parts"])
         assert {} == devices
         assert [] == await client.get_prefix(f"{PREFIX}runs/r-1/plan/")
+        # The row goes by itself after KEEP_FINISHED_S: a lease of its own, kept alive by nobody.
+        row = await client.get(f"{PREFIX}runs/r-1/run")
+        assert row is not None
+        assert KEEP_FINISHED_S - 60 < await client.keepalive(row.lease) <= KEEP_FINISHED_S
 
 
 async def test_a_vantage_whose_term_ended_shares_nothing_and_stops(
