@@ -422,23 +422,38 @@ def test_a_journal_on_a_full_disk_stops_the_daemon_and_nothing_is_lost(site: Sit
     if mounted.returncode != 0:
         skip_or_fail(f"cannot mount a tmpfs for the full-disk test (needs root): {mounted.stderr.strip()}")
     filler = disk / "filler"
+    freed = threading.Event()
 
     def inject(daemon: Daemon, journal: Path) -> None:
+        process = daemon.process
+        assert process is not None
+
         def fill() -> None:
-            wait_for(lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step")
-            with contextlib.suppress(OSError), filler.open("wb") as out:
-                while True:  # until ENOSPC
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            # Space again once the daemon has given up (or after 90 s).
-            deadline = time.monotonic() + 90
-            while daemon.running and time.monotonic() < deadline:
-                time.sleep(0.1)
-            filler.unlink()
+            try:
+                wait_for(
+                    lambda: daemon.journal.rows("SELECT id FROM steps LIMIT 1"), SETTLE_TIMEOUT_S, "a step"
+                )
+                with contextlib.suppress(OSError), filler.open("wb") as out:
+                    while True:  # until ENOSPC
+                        out.write(b"\0" * 65536)
+                        out.flush()
+                # Space again once *this* process has given up (not the restarted one: the
+                # restart waits for the space), or after 90 s.
+                deadline = time.monotonic() + 90
+                while process.is_running() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+            finally:
+                filler.unlink(missing_ok=True)
+                freed.set()
 
         threading.Thread(target=fill, daemon=True).start()
 
+    def restarted_with_space_again(daemon: Daemon) -> None:
+        assert freed.wait(SETTLE_TIMEOUT_S), "the disk was never freed"
+
     try:
-        _run_with(site, "disk-full", inject, expect_exit=True, where=disk)
+        _run_with(
+            site, "disk-full", inject, expect_exit=True, where=disk, before_restart=restarted_with_space_again
+        )
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
