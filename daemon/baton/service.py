@@ -59,7 +59,7 @@ from baton.config import STOP_MARGIN_S, Config, EtcdSettings
 from baton.controller import Controller, JournalFailed, config_event, restore
 from baton.core.events import Event, LeaseChanged, OfficeObserved, RunFinished, Stopping, Ticked
 from baton.core.machine import Transition
-from baton.core.model import DeviceVerdict, Inventory, RunKind
+from baton.core.model import DeviceVerdict, Inventory, OfficeState, RunKind
 from baton.journal import Journal, JournalError, WriteHook
 from baton.leadership import EtcdLeadership, LeaderView, LocalLeadership, OnChange
 from baton.loading import Loaded, load_all
@@ -295,15 +295,15 @@ class Service:
 
     async def _recover(self) -> None:
         """Finish what a previous process left: unfinished runs, and results not yet applied."""
-        unfinished = self.journal.unfinished_runs()
-        # Recovery talks to devices before READY=1: systemd is asked to wait, each run at most
-        # its confirm window (what recovery works within) plus a margin.
-        window_s = self.config.policy.confirm_window_s
-        budget_s = sum((run.window_s or window_s) + STOP_MARGIN_S for run in unfinished)
-        if unfinished:
-            self.notifier.status(f"recovering {len(unfinished)} unfinished run(s)")
         recovered = []
         if self.mirror is None:  # with etcd, the leader recovers, from etcd's records (_take_over)
+            unfinished = self.journal.unfinished_runs()
+            # Recovery talks to devices before READY=1: systemd is asked to wait, each run at
+            # most its confirm window (what recovery works within) plus a margin.
+            window_s = self.config.policy.confirm_window_s
+            budget_s = sum((run.window_s or window_s) + STOP_MARGIN_S for run in unfinished)
+            if unfinished:
+                self.notifier.status(f"recovering {len(unfinished)} unfinished run(s)")
             async with self._extending(budget_s):
                 recovered = await self.runs.recover()
         for event in recovered:
@@ -395,11 +395,16 @@ class Service:
         """Leading: a decision that changed the state is published for the followers at once,
         not at the next round — a pause, a closure or a run started a moment before the leader
         dies is what the next leader starts from (the key outlives the leader by its lease)."""
-        if self.board is None or not self.leadership.held:
-            return
+        if self.board is not None and self.leadership.held:
+            self._publish()
+
+    def _publish(self) -> asyncio.Task[None]:
+        """The state out to etcd: by the one publisher task, started if none runs (it publishes
+        again if the state changed while it was writing)."""
         self._state_dirty = True
         if self._publisher is None or self._publisher.done():
             self._publisher = asyncio.get_running_loop().create_task(self._publish_state(), name="publish")
+        return self._publisher
 
     async def _state_out(self) -> None:
         """Until the state the last decision changed is published (the API answers after it),
@@ -430,12 +435,7 @@ class Service:
         office = self.controller.state.offices.get(event.office)
         if office is None or not office.pending or self.monitor is None:
             return event
-        up = {
-            str(v["id"])
-            for v in self.monitor.device_views(event.office)
-            if v["verdict"] == DeviceVerdict.UP.value
-        }
-        return replace(event, answering=frozenset(office.pending & up))
+        return replace(event, answering=self._answering_of(office))
 
     def _report_run(self, event: RunFinished) -> None:
         result = "ok" if event.ok else "failed"
@@ -576,25 +576,22 @@ class Service:
             if event is not None:
                 with contextlib.suppress(JournalFailed):
                     self.apply(event)
-            term = getattr(self.leadership, "term", None)
-            if self.leadership.held and lease and term is not None:
-                with contextlib.suppress(EtcdError):
-                    await board.publish_state(lease, self.controller.state, term())
+            if self.leadership.held:
+                await self._publish()
 
     def _answering(self) -> dict[str, frozenset[str]]:
         """Of each office's pending devices, those that answer this vantage now."""
         if self.monitor is None:
             return {}
-        answering = {}
-        for office in self.controller.state.offices.values():
-            if office.pending:
-                up = {
-                    str(v["id"])
-                    for v in self.monitor.device_views(office.office)
-                    if v["verdict"] == DeviceVerdict.UP.value
-                }
-                answering[office.office] = frozenset(office.pending & up)
-        return answering
+        return {o.office: self._answering_of(o) for o in self.controller.state.offices.values() if o.pending}
+
+    def _answering_of(self, office: OfficeState) -> frozenset[str]:
+        monitor = self.monitor
+        assert monitor is not None
+        views = monitor.device_views(office.office)
+        return frozenset(
+            office.pending & {str(v["id"]) for v in views if v["verdict"] == DeviceVerdict.UP.value}
+        )
 
     def _journal_failed(self, why: str) -> None:
         log.critical("daemon.stopping_journal_failed", why=why)
