@@ -38,7 +38,7 @@ import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -897,8 +897,13 @@ class Journal:
         return audit.verify(self._read("SELECT * FROM audit ORDER BY id"))
 
     def run(self, run_id: str) -> RunRecord | None:
+        record = self.run_row(run_id)
+        return None if record is None else replace(record, steps=self.steps_of(run_id))
+
+    def run_row(self, run_id: str) -> RunRecord | None:
+        """The run without its steps."""
         rows = self._read("SELECT * FROM runs WHERE id = ?", (run_id,))
-        return _run_record(rows[0], self.steps_of(run_id)) if rows else None
+        return _run_record(rows[0], ()) if rows else None
 
     def runs(self, limit: int = 50, office: str | None = None) -> list[RunRecord]:
         """The most recent runs first (without their steps)."""

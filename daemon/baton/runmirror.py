@@ -91,7 +91,7 @@ class RunMirror:
         """After the journal call `name(*args)`: what it wrote, in etcd (`Journal.after_call`)."""
         journal = self.journal
         if name in _RUN_WRITES:
-            record = await journal.call(journal.run, str(args[0]))
+            record = await journal.call(journal.run_row, str(args[0]))
             if record is None:
                 return
             parts = plan_parts(record.plan)
@@ -110,7 +110,7 @@ class RunMirror:
             steps = await journal.call(journal.device_steps, run_id, device)
             await self._write([put(self._device_key(run_id, device), steps_doc(steps))])
         elif name == "finish_run":
-            record = await journal.call(journal.run, str(args[0]))
+            record = await journal.call(journal.run_row, str(args[0]))
             if record is not None:
                 # The row of a finished run goes by itself after KEEP_FINISHED_S: on a lease of its
                 # own that nobody keeps alive (without one, the next takeover removes it).
