@@ -39,11 +39,11 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -779,27 +779,46 @@ def _terminate_as_interrupt() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def run_demo(options: DemoOptions) -> int:
-    """The whole demo; the exit code (0: the story happened, 1: it did not, 130: interrupted)."""
-    demo = Demo(options)
+class DemoUnavailable(Exception):
+    """A tool the demo needs is not on this machine: what to install."""
+
+
+class Scene(Protocol):
+    def run(self) -> int: ...
+    def say(self, text: str = "") -> None: ...
+    def stop(self, *, failed: bool) -> None: ...
+
+
+def play(scene: Scene, children: Callable[[], Iterable[Child | None]], stopping: str) -> int:
+    """The scene to its end; the exit code (0: the story happened, 1: it did not, 69: a tool it
+    needs is missing, 130: interrupted). Its children are stopped however it ends."""
     failed = True
     with _terminate_as_interrupt():
         try:
-            code = demo.run()
+            code = scene.run()
             failed = False
             return code
+        except DemoUnavailable as exc:
+            scene.say(f"baton demo: {exc}")
+            return 69  # EX_UNAVAILABLE
         except DemoError as exc:
-            demo.say()
-            demo.say(f"DEMO FAILED: expected {exc.expected}")
-            demo.say(f"             saw {exc.seen}")
-            for child in (demo.daemon, demo.lab):
+            scene.say()
+            scene.say(f"DEMO FAILED: expected {exc.expected}")
+            scene.say(f"             saw {exc.seen}")
+            for child in children():
                 if child is not None and child.log.exists():
-                    demo.say(f"{child.name}: log {child.log}; last lines:")
+                    scene.say(f"{child.name}: log {child.log}; last lines:")
                     for line in child.tail(8).splitlines():
-                        demo.say(f"  {line[:300]}")
+                        scene.say(f"  {line[:300]}")
             return 1
         except KeyboardInterrupt:
-            demo.say("\nbaton demo: interrupted; stopping the lab and the daemon")
+            scene.say(f"\nbaton demo: interrupted; stopping {stopping}")
             return 130
         finally:
-            demo.stop(failed=failed)
+            scene.stop(failed=failed)
+
+
+def run_demo(options: DemoOptions) -> int:
+    """The whole demo (`play`)."""
+    demo = Demo(options)
+    return play(demo, lambda: (demo.daemon, demo.lab), "the lab and the daemon")

@@ -61,8 +61,10 @@ from baton.demo import (
     Demo,
     DemoError,
     DemoOptions,
+    DemoUnavailable,
     find_playbooks,
     free_ports,
+    play,
     skips_unreachable,
 )
 
@@ -93,7 +95,7 @@ VANTAGES = (
 )
 
 
-class EtcdMissing(Exception):
+class EtcdMissing(DemoUnavailable):
     """No etcd binary: the scene cannot run here."""
 
 
@@ -734,32 +736,10 @@ class VantagesDemo(Demo):
 
 
 def run_vantages_demo(options: DemoOptions) -> int:
-    """The scene; the exit code (0: it happened, 1: it did not, 69: no etcd here, 130: interrupted)."""
-    from baton.demo import _terminate_as_interrupt
-
+    """The scene (`baton.demo.play`; 69: no etcd here)."""
     demo = VantagesDemo(options)
-    failed = True
-    with _terminate_as_interrupt():
-        try:
-            code = demo.run()
-            failed = False
-            return code
-        except EtcdMissing as exc:
-            demo.say(f"baton demo: {exc}")
-            return 69  # EX_UNAVAILABLE
-        except DemoError as exc:
-            demo.say()
-            demo.say(f"DEMO FAILED: expected {exc.expected}")
-            demo.say(f"             saw {exc.seen}")
-            children = [v.child for v in demo.vantages.values()] + [demo.lab]
-            for child in children:
-                if child is not None and child.log.exists():
-                    demo.say(f"{child.name}: log {child.log}; last lines:")
-                    for line in child.tail(8).splitlines():
-                        demo.say(f"  {line[:300]}")
-            return 1
-        except KeyboardInterrupt:
-            demo.say("\nbaton demo: interrupted; stopping the vantages, the lab and etcd")
-            return 130
-        finally:
-            demo.stop(failed=failed)
+    return play(
+        demo,
+        lambda: [*(v.child for v in demo.vantages.values()), demo.lab],
+        "the vantages, the lab and etcd",
+    )
