@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from baton.adapters.etcd import EtcdClient, created, delete
+from baton.adapters.etcd import EtcdClient, EtcdUnavailable, TxnResult, created, delete
 from baton.core.model import RunKind
 from baton.journal import Journal, RunRecord, StepStatus
 from baton.playbook.runner import FenceLost
@@ -240,6 +241,104 @@ async def test_a_write_etcd_refuses_stops_the_run_and_steps_down(tmp_path: Path,
             )
         assert 1 == len(stepped_down)
         assert "cannot act" in stepped_down[0]
+
+
+class LosesReplies(EtcdClient):
+    """Real etcd, and the replies of the next `lose` transactions lost: the write is done in etcd,
+    the caller hears that no member answered. `then` runs as a reply is lost (a term ending)."""
+
+    lose = 0
+    then: Any = None
+
+    async def txn(
+        self,
+        compare: Sequence[Mapping[str, Any]],
+        success: Sequence[Mapping[str, Any]],
+        failure: Sequence[Mapping[str, Any]] = (),
+    ) -> TxnResult:
+        result = await super().txn(compare, success, failure)
+        if self.lose > 0:
+            self.lose -= 1
+            if self.then is not None:
+                self.then()
+            raise EtcdUnavailable("the reply was lost")
+        return result
+
+
+async def test_a_lost_reply_is_written_again_and_a_second_adoption_changes_nothing(
+    tmp_path: Path, etcd_server: EtcdProcess
+) -> None:
+    """Every write's reply lost once (twice for the plan and its row): each is retried, etcd holds
+    the journal's story exactly once, and the next leader adopting it twice (a takeover, lost,
+    won again) ends with the same run either time."""
+    client = LosesReplies([etcd_server.url], timeout_s=2.0)
+    try:
+        term = Term(client)
+        await term.take()
+        errors: list[int] = []
+        old = Journal.open(tmp_path / "old.sqlite3")
+        mirror = RunMirror(
+            client, PREFIX, old, term.compare, lambda: term.held, count_error=lambda: errors.append(1)
+        )
+        old.after_call = mirror.after
+        new_journal = Journal.open(tmp_path / "new.sqlite3")
+        with old, new_journal:
+            client.lose = 1
+            await old.call(old.start_run, "r-12", "a", RunKind.HANDOVER, "b", "closed", "core", 1.0)
+            client.lose = 2  # the plan's part, then the row naming it
+            await old.call(old.set_plan, "r-12", '{"plan": "of the run"}', 60.0)
+            for call, args in (
+                (old.set_confirm, ("r-12", 61.0, "baton-r-12")),
+                (old.step_intent, ("r-12", "a-core1", 2, "commit", 2.0)),
+            ):
+                client.lose = 1
+                await old.call(call, *args)
+            [commit] = old.device_steps("r-12", "a-core1")
+            client.lose = 1
+            await old.call(old.step_result, commit.id, StepStatus.DONE, "committed", 2.5, {"cc": True})
+            assert 6 == len(errors)  # each lost reply counted (baton_etcd_errors_total)
+            doc, devices = await _shared(client, "r-12")
+            local = old.run("r-12")
+            assert local is not None
+            assert doc is not None
+            assert {"a-core1": steps_doc(old.device_steps("r-12", "a-core1"))} == devices
+            assert [1] == [len(json.loads(text)) for text in devices.values()]  # the step once
+            parts = {
+                int(kv.key.rsplit("/", 1)[1]): kv.text
+                for kv in await client.get_prefix(f"{PREFIX}runs/r-12/plan/")
+            }
+            assert local == run_from_doc(doc, local.steps, parts)
+
+            adopter = RunMirror(client, PREFIX, new_journal, term.compare, lambda: term.held)
+            assert ["r-12"] == await adopter.adopt()
+            first = new_journal.run("r-12")
+            assert ["r-12"] == await adopter.adopt()
+            second = new_journal.run("r-12")
+            assert first is not None
+            assert second is not None
+            strip = lambda r: [(s.device, s.name, s.status, s.facts) for s in r.steps]  # noqa: E731
+            assert (
+                strip(first)
+                == strip(second)
+                == strip(local)
+                == [("a-core1", "commit", StepStatus.DONE, {"cc": True})]
+            )
+            assert (first.plan, first.persist_id, first.window_s) == (
+                local.plan,
+                local.persist_id,
+                local.window_s,
+            )
+            assert replace(first, steps=()) == replace(second, steps=())
+
+            # A reply lost as the term ends: the intent is in etcd, the runner stops before
+            # acting on it (FenceLost), and the next leader reads the step as possibly done.
+            client.lose, client.then = 1, lambda: setattr(term, "held", False)
+            with pytest.raises(FenceLost, match="term ended"):
+                await old.call(old.step_intent, "r-12", "a-core1", 3, "confirm", 3.0)
+            _, devices = await _shared(client, "r-12")
+            assert ["done", "intent"] == [s["status"] for s in json.loads(devices["a-core1"])]
+    finally:
+        await client.close()
 
 
 def test_a_run_document_round_trips() -> None:

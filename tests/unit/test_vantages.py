@@ -203,6 +203,12 @@ def test_a_leader_that_died_mid_run_has_its_run_taken_over(theirs: Phase, kind: 
     assert not [a for a in t.actions if isinstance(a, StartRun | RaiseAlert)]  # no second run, no alert
     t = step(t.state, RunFinished("a", "r-1", RunKind(kind), True, "recovered"), Policy(), 6.0)
     assert {"handover": Phase.HANDED_OVER, "handback": Phase.OPEN}[kind] is t.state.offices["a"].phase
+    # The same result again (the run reported by its recovery and by an adoption, or the dead
+    # leader's own result arriving late, even as a failure): nothing changes.
+    for late in (True, False):
+        again = step(t.state, RunFinished("a", "r-1", RunKind(kind), late, "late"), Policy(), 7.0)
+        assert (t.state, ()) == (again.state, again.actions)
+        assert "ignored: not the run in progress" in again.reason
 
 
 def test_a_catch_up_under_way_on_the_dead_leader_is_waited_on_not_run_again() -> None:
