@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/dark.py [--live 1000] [--dark 0,1000,2000,4000] [--duration 60]
                                    [--live-netconf 20] [--baton-src DIR]
-    .venv/bin/python bench/dark.py --handover 100 --dark 1000 [--layouts daemon,shared] [--repeat 3]
+    .venv/bin/python bench/dark.py --handover 100 --dark 1000 [--layouts daemon,daemon-ungated] [--repeat 3]
 
 Needs root (a network namespace) and snmpd. Everything runs in a fresh network namespace
 `baton-dark-<pid>` (deleted at the end) whose only interface is its own loopback: an nftables
@@ -17,8 +17,8 @@ Inside it (this file re-run with `--inner`):
 * N dark devices (127.66.x.y) per `--dark` figure, each with SNMP v2c and NETCONF enabled
   (default timeouts: SNMP 2 s × 2 tries, NETCONF connect 10 s).
 
-For each N, the daemon's `Monitor` (its own `SnmpPoller` with the daemon's defaults, its own
-NETCONF probe pool, poll interval `--interval` 10 s) runs for `--duration` s, and every probe is
+For each N, the daemon's `Monitor` (its own `SnmpPoller` with the daemon's defaults, its
+NETCONF probes, poll interval `--interval` 10 s) runs for `--duration` s, and every probe is
 recorded. Reported: live SNMP polls due (from each device's phase, as the scheduler lays them
 out) until `--settle` s before the end, how many started within 1 s of their due time and
 answered ("on time"), the lag of their start (p50/p99/max), live NETCONF probes (ok/failed and
@@ -34,18 +34,19 @@ real SQLite journal, `--concurrency` devices at a time) while the daemon's `Moni
 lab (SNMP and NETCONF, poll interval `--interval`) and, in half the runs, also the first `--dark`
 dark devices (SNMP v2c and NETCONF, connects time out after 10 s), started `--warmup` s before
 the run so their probes are in flight. Runs with and without the dark office alternate, `--repeat`
-times each, per layout of the thread pools (`--layouts`):
+times each, per layout (`--layouts`):
 
-* `daemon`: as the daemon runs it: the monitor's own probe pool and TCP gate, the runs' own
-  128-thread pool (`RUN_THREADS`), the journal's own thread;
-* `shared`: the control: one 128-thread pool for NETCONF probes, run RPCs and journal writes,
-  and no TCP gate (what the code had before the bulkheads: dark connects hold workers);
-* `shared-gated`: one shared pool, with the TCP gate (the gate alone);
-* `daemon-ungated`: the daemon's separate pools, without the TCP gate (the pools alone).
+* `daemon`: as the daemon runs it: the monitor's probes behind the TCP gate, NETCONF sessions on
+  the event loop (asyncssh: no thread per session), the journal's own thread;
+* `daemon-ungated`: the same without the TCP gate (dark probes try SSH, and wait out the
+  connect timeout on the event loop).
 
-Timed in this process: every `<commit>` RPC (`NetconfClient.commit`, from the call to its reply:
-queueing for a worker included) and every `Journal.call` of a step intent or result (queueing
-included). A run still going after `--run-cap` s is stopped and reported with what it timed.
+Before NETCONF sessions moved to the event loop, the layouts compared thread pools (one shared
+pool as the control: a 326x slower journal write, no commit in 120 s); there are none left.
+
+Timed in this process: every `<commit>` RPC (`NetconfClient.commit`, from the call to its
+reply) and every `Journal.call` of a step intent or result (queueing included). A run still
+going after `--run-cap` s is stopped and reported with what it timed.
 Every run is checked on the lab's devices, and every device reset before the next.
 """
 
@@ -353,7 +354,7 @@ async def run_scenario(
 
 # --- a handover while an office is dark -------------------------------------------------------------
 
-LAYOUTS = ("daemon", "shared", "shared-gated", "daemon-ungated")
+LAYOUTS = ("daemon", "daemon-ungated")
 
 
 class Timings:
@@ -389,7 +390,7 @@ def patch_commit() -> None:
     NetconfClient.commit = timed  # type: ignore[method-assign]
 
 
-def timed_journal(path: Path, executor: Any | None) -> Any:
+def timed_journal(path: Path) -> Any:
     from baton.journal import Journal
 
     class TimedJournal(Journal):
@@ -401,10 +402,7 @@ def timed_journal(path: Path, executor: Any | None) -> Any:
                 if TIMINGS.on and getattr(fn, "__name__", "") in ("step_intent", "step_result"):
                     TIMINGS.journal.append(time.perf_counter() - started)
 
-    journal = TimedJournal.open(path)
-    if executor is not None:
-        journal._executor = executor  # the control: journal writes queue in the shared pool
-    return journal
+    return TimedJournal.open(path)
 
 
 def dark_inventory(lab_inventory: Path, dark: int) -> Any:
@@ -440,8 +438,6 @@ async def _handover_sample(
     info: dict[str, Any],
     journal_path: Path,
 ) -> dict[str, Any]:
-    from concurrent.futures import ThreadPoolExecutor
-
     from baton.core.model import Policy, RunKind
     from baton.metrics import Metrics
     from baton.monitor import Monitor
@@ -450,28 +446,22 @@ async def _handover_sample(
     from baton.playbook.schema import load_playbook
     from baton.playbook.steps import Connectors
     from baton.secrets import resolve
-    from baton.service import RUN_THREADS
 
     def resolver(ref: Any) -> str:
         return COMMUNITY if ref.name == "BENCH_COMMUNITY" else resolve(ref, base_dir=lab_inventory)
 
     async def no_gate(device: Any) -> str | None:
-        return None  # probe for real: the connect waits in a worker thread
+        return None  # probe for real: SSH waits out the connect timeout
 
-    shared = layout.startswith("shared")
-    pool = ThreadPoolExecutor(
-        max_workers=RUN_THREADS, thread_name_prefix="baton-shared" if shared else "baton-run"
-    )
     monitor = Monitor(
         inventory,
         Policy(poll_interval_s=args.interval, hold_down_s=max(30.0, 3 * args.interval)),
         resolve=resolver,
         metrics=Metrics(),
         on_observed=lambda event: None,
-        probe_executor=pool if shared else None,
-        netconf_gate=None if layout in ("daemon", "shared-gated") else no_gate,  # None: the TCP gate
+        netconf_gate=None if layout == "daemon" else no_gate,  # None: the TCP gate
     )
-    journal = timed_journal(journal_path, pool if shared else None)
+    journal = timed_journal(journal_path)
     result: dict[str, Any] = {"layout": layout}
     try:
         await monitor.start()
@@ -491,7 +481,7 @@ async def _handover_sample(
             execute(
                 plan,
                 journal=journal,
-                connectors=Connectors(resolve=resolver, executor=pool),
+                connectors=Connectors(resolve=resolver),
                 concurrency=args.concurrency,
                 confirm_window_s=playbook.window_for(300.0),
                 run_timeout_s=240.0,
@@ -512,10 +502,7 @@ async def _handover_sample(
         result["threads"] = threading.active_count()
     finally:
         TIMINGS.on = False
-        pool.shutdown(wait=False, cancel_futures=True)  # queued dark probes: dropped, not waited for
         await monitor.stop()
-        if shared:
-            journal._executor = None  # the shared pool is not the journal's to wait for
         journal.close()
     result["commits"] = list(TIMINGS.commits)
     result["confirms"] = list(TIMINGS.confirms)
@@ -696,7 +683,7 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--baton-src", type=Path, default=ROOT)
     parser.add_argument("--handover", type=int, default=0, help="N: a handover of N lab devices (see above)")
-    parser.add_argument("--layouts", default="daemon,shared", help=f"with --handover: of {','.join(LAYOUTS)}")
+    parser.add_argument("--layouts", default="daemon", help=f"with --handover: of {','.join(LAYOUTS)}")
     parser.add_argument("--concurrency", type=int, default=64, help="with --handover: devices at once")
     parser.add_argument("--warmup", type=float, default=20.0, help="with --handover: monitor first")
     parser.add_argument("--run-cap", type=float, default=120.0, help="with --handover: stop a run after")

@@ -51,9 +51,9 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,8 +90,12 @@ def cpu_children() -> float:
 
 
 def rss_mb() -> float:
+    return status_mb("VmRSS")
+
+
+def status_mb(field: str) -> float:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
     return 0.0
 
@@ -160,6 +164,8 @@ class Sample:
     peer_cpu_s: float
     ok: bool
     detail: str = ""
+    threads: int = 0  # Baton: the process's peak thread count during the run
+    rss_mb: float = 0.0  # Baton: the process's peak RSS (VmHWM) after the run
 
 
 @dataclass
@@ -183,7 +189,9 @@ def report(what: str, n: int, rep: int, sample: Sample) -> None:
     state = "ok" if sample.ok else "FAILED " + sample.detail
     log(
         f"  {what} N={n} run {rep + 1}: wall {sample.wall_s:.2f} s, CPU {sample.cpu_s:.2f} s, "
-        f"peer CPU {sample.peer_cpu_s:.2f} s, {state}"
+        f"peer CPU {sample.peer_cpu_s:.2f} s"
+        + (f", threads peak {sample.threads}, RSS peak {sample.rss_mb:.0f} MB" if sample.threads else "")
+        + f", {state}"
     )
 
 
@@ -194,9 +202,9 @@ def fmt(value: float | None, unit: str = "s", digits: int = 2) -> str:
 def table(rows: Sequence[Row]) -> str:
     header = (
         "| scenario | N | tool | runs ok | wall median | CPU median | per device (wall / CPU) "
-        "| peer CPU median | Ansible/Baton wall (CPU) |"
+        "| peer CPU median | Ansible/Baton wall (CPU) | Baton peak threads / RSS |"
     )
-    lines = [header, "|" + "---|" * 9]
+    lines = [header, "|" + "---|" * 10]
     baton = {(r.scenario, r.n): r for r in rows if r.tool == "baton"}
     for r in rows:
         wall, cpu, peer = r.median("wall_s"), r.median("cpu_s"), r.median("peer_cpu_s")
@@ -214,9 +222,11 @@ def table(rows: Sequence[Row]) -> str:
             if bw and bc:
                 ratio = f"{over}{wall / bw:.1f}× ({cpu / bc:.1f}×)"
         tool = r.tool + (f" ({r.note})" if r.note else "")
+        threads, rss = r.median("threads"), r.median("rss_mb")
+        peaks = f"{threads:.0f} / {rss:.0f} MB" if threads else "–"
         lines.append(
             f"| {r.scenario} | {r.n} | {tool} | {len(r.good)}/{len(r.samples)} | {over}{fmt(wall)} "
-            f"| {over}{fmt(cpu)} | {per} | {over}{fmt(peer)} | {ratio} |"
+            f"| {over}{fmt(cpu)} | {per} | {over}{fmt(peer)} | {ratio} | {peaks} |"
         )
     failures = [(r, s) for r in rows for s in r.samples if not s.ok]
     for r, s in failures:
@@ -397,12 +407,7 @@ async def _baton_run(
     from baton.playbook.runner import execute
     from baton.playbook.schema import load_playbook
     from baton.playbook.steps import Connectors
-    from baton.service import RUN_THREADS as EXECUTOR_THREADS
 
-    # As the daemon does (service.py): ncclient is blocking, each NETCONF call holds a thread.
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="baton-io")
-    )
     # The window as large as the run needs: the runner refuses a run its confirm window cannot
     # cover (at N=200 and concurrency 64 the playbook's 300 s would not), and this measures speed.
     playbook = load_playbook(playbook_path).model_copy(update={"confirm_window_s": BENCH_WINDOW_S})
@@ -428,10 +433,26 @@ def baton_run(
     run_id: str,
     journal_path: Path,
     concurrency: int,
-) -> tuple[float, float, Any]:
-    return asyncio.run(
-        _baton_run(inventory, resolve, playbook, office, alternate, run_id, journal_path, concurrency)
-    )
+) -> tuple[float, float, Any, int, float]:
+    """wall, CPU, the outcome, the peak thread count during the run (sampled every 50 ms), and
+    the process's peak RSS (VmHWM) after it."""
+    done = threading.Event()
+    peak = [threading.active_count()]
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], threading.active_count())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        wall, cpu, outcome = asyncio.run(
+            _baton_run(inventory, resolve, playbook, office, alternate, run_id, journal_path, concurrency)
+        )
+    finally:
+        done.set()
+        sampler.join()
+    return wall, cpu, outcome, peak[0] - 1, status_mb("VmHWM")  # the sampler itself not counted
 
 
 def describe_outcome(outcome: Any) -> str:
@@ -662,7 +683,7 @@ def bench_lab(n: int, args: argparse.Namespace, rows: list[Row]) -> None:
         for rep in range(args.repeat):
             p0 = lab.cpu()
             run_id = f"bench-{n}-{rep}-{secrets.token_hex(3)}"
-            wall, cpu, outcome = baton_run(
+            wall, cpu, outcome, threads, rss = baton_run(
                 inventory,
                 resolver,
                 playbook,
@@ -672,7 +693,9 @@ def bench_lab(n: int, args: argparse.Namespace, rows: list[Row]) -> None:
                 workdir / "journal.sqlite3",
                 args.concurrency,
             )
-            sample = checked(Sample(wall, cpu, lab.cpu() - p0, outcome.ok, describe_outcome(outcome)))
+            sample = checked(
+                Sample(wall, cpu, lab.cpu() - p0, outcome.ok, describe_outcome(outcome), threads, rss)
+            )
             row.samples.append(sample)
             report("baton lab", n, rep, sample)
 
@@ -862,7 +885,7 @@ def bench_netconfd(args: argparse.Namespace, rows: list[Row]) -> None:
         for rep in range(args.repeat):
             p0 = peer_cpu()
             run_id = f"bench-nc-{rep}-{secrets.token_hex(3)}"
-            wall, cpu, outcome = baton_run(
+            wall, cpu, outcome, threads, rss = baton_run(
                 inventory,
                 resolver,
                 playbook,
@@ -872,7 +895,9 @@ def bench_netconfd(args: argparse.Namespace, rows: list[Row]) -> None:
                 workdir / "journal.sqlite3",
                 args.concurrency,
             )
-            sample = checked(Sample(wall, cpu, peer_cpu() - p0, outcome.ok, describe_outcome(outcome)))
+            sample = checked(
+                Sample(wall, cpu, peer_cpu() - p0, outcome.ok, describe_outcome(outcome), threads, rss)
+            )
             row.samples.append(sample)
             report("baton netconfd", n, rep, sample)
         if args.skip_ansible:

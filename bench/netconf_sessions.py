@@ -1,9 +1,13 @@
-"""Bench the NETCONF session model of a handover: Baton's `NetconfClient` (ncclient over paramiko,
-blocking calls in threads) side by side with sessions on asyncssh (one event loop, no thread per
-session), on the same lab devices, the same RPCs and the same edits.
+"""Bench the NETCONF session model of a handover, side by side on the same lab devices, the same
+RPCs and the same edits:
+
+* `baton`: Baton's `NetconfClient` (asyncssh: sessions on the event loop, no thread each);
+* `ncclient`: ncclient's Manager over paramiko, blocking calls in a 128-thread pool (how Baton's
+  adapter worked before; two threads per open session);
+* `asyncssh`: a bare asyncssh prototype (framing and parsing only): the floor.
 
     .venv/bin/python bench/netconf_sessions.py [--devices 200[,1000]] [--repeat 3]
-                                               [--concurrency 64] [--models ncclient,asyncssh]
+                                               [--concurrency 64] [--models baton,ncclient,asyncssh]
 
 What each device gets, as the runner does it with one session per device: SSH (host key pinned,
 the lab's client key), the hellos, <lock> candidate, <discard-changes>, the handover playbook's
@@ -81,19 +85,13 @@ def _threads() -> int:
     return 0
 
 
-# --- model: Baton's NetconfClient (ncclient) -----------------------------------------------------
+# --- model: Baton's NetconfClient ---------------------------------------------------------------
 
 
-async def _ncclient(spec: dict[str, Any]) -> list[str]:
-    from concurrent.futures import ThreadPoolExecutor
-
+async def _baton(spec: dict[str, Any]) -> list[str]:
     from baton.adapters.netconf import NetconfClient
     from baton.secrets import resolve
-    from baton.service import RUN_THREADS
 
-    asyncio.get_running_loop().set_default_executor(
-        ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="baton-io")
-    )
     inv_dir = Path(spec["inventory"])
     inventory = spec["loaded"]
     devices = [inventory.devices[t["id"]] for t in spec["targets"]]
@@ -124,6 +122,63 @@ async def _ncclient(spec: dict[str, Any]) -> list[str]:
 
     for phase in (first, second):
         for result in await asyncio.gather(*(phase(d) for d in devices), return_exceptions=True):
+            if isinstance(result, BaseException):
+                errors.append(f"{type(result).__name__}: {result}")
+    return errors
+
+
+# --- model: ncclient (as Baton used it until its sessions moved to asyncssh) --------------------
+
+
+async def _ncclient(spec: dict[str, Any]) -> list[str]:
+    """ncclient's own Manager over paramiko, every blocking call in a worker thread of a
+    128-thread pool (what Baton's adapter did, minus its TICK-free session)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ncclient import manager
+
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=128, thread_name_prefix="ncclient"))
+    sem = asyncio.Semaphore(spec["concurrency"])
+    persist = "bench-persist"
+    sessions: dict[str, Any] = {}
+    errors: list[str] = []
+
+    def connect(target: dict[str, Any]) -> Any:
+        return manager.connect_ssh(
+            host=target["address"],
+            port=spec["ssh_port"],
+            username="baton",
+            key_filename=spec["client_key"],
+            hostkey_b64=target["host_key"].split()[1],
+            allow_agent=False,
+            look_for_keys=False,
+            timeout=30,
+        )
+
+    async def first(target: dict[str, Any]) -> None:
+        async with sem:
+            m = sessions[target["id"]] = await asyncio.to_thread(connect, target)
+            await asyncio.to_thread(m.lock, "candidate")
+            await asyncio.to_thread(m.discard_changes)
+            for edit in spec["edits"]:
+                await asyncio.to_thread(m.edit_config, config=edit, target="candidate")
+            await asyncio.to_thread(m.commit, confirmed=True, timeout=str(CONFIRM_TIMEOUT_S), persist=persist)
+
+    async def second(target: dict[str, Any]) -> None:
+        async with sem:
+            m = sessions[target["id"]]
+            flt = spec["verify_filter"]
+            spec_filter = flt if flt.startswith("<filter") else ("subtree", flt)
+            reply = await asyncio.to_thread(m.get_config, source="running", filter=spec_filter)
+            if spec["alternate"] not in str(reply.data_xml):
+                errors.append(f"{target['id']}: running lacks the alternate")
+            await asyncio.to_thread(m.commit, persist_id=persist)
+            await asyncio.to_thread(m.unlock, "candidate")
+            await asyncio.to_thread(m.close_session)
+
+    for phase in (first, second):
+        for result in await asyncio.gather(*(phase(t) for t in spec["targets"]), return_exceptions=True):
             if isinstance(result, BaseException):
                 errors.append(f"{type(result).__name__}: {result}")
     return errors
@@ -229,7 +284,7 @@ async def _asyncssh(spec: dict[str, Any]) -> list[str]:
     return errors
 
 
-MODELS = {"ncclient": _ncclient, "asyncssh": _asyncssh}
+MODELS = {"baton": _baton, "ncclient": _ncclient, "asyncssh": _asyncssh}
 
 
 def child(spec: dict[str, Any]) -> int:
@@ -239,9 +294,9 @@ def child(spec: dict[str, Any]) -> int:
     configure(level="warning", stream=sys.stderr)
     # Imports and the inventory before the clock starts: the figures are the sessions' only.
     import asyncssh  # noqa: F401
+    import ncclient.manager  # noqa: F401
 
-    import baton.adapters.netconf
-    import baton.service  # noqa: F401
+    import baton.adapters.netconf  # noqa: F401
     from baton.inventory import load_inventory
 
     spec["loaded"] = load_inventory(Path(spec["inventory"]))
@@ -272,7 +327,7 @@ def main() -> int:
     parser.add_argument("--devices", default="200", help="lab sizes N, comma-separated")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--concurrency", type=int, default=64)
-    parser.add_argument("--models", default="ncclient,asyncssh")
+    parser.add_argument("--models", default="baton,ncclient,asyncssh")
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR / "sessions")
     parser.add_argument("--ssh-port", type=int, default=38400)
     parser.add_argument("--snmp-port", type=int, default=36200)

@@ -32,7 +32,7 @@ costs what those offices cost, not thousands of whole-inventory judgements.
 
 Dark devices. SNMP polls waiting out a timeout give their poller concurrency slot back (see
 `SnmpPoller`), and NETCONF probes of devices not known good pass a TCP connect on the event loop
-first (`tcp_gate`), so powered-off devices hold no slot and no worker that live ones need.
+first (`tcp_gate`), so powered-off devices hold no slot that live ones need.
 
 Metrics. The SNMP poller records SNMP probe durations and failures itself (when the monitor
 builds it, it hands it the `Metrics`); the monitor records NETCONF probes, `baton_device_up`
@@ -49,7 +49,6 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Any, Protocol, cast
@@ -57,7 +56,7 @@ from typing import Any, Protocol, cast
 import structlog
 
 from baton.adapters.connecting import is_no_answer
-from baton.adapters.netconf import NetconfProbe, thread_pool
+from baton.adapters.netconf import NetconfProbe
 from baton.adapters.snmp import PollScheduler, SecretResolver, SnmpPoller, SnmpReading, phase_offset
 from baton.adapters.traps import (
     TrapEvent,
@@ -89,18 +88,6 @@ Sleep = Callable[[float], Awaitable[None]]
 Observed = Callable[[OfficeObserved], None]
 
 _NAMED_DEVICES = 4  # devices named in an office's detail before "and N more"
-# The monitor's own NETCONF probe pool is a bulkhead: probes of dark devices, each holding a
-# worker until its connect times out, never take the workers of handover RPCs (another pool).
-# Within it, a probe that waits for a worker longer than its timeout fails, which would count
-# against a device that did nothing wrong; so the pool has room for every NETCONF device (one
-# probe in flight each) twice over, within bounds. Threads start only when needed.
-PROBE_THREADS_MIN = 16
-PROBE_THREADS_MAX = 1024
-
-
-def probe_threads(netconf_devices: int) -> int:
-    """Workers of the monitor's probe pool for an inventory of that many NETCONF devices."""
-    return max(PROBE_THREADS_MIN, min(PROBE_THREADS_MAX, 2 * netconf_devices))
 
 
 class HealthProbe(Protocol):
@@ -117,7 +104,7 @@ NetconfGate = Callable[[Device], Awaitable[str | None]]
 
 
 async def tcp_gate(device: Device, source_address: str | None = None) -> str | None:
-    """A TCP connect to the device's NETCONF port on the event loop (no worker thread), within
+    """A TCP connect to the device's NETCONF port on the event loop, within
     its `netconf.timeout_s`, from `source_address` when given. None when the connect succeeded
     (closed at once: the probe makes its own session) or the failure is not the device's silence
     (a name that does not resolve, no file descriptor left: the probe says why); else the reason,
@@ -349,19 +336,16 @@ class Monitor:
     block). Adapters may be injected (tests, a shared poller); otherwise the monitor builds them:
     an `SnmpPoller` (closed on stop), a `NetconfProbe` per NETCONF-enabled device, and a
     `TrapReceiver` when `traps` is given. An injected receiver must deliver to its `events`
-    queue (the default), which the monitor drains. The NETCONF probes it builds run their
-    blocking calls in `probe_executor`, or in a pool the monitor owns (`probe_threads` workers,
-    sized at start; shut down when it stops). The probes it builds (SNMP polls, NETCONF sessions,
-    the TCP gate) leave from `source_address` when given (`vantage.source_address`).
+    queue (the default), which the monitor drains. The probes it builds (SNMP polls, NETCONF
+    sessions, the TCP gate) leave from `source_address` when given (`vantage.source_address`).
 
     Dark devices. A device whose last NETCONF probe did not succeed (or that was never probed)
     first passes `netconf_gate` (default `tcp_gate` with the monitor's own probes, none with an
-    injected `netconf_probe` unless given): a TCP connect on the event loop, no worker thread.
-    Only when something answers does the real probe (SSH, NETCONF, in a worker) run; when
-    nothing does, the gate's reason is the failed observation. So a powered-off device, whose
-    connect times out, holds a socket and a timer, never one of the pool's workers, and live
-    devices' probes never wait for a worker behind dark ones (bench/dark.py). A device with a
-    session open (its last probe succeeded) is probed directly.
+    injected `netconf_probe` unless given): a TCP connect on the event loop. Only when something
+    answers does the real probe (SSH, NETCONF) run; when nothing does, the gate's reason is the
+    failed observation. So a powered-off device, whose connect times out, holds a socket and a
+    timer, and live devices' probes never wait behind dark ones (bench/dark.py). A device with
+    a session open (its last probe succeeded) is probed directly.
     """
 
     def __init__(
@@ -377,7 +361,6 @@ class Monitor:
         poller: SnmpPoller | None = None,
         netconf_probe: ProbeFactory | None = None,
         netconf_gate: NetconfGate | None = None,
-        probe_executor: Executor | None = None,
         trap_repoll_spacing_s: float = 1.0,
         source_address: str | None = None,
         clock: Clock = time.monotonic,
@@ -404,8 +387,6 @@ class Monitor:
             else functools.partial(tcp_gate, source_address=source_address)
         )
         self._netconf_ok: dict[str, bool] = {}  # device -> did its last NETCONF probe succeed
-        self._probe_executor = probe_executor
-        self._own_probe_pool: ThreadPoolExecutor | None = None
         self._receiver = trap_receiver
         if self._receiver is None and traps is not None:
             self._receiver = TrapReceiver(traps, resolve, trap_sources(inventory), metrics=metrics)
@@ -503,9 +484,6 @@ class Monitor:
             await self._receiver.start()
         self._started = True
         loop = asyncio.get_running_loop()
-        if self._probe_executor is None:
-            netconf_devices = sum(1 for d in self._inventory.devices.values() if d.netconf.enabled)
-            self._own_probe_pool = thread_pool("baton-probe", probe_threads(netconf_devices))
         self._start_scheduler()
         for device in self._inventory.devices.values():
             if device.netconf.enabled:
@@ -551,10 +529,6 @@ class Monitor:
         probes = list(self._netconf.values())
         self._netconf.clear()
         await asyncio.gather(*(p.close() for p in probes), return_exceptions=True)
-        if self._own_probe_pool is not None:
-            # after the probes closed their sessions in it; a worker still stuck ends on its own
-            self._own_probe_pool.shutdown(wait=False, cancel_futures=True)
-            self._own_probe_pool = None
         if self._receiver is not None:
             await self._receiver.stop()
         if self._own_poller:
@@ -778,7 +752,6 @@ class Monitor:
             device,
             resolve=self._resolve,
             source_address=self._source_address,
-            executor=self._probe_executor or self._own_probe_pool,
         )
 
     def _start_netconf(self, device: Device) -> None:
@@ -807,8 +780,8 @@ class Monitor:
         interval = self._policy.poll_interval_s
         offset = phase_offset(device_id, interval)
         me = asyncio.current_task()
-        # Python 3.11's wait_for can lose a cancellation that races a result (the NETCONF
-        # adapter waits on worker threads): so the loop also ends when it is no longer wanted.
+        # Python 3.11's wait_for can lose a cancellation that races a result: so the loop also
+        # ends when it is no longer wanted.
         while self._started and self._netconf_loops.get(device_id) is me:
             now = self._clock()
             due = now - now % interval + offset

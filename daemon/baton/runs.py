@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
@@ -322,17 +321,6 @@ class RunManager:
             task.cancel()
         if pending:
             await asyncio.wait(pending)
-
-
-def connectors_with(base: Connectors, executor: Executor) -> Connectors:
-    """The runs' connectors, on their own thread pool (probes have another: a bulkhead)."""
-    return Connectors(
-        resolve=base.resolve,
-        source_address=base.source_address,
-        connect_timeout_s=base.connect_timeout_s,
-        snmp=base.snmp,
-        executor=executor,
-    )
 
 
 def chains_of(inventory: Inventory) -> Mapping[str, tuple[str, ...]]:

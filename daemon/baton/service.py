@@ -44,7 +44,6 @@ import signal
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -81,9 +80,6 @@ from baton.yamlsource import ConfigError
 log = get_logger()
 
 TICK_S = 1.0
-# Threads for the runs' NETCONF calls: their own pool, so probes of a dark office never delay a
-# commit (the monitor has its own; the journal writes on its own thread).
-RUN_THREADS = 128
 # While recovery (before READY=1) or the drain (after STOPPING=1) runs, systemd is told every
 # EXTEND_EVERY_S to wait EXTEND_BY_S more (EXTEND_TIMEOUT_USEC), up to a budget: a long recovery
 # or drain is not killed by TimeoutStartSec/TimeoutStopSec, a wedged one still is.
@@ -188,14 +184,12 @@ class Service:
             self.journal.close()
 
     async def _serve(self, loaded: Loaded) -> int:
-        run_pool = ThreadPoolExecutor(max_workers=RUN_THREADS, thread_name_prefix="baton-run")
         snmp_access = PysnmpAccess(self.resolve, source_address=self.config.vantage.source_address)
         # Probes and runs leave from the vantage's own address when it has one (management ACLs).
         connectors = Connectors(
             resolve=self.resolve,
             source_address=self.config.vantage.source_address,
             snmp=snmp_access,
-            executor=run_pool,
         )
         settings = run_settings(loaded)
         self.leadership = self._given_leadership or self._make_leadership()
@@ -289,7 +283,6 @@ class Service:
             await listeners.close()
             await metrics_runner.cleanup()
             snmp_access.close()
-            run_pool.shutdown(wait=False, cancel_futures=True)
             log.info("daemon.stopped")
         return self._exit_code
 

@@ -20,7 +20,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +32,9 @@ from baton.adapters.errors import (
     NetconfSessionError,
     NetconfTimeoutError,
 )
-from baton.adapters.netconf import NetconfClient, NetconfProbe, thread_pool
-from baton.core.model import Device, Inventory, NetconfSettings, Office, Policy, SecretRef
+from baton.adapters.netconf import NetconfClient, NetconfProbe
+from baton.core.model import Device, NetconfSettings, SecretRef
 from baton.inventory import load_inventory
-from baton.metrics import Metrics
-from baton.monitor import Monitor, probe_threads
 from baton.playbook.steps import Connectors
 from tests.integration.test_netconf_adapter import IF_NS, INTERFACES_FILTER, device_for, read_secret
 from tests.lab_fixtures import ThreadedLabDevice
@@ -116,98 +113,56 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-# --- bulkheads -------------------------------------------------------------------------------
+# --- dark devices cost no thread ------------------------------------------------------------
 
 
-async def test_probes_of_dark_devices_do_not_starve_a_run_pool(
+async def test_probes_of_dark_devices_hold_no_thread_and_do_not_delay_a_live_device(
     tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
 ) -> None:
-    """Probe pool saturated by probes that never get an answer; a run-pool RPC still completes."""
-    probe_pool = thread_pool("test-probe", 4)
-    run_pool = thread_pool("test-run", 2)
+    """Forty probes of devices that accept TCP and never answer are in flight; a live device's
+    connect and <get-config> completes meanwhile, and the process has no more threads than
+    before (a session is a channel on the event loop, not a thread)."""
     endpoint = lab_netconf_device.endpoint
+    threads_before = threading.active_count()
     probes = [
-        NetconfProbe(
-            silent_device(endpoint, tmp_path, silent.port, i, 30.0), resolve=read_secret, executor=probe_pool
-        )
-        for i in range(8)
+        NetconfProbe(silent_device(endpoint, tmp_path, silent.port, i, 30.0), resolve=read_secret)
+        for i in range(40)
     ]
     in_flight = [asyncio.create_task(p.probe()) for p in probes]
-    # the same live device, through the saturated probe pool: it has to queue
-    queued = asyncio.create_task(_connect_and_get(device_for(endpoint, tmp_path), probe_pool))
     try:
-        # every probe worker is held by a silent device
-        assert 4 == await asyncio.to_thread(silent.wait_accepted, 4)
-
-        started = time.monotonic()
-        running = await asyncio.wait_for(_connect_and_get(device_for(endpoint, tmp_path), run_pool), SANITY_S)
-        took_s = time.monotonic() - started
-
+        assert 40 == await asyncio.to_thread(silent.wait_accepted, 40)
+        running = await asyncio.wait_for(_connect_and_get(device_for(endpoint, tmp_path)), SANITY_S)
         assert "<data" in running
-        assert took_s < SANITY_S
         assert not any(t.done() for t in in_flight)  # the probes are still waiting on silence
-        assert not queued.done()  # and what queued behind them still waits for a worker
-        assert 4 == len(silent.accepted)  # the run pool never touched the dark devices
+        # At most the event loops' default executors (asyncio's name lookups; bounded by the CPU
+        # count), whatever the number of sessions: a thread per session would be 40 more here.
+        assert threading.active_count() < threads_before + 2 * ((os.cpu_count() or 1) + 4), [
+            t.name for t in threading.enumerate()
+        ]
     finally:
-        await cancel_all([*in_flight, queued])
+        await cancel_all(in_flight)
         await asyncio.gather(*(p.close() for p in probes))
-        probe_pool.shutdown(cancel_futures=True)
-        run_pool.shutdown()
 
 
-async def _connect_and_get(device: Device, executor: Any) -> str:
-    async with NetconfClient.connect(device, resolve=read_secret, executor=executor) as nc:
+async def _connect_and_get(device: Device) -> str:
+    async with NetconfClient.connect(device, resolve=read_secret) as nc:
         return await nc.get_config("running")
 
 
-async def test_a_connect_that_never_got_a_worker_fails_without_being_tried(
+async def test_a_connect_to_a_silent_device_gives_up_at_its_timeout(
     tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
 ) -> None:
-    """A connect still queued for a worker when its timeout passes: a plain failure, not
-    unreachable (Baton's own congestion), and it never runs once a worker frees up."""
-    pool = thread_pool("test-one", 1)
+    """The connect to a silent device times out (unreachable) at its 1 s timeout, not after an
+    SSH library's own banner wait; a live device answers right after."""
     endpoint = lab_netconf_device.endpoint
-    blocker = NetconfProbe(
-        silent_device(endpoint, tmp_path, silent.port, 0, 30.0), resolve=read_secret, executor=pool
-    )
-    holding = asyncio.create_task(blocker.probe())
-    live = device_for(endpoint, tmp_path)
-    try:
-        assert 1 == await asyncio.to_thread(silent.wait_accepted, 1)  # the one worker is held
-        with pytest.raises(NetconfConnectError) as caught:
-            await NetconfClient.connect(live, resolve=read_secret, timeout_s=1, executor=pool)
-        assert not caught.value.unreachable
-        assert "no worker thread free to connect to" in caught.value.cause
-        await cancel_all([holding])  # the worker frees up: the given-up connect must not run now
-        await blocker.close()
-        assert "done" == await asyncio.get_running_loop().run_in_executor(pool, lambda: "done")
-        assert not lab_netconf_device.call(lambda: bool(lab_netconf_device.server.sessions))
-    finally:
-        await cancel_all([holding])
-        await blocker.close()
-        pool.shutdown(cancel_futures=True)
-
-
-async def test_a_worker_held_by_a_silent_device_is_freed_when_the_caller_gives_up(
-    tmp_path: Path, silent: SilentListener, lab_netconf_device: ThreadedLabDevice
-) -> None:
-    """The connect to a silent device times out (unreachable) and its worker is free at once,
-    not after paramiko's own 15 s banner wait."""
-    pool = thread_pool("test-one", 1)
-    endpoint = lab_netconf_device.endpoint
-    try:
-        with pytest.raises(NetconfConnectError) as caught:
-            await NetconfClient.connect(
-                silent_device(endpoint, tmp_path, silent.port, 0, 1.0), resolve=read_secret, executor=pool
-            )
-        assert caught.value.unreachable
-        started = time.monotonic()
-        # the one worker is needed again: this connect would fail ("no worker free") if it were not
-        running = await _connect_and_get(device_for(endpoint, tmp_path, timeout_s=5), pool)
-        assert "<data" in running
-        assert time.monotonic() - started < 10
-    finally:
-        pool.shutdown(cancel_futures=True)
+    started = time.monotonic()
+    with pytest.raises(NetconfConnectError) as caught:
+        await NetconfClient.connect(
+            silent_device(endpoint, tmp_path, silent.port, 0, 1.0), resolve=read_secret
+        )
+    assert caught.value.unreachable
+    assert time.monotonic() - started < 5
+    assert "<data" in await _connect_and_get(device_for(endpoint, tmp_path, timeout_s=5))
 
 
 # --- bounds: writes --------------------------------------------------------------------------
@@ -487,8 +442,8 @@ def chunk(message: bytes) -> bytes:
         (chunk(b"<rpc-reply><<<<<<<<<"), "reply is not well-formed XML", True),
         (
             chunk(f"<rpc-reply xmlns='{NC}'><ok/></rpc-reply>".encode()),
-            "unusable reply: Could not find 'message-id' attribute in <rpc-reply>",
-            True,
+            "unusable reply: <rpc-reply> without a message-id",
+            False,
         ),
         (chunk(b"<data>x</data>"), "unexpected message <data>", True),
     ],
@@ -497,7 +452,8 @@ async def test_an_unreadable_reply_is_a_reply_error(
     reply: bytes, cause: str, session_kept: bool, tmp_path: Path
 ) -> None:
     """Broken framing, XML that does not parse, a reply that is not an <rpc-reply> of ours: the
-    call fails with NetconfReplyError (outcome unknown); only broken framing closes the session."""
+    call fails with NetconfReplyError (outcome unknown); broken framing, or a reply that may not
+    be to the request, closes the session."""
     server = await _raw_netconf_server(reply, tmp_path)
     try:
         async with NetconfClient.connect(server.device, resolve=read_secret, timeout_s=5) as nc:
@@ -511,55 +467,3 @@ async def test_an_unreadable_reply_is_a_reply_error(
         caught.value.outcome_unknown,
         kept,
     ), caught.value.cause
-
-
-# --- the monitor's probe pool ----------------------------------------------------------------
-
-
-class CountingPool(ThreadPoolExecutor):
-    def __init__(self) -> None:
-        super().__init__(max_workers=2, thread_name_prefix="test-monitor-probe")
-        self.submitted = 0
-
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        self.submitted += 1
-        return super().submit(fn, *args, **kwargs)
-
-
-async def test_the_monitor_probes_in_the_pool_it_is_given(
-    tmp_path: Path, lab_netconf_device: ThreadedLabDevice
-) -> None:
-    """Monitor(probe_executor=pool): its NETCONF probes run there; the pool is the caller's to shut."""
-    device = device_for(lab_netconf_device.endpoint, tmp_path)
-    inventory = Inventory(offices={"gc": Office("gc", "Geumcheon", "seoul")}, devices={device.id: device})
-    pool = CountingPool()
-    probed = asyncio.Event()
-
-    def observed(_: object) -> None:  # once a round saw a NETCONF probe's result
-        if monitor.device_views("gc")[0]["probes"]["netconf"]["ok"] is not None:
-            probed.set()
-
-    monitor = Monitor(
-        inventory,
-        Policy(poll_interval_s=1.0),
-        resolve=read_secret,
-        metrics=Metrics(),
-        on_observed=observed,
-        probe_executor=pool,
-    )
-    await monitor.start()
-    try:
-        await asyncio.wait_for(probed.wait(), SANITY_S)
-        view = monitor.device_views("gc")[0]["probes"]["netconf"]
-    finally:
-        await monitor.stop()
-    try:
-        assert (True, True) == (view["ok"], pool.submitted > 0)
-        assert 1 == pool.submit(lambda: 1).result(5)  # still open: the monitor did not own it
-    finally:
-        pool.shutdown()
-
-
-def test_the_monitor_pool_has_room_for_every_netconf_device() -> None:
-    """Its own pool: two workers per NETCONF device, at least 16, at most 1024."""
-    assert [16, 16, 200, 1024] == [probe_threads(n) for n in (0, 8, 100, 5000)]

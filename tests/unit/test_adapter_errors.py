@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import itertools
 import socket
-import threading
 
 import pytest
 from hypothesis import given
@@ -24,7 +23,7 @@ from baton.adapters.errors import (
     SshError,
     SshTimeoutError,
 )
-from baton.adapters.netconf import EOM, MAX_REPLY_BYTES, Deframer, UnreadableReply, thread_pool
+from baton.adapters.netconf import EOM, MAX_REPLY_BYTES, Deframer, UnreadableReply
 
 
 def chunked(message: bytes, *, pieces: int = 1) -> bytes:
@@ -168,19 +167,3 @@ def test_connect_errors_are_reachable_unless_the_raise_site_says_otherwise() -> 
         SshConnectError("r1", "authentication failed").unreachable,
         SshConnectError("r1", "TCP connect: connection refused", unreachable=True).unreachable,
     )
-
-
-# --- bulkheads -------------------------------------------------------------------------------
-
-
-def test_thread_pool_is_bounded_and_named() -> None:
-    """thread_pool(name, n): at most n workers, named after the pool."""
-    pool = thread_pool("baton-probe", 2)
-    try:
-        names = {pool.submit(lambda: threading.current_thread().name).result() for _ in range(8)}
-        assert 2 == pool._max_workers
-        assert all(n.startswith("baton-probe_") for n in names)
-    finally:
-        pool.shutdown()
-    with pytest.raises(ValueError, match="at least 1 thread"):
-        thread_pool("empty", 0)

@@ -1,30 +1,30 @@
-"""NETCONF over SSH: an asyncio facade over ncclient, and the NETCONF health probe.
+"""NETCONF over SSH on asyncssh: `NetconfClient` (one session with one device) and the NETCONF
+health probe.
 
 Theory of operation
 -------------------
-ncclient is blocking and runs one reader thread per session (here `_Session`, without ncclient's
-TICK polling). Every call here runs the blocking ncclient call in a worker thread under
-`asyncio.wait_for`; ncclient's own RPC timeout is set to the same value, so the worker normally
-gives up on its own and the asyncio timeout is only a backstop. When the backstop fires anyway
-(a worker stuck in a write to a peer that stopped reading), the session's socket is shut down,
-which frees the worker at once; the session is then gone. Calls on one `NetconfClient` are
+A session is an asyncssh connection (`baton.adapters.ssh.open_connection`: the device's pinned
+host key, the inventory's credentials, the source address) with the `netconf` subsystem on one
+channel. Everything runs on the event loop: no thread per session, so a thousand open sessions
+cost a thousand channels, not two thousand threads, and dark devices (connects that wait for
+their timeout) hold nothing but a pending coroutine. Calls on one `NetconfClient` are
 serialised (one RPC in flight per session), which is what a playbook step wants and what keeps
 the replies' order obvious.
 
-Bulkheads. Worker threads come from the session's `executor` (every blocking call of a session:
-connect, RPCs, close), or the loop's default executor when none is given. `thread_pool` builds
-named bounded pools, so probes of hundreds of dark devices (each holding a worker until its
-connect times out) cannot starve the RPCs of a handover that runs in another pool. A call that
-times out while still queued for a worker is cancelled before it ever runs.
+Replies are deframed here (`Deframer`, RFC 6242 end-of-message and chunked framing) and refused
+above `max_reply_bytes` (the device's inventory setting `netconf.max_reply_bytes`, 16 MiB unless
+set): a reply that never ends fails with `NetconfReplyError` once it is that large, or with a
+timeout before that, and never grows memory without bound. What a reply says is read by
+ncclient's reply model (`RPCReply`, `GetReply`, `RPCError`: RFC 6241's <ok/>, <data> and
+<rpc-error> with its tag, type, severity, path, message and info); <rpc-error>s of severity
+"error" fail the call with `NetconfRpcError` (the outcome is known: not applied).
 
-Bounds. Every write is bounded by the call's timeout (a peer that stops reading fails the call
-with `NetconfTimeoutError`, and the session is closed: a half-written request cannot be taken
-back). Replies are deframed here (`Deframer`, RFC 6242 end-of-message and chunked framing) and
-refused above `max_reply_bytes` (the device's inventory setting `netconf.max_reply_bytes`, 16 MiB
-unless set): a reply that never ends fails with
-`NetconfReplyError` once it is that large, or with a timeout before that, and never grows memory
-without bound. A reply that is not XML fails its call with `NetconfReplyError` (the session stays
-usable when the framing held; broken framing closes it).
+Bounds. Every call is bounded by its timeout, the request's write included (a peer that stops
+reading holds the write until then). A call that times out, or is cancelled, had an unknown
+outcome and leaves the session in an unknown state: the session is closed, and every later call
+on it fails with `NetconfSessionError`. A reply that is not XML fails its call with
+`NetconfReplyError` and the session stays usable (the framing held); broken framing, a reply
+too large, or a reply to another request (its message-id) closes it.
 
 Unreachable. A connect error carries `unreachable=True` exactly when the device never answered
 at the SSH level: TCP refused, reset, timed out or unroutable, or the connection ended (or the
@@ -32,57 +32,34 @@ whole establishment timed out) before the server sent its SSH banner. Once a ban
 failure (host key, authentication, no NETCONF hello behind a running sshd) is unreachable=False.
 
 Security: the server's SSH host key must equal the device's pinned `host_key` (no pinned key: no
-session). Credentials are resolved from `SecretRef`s at connect time, handed to ncclient and not
-kept; a private key travels through an anonymous in-memory file (memfd), never a named file.
-No SSH agent, no ~/.ssh keys, no ~/.ssh/config.
+session). Credentials are resolved from `SecretRef`s at connect time, handed to asyncssh (a
+private key is imported from memory, never written to a file) and not kept. No SSH agent, no
+~/.ssh keys, no ~/.ssh/config.
 
-Source address: the TCP socket is created here, bound to (source_address, 0) when one is given,
-connected, and handed to ncclient as `sock=`. This works with ncclient 0.7 (the device sees the
-chosen source, which is what management ACLs check); ncclient's own `bind_addr` would work too,
-but owning the socket gives a precise cause ("connection refused") and an honest connect timeout.
-
-ncclient errors never leave this module: they become `baton.adapters.errors.Netconf*Error`.
+asyncssh and ncclient errors never leave this module: they become `baton.adapters.errors.
+Netconf*Error`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import contextvars
-import functools
 import logging
-import os
 import re
-import selectors
-import socket
-import tempfile
-import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
-from typing import Any, Self, TypeVar, cast
+from typing import Any, Self
 
-import ncclient.transport.session
+import asyncssh
 import structlog
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
-from ncclient import manager as nc_manager
-from ncclient import transport as nc_transport
-from ncclient.operations import RaiseMode
-from ncclient.operations.errors import MissingCapabilityError, OperationError, TimeoutExpiredError
-from ncclient.operations.rpc import RPCError
-from ncclient.transport.errors import (
-    AuthenticationError,
-    SessionCloseError,
-    SessionError,
-    SSHError,
-    SSHUnknownHostError,
-    TransportError,
-)
-from ncclient.transport.session import END_DELIM, MSG_DELIM, NetconfBase
-from ncclient.xml_ import XMLError
+from ncclient.operations.retrieve import GetReply
+from ncclient.operations.rpc import RPCError, RPCReply
+from ncclient.xml_ import to_ele
 
-from baton.adapters.connecting import Connecting, is_no_answer
+from baton.adapters.connecting import Connecting
 from baton.adapters.errors import (
     NetconfConnectError,
     NetconfError,
@@ -92,44 +69,34 @@ from baton.adapters.errors import (
     NetconfSessionError,
     NetconfTimeoutError,
 )
-from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, fingerprint, parse_pinned_key
+from baton.adapters.ssh import PinnedKeyClient, open_connection
 from baton.core.health import Observation
 from baton.core.model import NETCONF_MAX_REPLY_BYTES, Device, Protocol, SecretRef
-
-# ncclient's session thread only looks at its send queue after select(timeout=TICK) returns, so
-# every RPC waits up to TICK before it is even sent: ~100 ms per RPC at the default 0.1 s, which
-# eats the failover budget (a handover is dozens of RPCs). Measured on loopback (get-config):
-# TICK 0.1 → 103 ms/RPC, 0.13 % CPU per idle session; 0.01 → 13 ms, 0.36 %; 0.001 → 2.2 ms,
-# 0.94 %. Baton's own sessions (`_Session` below) no longer depend on TICK at all: they write
-# requests from the calling thread and their reader thread sleeps until data arrives. The global
-# stays at 0.01 for any other ncclient session in the process (tests' own clients, say).
-ncclient.transport.session.TICK = 0.01
-# How often an idle `_Session` reader thread wakes up anyway (to notice a close it was not woken
-# for); nothing waits on it: requests never queue, replies wake it up.
-_IDLE_WAKE_S = 5.0
-# paramiko's transport thread reads its socket with a 0.1 s timeout, so an idle session wakes it
-# (and takes the GIL) 10 times a second only to see whether it was closed. Once the session is
-# up, the timeout is raised to this: data and the peer's close still wake it at once; our own
-# close is seen by the reader at once, by paramiko's thread within this (it then exits).
-# Measured: 1,000 sessions held open at 0.1 s sank a 2-core box (load 500, a 1,000-device run
-# 136 s instead of ~30 s).
-_TRANSPORT_IDLE_S = 5.0
 
 log = structlog.get_logger(__name__)
 
 Resolve = Callable[[SecretRef], str]
-T = TypeVar("T")
 
+BASE_1_0 = "urn:ietf:params:netconf:base:1.0"
+BASE_1_1 = "urn:ietf:params:netconf:base:1.1"
 CONFIRMED_COMMIT = "urn:ietf:params:netconf:capability:confirmed-commit"
 CONFIRMED_COMMIT_1_1 = "urn:ietf:params:netconf:capability:confirmed-commit:1.1"
 CANDIDATE = "urn:ietf:params:netconf:capability:candidate:1.0"
 # An empty subtree filter selects nothing (RFC 6241 §6.4.2): the cheapest RPC every server
 # answers, used by the probe when the device has no probe_filter.
 EMPTY_FILTER = '<filter xmlns="urn:ietf:params:xml:ns:netconf:base:1.0" type="subtree"/>'
-# Room for ncclient's own timeout to fire first, so a slow reply is reported by ncclient (and
-# its worker thread ends) rather than abandoned by asyncio.
-_FIRST_RPC_DELAY_S = 0.05  # after the hellos, before the first request (see _blocking_connect)
-_BACKSTOP_S = 1.0
+_NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
+_NOTIFICATION = "{urn:ietf:params:xml:ns:netconf:notification:1.0}notification"
+HELLO = (
+    f'<?xml version="1.0" encoding="UTF-8"?><hello xmlns="{_NC}"><capabilities>'
+    f"<capability>{BASE_1_0}</capability><capability>{BASE_1_1}</capability>"
+    "</capabilities></hello>"
+).encode()
+# yuma123 netconfd 2.13 reads a request that reaches it together with the client's hello with
+# the hello's end-of-message framing, and then waits for more data: the first RPC hangs until
+# the next one arrives (seen ~1 session in 50 on loopback; the RPC was carried out, its reply
+# held back). So the first request waits this long after the hellos.
+_FIRST_RPC_DELAY_S = 0.05
 _CLOSE_TIMEOUT_S = 2.0
 # Replies above this many bytes are refused (NetconfReplyError) and their session closed, unless
 # the device's `netconf.max_reply_bytes` says otherwise. The largest reply Baton reads (a device's
@@ -137,24 +104,9 @@ _CLOSE_TIMEOUT_S = 2.0
 # per session. `NetconfClient.connect(max_reply_bytes=)` and `NetconfProbe(max_reply_bytes=)`
 # override the device's setting (tests).
 MAX_REPLY_BYTES = NETCONF_MAX_REPLY_BYTES
-
-
-def thread_pool(name: str, threads: int) -> ThreadPoolExecutor:
-    """A bounded pool of worker threads for NETCONF sessions (a bulkhead): give it as `executor`
-    to `NetconfClient.connect` / `NetconfProbe`. Threads are named `name_0`, `name_1`...; whoever
-    builds the pool shuts it down (after closing the sessions that use it)."""
-    if threads < 1:
-        raise ValueError(f"thread pool {name} needs at least 1 thread, got {threads}")
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name)
-
-
-async def _in_thread(executor: Executor | None, fn: Callable[[], T]) -> T:
-    """fn in a worker of `executor` (None: the loop's default executor), with the caller's
-    contextvars (structlog's bound context), as asyncio.to_thread does. Cancelling the wait
-    cancels a call still queued for a worker: it never runs."""
-    loop = asyncio.get_running_loop()
-    ctx = contextvars.copy_context()
-    return await loop.run_in_executor(executor, functools.partial(ctx.run, fn))
+# Strict, no entity expansion, no network, no huge trees (ncclient's own limits, so its reply
+# model accepts all this accepts).
+_PARSER = etree.XMLParser(recover=False, resolve_entities=False, no_network=True)
 
 
 # --- framing ---------------------------------------------------------------------------------
@@ -272,407 +224,150 @@ def _endpoint(device: Device) -> str:
     return f"{host}:{device.netconf.port}"
 
 
-class _ConnectParams:
-    """What the blocking connect needs. Holds secrets: no repr, never logged, dropped after use."""
-
-    __slots__ = ("key_text", "max_reply_bytes", "password", "source_address", "timeout_s", "username")
-
-    def __init__(
-        self,
-        username: str,
-        password: str | None,
-        key_text: str | None,
-        timeout_s: float,
-        source_address: str | None,
-        max_reply_bytes: int = MAX_REPLY_BYTES,
-    ) -> None:
-        self.username = username
-        self.password = password
-        self.key_text = key_text
-        self.timeout_s = timeout_s
-        self.source_address = source_address
-        self.max_reply_bytes = max_reply_bytes
-
-    def __repr__(self) -> str:
-        return f"_ConnectParams(username={self.username!r}, <secrets hidden>)"
+class _Closed(Exception):
+    """The session ended (the server closed it, or the connection broke)."""
 
 
-@contextlib.contextmanager
-def _key_file(key_text: str | None) -> Generator[str | None, None, None]:
-    """A path from which paramiko can read the private key, removed on exit.
+class _Channel(asyncssh.SSHClientSession[bytes]):
+    """The netconf subsystem's channel: what the server sends, deframed (bounded), and the
+    write side's flow control (a peer that stops reading pauses our writes)."""
 
-    ncclient only takes key *file names*. An anonymous memfd never touches a file system; where
-    memfd is missing, a 0600 file in a 0700 temporary directory, deleted right after use.
-    """
-    if key_text is None:
-        yield None
-        return
-    data = key_text.encode()
-    if hasattr(os, "memfd_create"):
-        fd = os.memfd_create("baton-netconf-key", os.MFD_CLOEXEC)
-        try:
-            os.write(fd, data)
-            yield f"/proc/self/fd/{fd}"
-        finally:
-            os.close(fd)
-        return
-    with tempfile.TemporaryDirectory(prefix="baton-key-") as tmp:
-        path = os.path.join(tmp, "key")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        yield path
+    def __init__(self, max_reply_bytes: int) -> None:
+        self.deframer = Deframer(max_reply_bytes)
+        self.chunked = False  # base:1.1 framing, once both hellos said so
+        self.messages: collections.deque[bytes] = collections.deque()
+        self.failure: Exception | None = None  # UnreadableReply or _Closed: nothing more comes
+        self._arrived = asyncio.Event()
+        self._writable = asyncio.Event()
+        self._writable.set()
+        self._chan: asyncssh.SSHClientChannel[bytes] | None = None
 
+    def connection_made(self, chan: Any) -> None:
+        self._chan = chan
 
-def _open_socket(device: Device, params: _ConnectParams) -> socket.socket:
-    source = (params.source_address, 0) if params.source_address else None
-    try:
-        return socket.create_connection(
-            (device.address, device.netconf.port), timeout=params.timeout_s, source_address=source
-        )
-    except TimeoutError:
-        raise NetconfConnectError(
-            device.id,
-            f"TCP connect to {_endpoint(device)} timed out after {params.timeout_s:g} s",
-            unreachable=True,
-        ) from None
-    except OSError as exc:
-        where = _endpoint(device) + (f" from {params.source_address}" if params.source_address else "")
-        reason = exc.strerror or str(exc)
-        raise NetconfConnectError(
-            device.id, f"TCP connect to {where}: {reason.lower()}", unreachable=is_no_answer(exc)
-        ) from None
-
-
-class _WriteTimeout(Exception):
-    """A request could not be written within its timeout (the peer stopped reading)."""
-
-    def __init__(self, timeout_s: float) -> None:
-        self.timeout_s = timeout_s
-        super().__init__(f"request not written within {timeout_s:g} s")
-
-
-class _Session(nc_transport.SSHSession):  # type: ignore[misc]  # ncclient is untyped
-    """ncclient's SSH session without its TICK polling (ncclient 0.7's `Session.run` loop), with
-    bounded writes and bounded, checked replies.
-
-    Upstream, `send` queues the request and the session thread sends it after its next
-    `select(timeout=TICK)`: up to TICK of latency per RPC, and an idle session wakes up 1/TICK
-    times a second (100/s at 0.01), each time taking the GIL. Here `send` frames and writes the
-    request itself, in the calling thread (paramiko's `Channel.send` is thread-safe; a lock keeps
-    two requests from interleaving), within `send_timeout_s` (set by the caller to its RPC
-    timeout), and the reader thread only wakes up for data, for the close, or every
-    `_IDLE_WAKE_S`. Replies are deframed by a bounded `Deframer` (not ncclient's parsers, which
-    buffer without limit) and dispatched to ncclient's listeners as upstream does; a reply that
-    is not XML, or not an <rpc-reply> of ours, fails the waiting RPC with `UnreadableReply` instead of
-    leaving it to time out.
-    """
-
-    def __init__(self, device_handler: Any, *, max_reply_bytes: int, send_timeout_s: float) -> None:
-        super().__init__(device_handler)
-        self._send_lock = threading.Lock()
-        self._deframer = Deframer(max_reply_bytes)
-        self.send_timeout_s = send_timeout_s
-
-    def send(self, message: str) -> None:
-        if not self.connected:
-            raise TransportError("Not connected to NETCONF server")
-        data = message.encode()
-        if self._base == NetconfBase.BASE_11:
-            data = b"\n#%i\n%s%s" % (len(data), data, END_DELIM)
-        else:
-            data = data + MSG_DELIM
-        with self._send_lock:
-            channel = self._channel
-            if channel is None:
-                raise TransportError("Not connected to NETCONF server")
-            # Bounds waiting for the peer's SSH window (a peer that stopped reading); a full
-            # TCP buffer is bounded by the caller's backstop, which shuts the socket down.
-            timeout = self.send_timeout_s
-            channel.settimeout(timeout)
-            while data:
-                try:
-                    sent = channel.send(data)
-                except TimeoutError:
-                    # Part of the request may be on the wire: the framing cannot be resumed.
-                    self.close()
-                    raise _WriteTimeout(timeout) from None
-                except OSError as exc:  # the channel closed under us: the session is gone
-                    raise TransportError(f"session closed: {exc}") from None
-                if sent <= 0:
-                    raise SessionCloseError("", data)
-                data = data[sent:]
-
-    def run(self) -> None:
-        selector = selectors.DefaultSelector()
-        try:
-            self._transport_register(selector, selectors.EVENT_READ)
-            while True:
-                if not selector.select(timeout=_IDLE_WAKE_S):
-                    if self._closing.is_set():
-                        break
-                    continue
-                data = self._transport_read()
-                if data:
-                    chunked = self._base == NetconfBase.BASE_11
-                    for message in self._deframer.feed(data, chunked=chunked):
-                        self._dispatch_bytes(message)
-                elif self._closing.is_set():
-                    break  # end of session, expected
-                else:
-                    raise SessionCloseError("")
-        except Exception as exc:
-            if isinstance(exc, UnreadableReply):
-                exc = UnreadableReply(f"{exc}; session closed")
-            self.logger.debug("Broke out of main loop, error=%r", exc)
-            self.close()  # first: whoever hears of the error sees the session closed already
-            self._dispatch_error(exc)
-        finally:
-            selector.close()
-
-    def _dispatch_bytes(self, message: bytes) -> None:
-        """Check one whole message, then hand it to ncclient's listeners as upstream does.
-
-        Upstream logs a message it cannot parse and drops it, so its RPC times out; and it only
-        parses the root start tag, leaving garbage after it to fail later. Here the message is
-        parsed whole first (by a parser no more lenient than ncclient's), so an unreadable reply
-        fails the waiting RPC at once with `UnreadableReply` and ncclient never meets bad XML. The
-        framing held, so the session stays usable.
-        """
-        message = message.strip()  # whitespace around a message (after a base:1.0 EOM) is noise
-        try:
-            root = etree.fromstring(message, parser=_reply_parser())
-        except etree.XMLSyntaxError as exc:
-            detail = str(exc).splitlines()[0] if str(exc) else "unparsable"
-            self._dispatch_error(UnreadableReply(f"reply is not well-formed XML: {detail}"))
-            return
-        if root.tag not in _MESSAGES:
-            self._dispatch_error(UnreadableReply(f"unexpected message <{etree.QName(root).localname}>"))
+    def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+        if self.failure is not None:
             return
         try:
-            raw = message.decode("utf-8")
-        except UnicodeDecodeError:
-            self._dispatch_error(UnreadableReply("reply is not UTF-8 text"))
-            return
-        with self._lock:
-            listeners = list(self._listeners)
-        for listener in listeners:
-            try:
-                listener.callback((root.tag, root.attrib), raw)
-            except OperationError as exc:  # no message-id, or one no request of ours carries
-                self._dispatch_error(UnreadableReply(f"unusable reply: {exc}"))
+            self.messages.extend(self.deframer.feed(data, chunked=self.chunked))
+        except UnreadableReply as exc:
+            self._fail(UnreadableReply(f"{exc}; session closed"))
+            self.close()
+        self._arrived.set()
+
+    def eof_received(self) -> bool:
+        self._fail(_Closed("the server ended the session"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._fail(_Closed(f"session closed: {exc}" if exc else "session closed"))
+        self._writable.set()  # a write waiting for the window fails now (the session is gone)
+
+    def pause_writing(self) -> None:
+        self._writable.clear()
+
+    def resume_writing(self) -> None:
+        self._writable.set()
+
+    def _fail(self, exc: Exception) -> None:
+        if self.failure is None:
+            self.failure = exc
+        self._arrived.set()
+
+    @property
+    def open(self) -> bool:
+        return self.failure is None and self._chan is not None
+
+    def close(self) -> None:
+        if self._chan is not None:
+            self._chan.close()
+
+    async def send(self, data: bytes) -> None:
+        """Write one framed message; returns once the SSH window took it."""
+        if self.failure is not None or self._chan is None:
+            raise self.failure or _Closed("session closed")
+        self._chan.write(data)
+        await self._writable.wait()
+        if self.failure is not None:
+            raise self.failure
+
+    async def message(self) -> bytes:
+        """The next whole message from the server."""
+        while not self.messages:
+            if self.failure is not None:
+                raise self.failure
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self.messages.popleft()
+
+    def frame(self, message: bytes) -> bytes:
+        if self.chunked:
+            return b"\n#%d\n%s\n##\n" % (len(message), message)
+        return message + EOM
 
 
-_NC = "urn:ietf:params:xml:ns:netconf:base:1.0"
-_MESSAGES = frozenset(
-    {
-        f"{{{_NC}}}rpc-reply",
-        f"{{{_NC}}}hello",
-        "hello",  # some servers' hello is unqualified; ncclient accepts it
-        "{urn:ietf:params:xml:ns:netconf:notification:1.0}notification",
-    }
-)
-_parsers = threading.local()
-
-
-def _reply_parser() -> Any:
-    """This thread's reply parser (lxml parsers must not be shared between threads): strict, no
-    entity expansion, no network, no huge trees (ncclient's own limits, so it accepts all we do)."""
-    parser = getattr(_parsers, "parser", None)
-    if parser is None:
-        parser = _parsers.parser = etree.XMLParser(recover=False, resolve_entities=False, no_network=True)
-    return parser
-
-
-class _Attempt:
-    """One connect, shared by the coroutine that waits for it and the worker thread making it.
-
-    The worker registers its socket and session as it goes. The waiting side may `abandon()`
-    the attempt (timeout, cancellation): a session that still comes up is closed at once, and
-    the socket is shut down, so a worker blocked in the SSH handshake or the hello returns now
-    rather than at paramiko's own timeouts (15 s for the banner, 30 s for authentication) while
-    holding a thread of its pool. `ssh_answered()`: did the server ever send its SSH banner?
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._abandoned = False
-        self.started = False  # a worker took it up (False: it was still queued for one)
-        self._result: Any = None
-        self._sock: socket.socket | None = None
-        self.session: Any = None
-
-    def begin(self) -> bool:
-        """Called first by the worker: False when the caller gave up while it was queued."""
-        with self._lock:
-            self.started = not self._abandoned
-            return self.started
-
-    def opened(self, sock: socket.socket, session: Any) -> None:
-        with self._lock:
-            self._sock, self.session = sock, session
-            abandoned = self._abandoned
-        if abandoned:
-            _shutdown(sock)
-
-    def ssh_answered(self) -> bool:
-        transport = getattr(self.session, "_transport", None)
-        return bool(getattr(transport, "remote_version", ""))
-
-    def deliver(self, mgr: Any) -> Any:
-        with self._lock:
-            if not self._abandoned:
-                self._result = mgr
-                return mgr
-        _close_manager(mgr)
-        return None
-
-    def abandon(self) -> None:
-        with self._lock:
-            self._abandoned = True
-            late, self._result = self._result, None
-            sock = self._sock
-        if late is not None:
-            _close_manager(late)
-        elif sock is not None:
-            _shutdown(sock)
-
-
-class _Gate:
-    """Whether a call queued for a worker ran, or was given up before it could (then never)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._state = "queued"  # -> "running" (worker took it) or "closed" (caller gave up first)
-
-    def enter(self) -> bool:
-        with self._lock:
-            if self._state == "queued":
-                self._state = "running"
-            return self._state == "running"
-
-    def close(self) -> bool:
-        """The caller gives up; True if a worker had taken the call up already."""
-        with self._lock:
-            if self._state == "queued":
-                self._state = "closed"
-            return self._state == "running"
-
-
-def _shutdown(sock: socket.socket) -> None:
-    """Wake every thread blocked on this socket (a close alone does not); they then fail."""
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _blocking_connect(device: Device, pinned: PinnedKey, params: _ConnectParams, attempt: _Attempt) -> Any:
-    """Open the SSH transport, verify the pinned host key, authenticate, exchange hellos.
-
-    Returns an ncclient Manager. Built like `ncclient.manager.connect_ssh` does, but keeping the
-    session at hand so a host key mismatch can report the key the server offered, and so the
-    waiting side can tell whether the server ever answered (`attempt`).
-    """
-    sock = _open_socket(device, params)
-    handler = nc_manager.make_device_handler({"name": "default"})
-    session = _Session(handler, max_reply_bytes=params.max_reply_bytes, send_timeout_s=params.timeout_s)
-    attempt.opened(sock, session)
+def _parse(message: bytes) -> Any:
+    """A message as XML, or UnreadableReply saying why not."""
+    message = message.strip()  # whitespace around a message (after a base:1.0 EOM) is noise
     try:
-        with _key_file(params.key_text) as key_path:
-            session.connect(
-                host=device.address,
-                port=device.netconf.port,
-                sock=sock,
-                timeout=params.timeout_s,
-                username=params.username,
-                password=params.password,
-                key_filename=key_path,
-                allow_agent=False,
-                look_for_keys=False,
-                ssh_config=None,
-                hostkey_verify=True,
-                hostkey_b64=pinned.b64,
-                # Never accept an unknown key interactively or otherwise: the pin is the truth.
-                unknown_host_cb=lambda _host, _fp: False,
-            )
-    except SSHUnknownHostError:
-        offered = _offered_fingerprint(session)
-        _close_session_quietly(session, sock)
-        raise NetconfHostKeyError(
-            device.id,
-            f"host key mismatch for {device.id} at {_endpoint(device)}: pinned {pinned}, "
-            f"server offered {offered or 'an unreadable key'}",
-            pinned=pinned.fingerprint,
-            offered=offered,
-        ) from None
-    except BaseException as exc:
-        _close_session_quietly(session, sock)
-        if isinstance(exc, Exception):
-            raise _connect_error(device, pinned, params, exc, answered=attempt.ssh_answered()) from None
-        raise
-    with contextlib.suppress(Exception):  # an optimisation only; the handshake is over
-        session._transport.sock.settimeout(_TRANSPORT_IDLE_S)
-    # yuma123 netconfd 2.13 reads a request that reaches it together with the client's hello
-    # with the hello's end-of-message framing, and then waits for more data: the first RPC
-    # hangs until the next one arrives (seen ~1 session in 50 on loopback; the RPC was carried
-    # out, its reply held back). ncclient's own session loop sends 0-100 ms after the hello
-    # (its TICK); ours sends at once, so it waits this long after the hellos first.
-    time.sleep(_FIRST_RPC_DELAY_S)
-    return nc_manager.Manager(session, handler, timeout=params.timeout_s, raise_mode=RaiseMode.ERRORS)
-
-
-def _offered_fingerprint(session: Any) -> str | None:
+        message.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UnreadableReply("reply is not UTF-8 text") from None
     try:
-        return fingerprint(session.transport.get_remote_server_key().asbytes())
-    except Exception:  # the transport may already be gone; the mismatch is what matters
-        return None
+        return etree.fromstring(message, parser=_PARSER)
+    except etree.XMLSyntaxError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "unparsable"
+        raise UnreadableReply(f"reply is not well-formed XML: {detail}") from None
 
 
-def _close_session_quietly(session: Any, sock: socket.socket) -> None:
-    with contextlib.suppress(Exception):
-        if session.transport is not None:
-            session.close()
-    with contextlib.suppress(OSError):
-        sock.close()
+def _element(xml: str, what: str) -> Any:
+    """Caller-given XML (a filter, a config, an RPC), parsed before anything is sent."""
+    try:
+        return etree.fromstring(xml.strip().encode(), parser=_PARSER)
+    except etree.XMLSyntaxError as exc:
+        raise ValueError(f"invalid XML in the {what}: {exc}") from None
 
 
-def _connect_error(
-    device: Device, pinned: PinnedKey, params: _ConnectParams, exc: Exception, *, answered: bool
-) -> NetconfConnectError:
-    """The Baton error for a failed establishment. `answered`: the server sent its SSH banner.
-    Without one the device never answered (it closed or reset the connection before the banner,
-    or accepted it and stayed silent): unreachable. Host key and authentication failures need
-    an answer, so they never are."""
+def _nc(tag: str, *children: Any, text: str | None = None) -> Any:
+    element = etree.Element(f"{{{_NC}}}{tag}", nsmap={None: _NC})
+    element.text = text
+    element.extend(children)
+    return element
+
+
+def _datastore(tag: str, name: str) -> Any:
+    return _nc(tag, _nc(name))
+
+
+def _filter(filter_xml: str | None) -> list[Any]:
+    """A <filter>: a whole <filter> element as given, else subtree content."""
+    if filter_xml is None:
+        return []
+    if filter_xml.lstrip().startswith("<filter"):
+        return [_element(filter_xml, "filter")]
+    wrapped = _nc("filter")
+    wrapped.set("type", "subtree")
+    wrapped.append(_element(filter_xml, "filter"))
+    return [wrapped]
+
+
+def _hello_error(device: Device, exc: Exception) -> NetconfConnectError:
     where = _endpoint(device)
-    text = str(exc)
-    if isinstance(exc, NetconfConnectError):
-        return exc
-    if isinstance(exc, AuthenticationError):
-        return NetconfConnectError(device.id, f"authentication failed for user {params.username} at {where}")
-    if isinstance(exc, SSHError) and "no acceptable host key" in text.lower():
-        return NetconfHostKeyError(
-            device.id,
-            f"host key mismatch for {device.id} at {where}: pinned {pinned}, "
-            f"server offers no {pinned.algorithm} host key",
-            pinned=pinned.fingerprint,
-            offered=None,
-        )
-    if isinstance(exc, _WriteTimeout):
-        cause = f"NETCONF hello to {where} not accepted: {exc}"
-    elif isinstance(exc, UnreadableReply):
-        cause = f"unreadable NETCONF hello from {where}: {exc}"
-    elif isinstance(exc, SSHError):  # paramiko's "Error reading SSH protocol banner..." among others
-        cause = f"SSH to {where} failed: {text}"
-    elif isinstance(exc, SessionError | SessionCloseError | TransportError):
-        # sshd answered but the netconf subsystem did not say hello (server down behind sshd,
-        # subsystem refused, access denied): the SSH part worked, NETCONF did not.
-        cause = f"no NETCONF hello from {where}: {text or type(exc).__name__}"
-    elif isinstance(exc, OSError):
-        cause = f"SSH to {where} failed: {exc.strerror or text}"
-    else:
-        cause = f"{type(exc).__name__} while connecting to {where}: {text}"
-    # a socket error of our own making (say, a source address we cannot bind) is no silence
-    unreachable = not answered and (is_no_answer(exc) if isinstance(exc, OSError) else True)
-    return NetconfConnectError(device.id, cause, unreachable=unreachable)
+    if isinstance(exc, UnreadableReply):
+        return NetconfConnectError(device.id, f"unreadable NETCONF hello from {where}: {exc}")
+    reason = exc.reason if isinstance(exc, asyncssh.Error) else str(exc)
+    # sshd answered but the netconf subsystem did not say hello (server down behind sshd,
+    # subsystem refused, access denied): the SSH part worked, NETCONF did not.
+    return NetconfConnectError(device.id, f"no NETCONF hello from {where}: {reason or type(exc).__name__}")
+
+
+def _rpc_error_of(reply: RPCReply) -> RPCError | None:
+    """What ncclient raises for the reply (RaiseMode.ERRORS): its <rpc-error>s when the first
+    has severity error, as one RPCError (several as its errlist)."""
+    errors = reply.errors
+    if not errors or errors[0].severity != "error":
+        return None
+    return errors[0] if len(errors) == 1 else RPCError(to_ele(reply.xml), errs=errors)
 
 
 def _rpc_error(device: str, operation: str, exc: RPCError) -> NetconfRpcError:
@@ -691,62 +386,6 @@ def _rpc_error(device: str, operation: str, exc: RPCError) -> NetconfRpcError:
     )
 
 
-def _operation_error(device: str, operation: str, timeout_s: float, exc: Exception) -> NetconfError:
-    if isinstance(exc, NetconfError):
-        return exc
-    if isinstance(exc, RPCError):
-        return _rpc_error(device, operation, exc)
-    if isinstance(exc, TimeoutExpiredError):
-        return NetconfTimeoutError(device, operation, timeout_s)
-    if isinstance(exc, MissingCapabilityError):
-        return NetconfError(device, operation, f"server lacks capability {exc}")
-    if isinstance(exc, UnreadableReply):
-        return NetconfReplyError(device, operation, str(exc))
-    if isinstance(exc, _WriteTimeout):
-        return NetconfTimeoutError(device, operation, exc.timeout_s)
-    if isinstance(exc, XMLError | etree.XMLSyntaxError):
-        # Replies are checked before ncclient sees them (`_Session._dispatch_bytes`): this is
-        # the request's XML, refused before anything was sent.
-        return NetconfError(device, operation, f"invalid XML: {exc}")
-    if isinstance(exc, TransportError | SessionError):
-        return NetconfSessionError(device, operation, f"session broken: {exc or type(exc).__name__}")
-    if isinstance(exc, OperationError):
-        return NetconfError(device, operation, str(exc))
-    return NetconfError(device, operation, f"{type(exc).__name__}: {exc}")
-
-
-def _as_filter(filter_xml: str | None) -> Any:
-    """ncclient's filter argument: a full <filter> element as is, else subtree content."""
-    if filter_xml is None:
-        return None
-    if filter_xml.lstrip().startswith("<filter"):
-        return filter_xml
-    return ("subtree", filter_xml)
-
-
-def _close_manager(mgr: Any, *, polite: bool = True) -> None:
-    """<close-session> first when polite, so the server frees the session (and its locks) now;
-    then drop the transport. Impolite is for sessions known broken: no RPC to wait on."""
-    if polite:
-        try:
-            mgr.timeout = _CLOSE_TIMEOUT_S
-            mgr._session.send_timeout_s = _CLOSE_TIMEOUT_S
-            mgr.close_session()
-        except Exception:  # the session is going away either way
-            log.debug("netconf.close_session_failed", exc_info=True)
-    with contextlib.suppress(Exception):
-        session = mgr._session  # ncclient's Manager has no public accessor for its session
-        if session.transport is not None and session.transport.is_active():
-            session.close()
-
-
-def _shutdown_manager(mgr: Any) -> None:
-    """Shut the session's socket down from any thread (the event loop's included: it does not
-    block): a worker stuck writing to it, or its reader, fails at once and the session ends."""
-    with contextlib.suppress(Exception):
-        _shutdown(mgr._session._transport.sock)
-
-
 class NetconfClient:
     """One NETCONF session with one device.
 
@@ -763,17 +402,25 @@ class NetconfClient:
     """
 
     def __init__(
-        self, device: Device, mgr: Any, *, timeout_s: float, executor: Executor | None = None
+        self,
+        device: Device,
+        conn: asyncssh.SSHClientConnection,
+        channel: _Channel,
+        capabilities: frozenset[str],
+        session_id: str | None,
+        *,
+        timeout_s: float,
     ) -> None:
-        """Use `NetconfClient.connect`; this wraps an already open ncclient Manager."""
+        """Use `NetconfClient.connect`; this wraps a session whose hellos were exchanged."""
         self.device = device
         self.timeout_s = timeout_s
-        self._mgr = mgr
-        self._executor = executor
-        self._broken = False  # the socket was shut down after a stuck call: the session is gone
+        self._conn = conn
+        self._channel = channel
+        self._capabilities = capabilities
+        self.session_id = session_id
         self._lock = asyncio.Lock()
-        self._capabilities = frozenset(str(c) for c in mgr.server_capabilities)
-        self.session_id: str | None = str(mgr.session_id) if mgr.session_id is not None else None
+        self._next_id = 0
+        self._broken: str | None = None  # why the session was closed under its calls
         self._closed = False
 
     def __repr__(self) -> str:
@@ -790,24 +437,21 @@ class NetconfClient:
         resolve: Resolve,
         timeout_s: float | None = None,
         source_address: str | None = None,
-        executor: Executor | None = None,
         max_reply_bytes: int | None = None,
     ) -> Connecting[NetconfClient]:
         """Open a session: `nc = await NetconfClient.connect(...)` or `async with ... as nc`.
 
         timeout_s bounds the whole establishment (TCP, SSH, auth, hello) and is the default RPC
-        timeout of the session; None means the device's `netconf.timeout_s`. executor runs every
-        blocking call of the session (connect, RPCs, close); None means the loop's default
-        executor (see `thread_pool` for bulkheads). Replies above max_reply_bytes (None: the
-        device's `netconf.max_reply_bytes`) are refused with `NetconfReplyError` and the session
-        is closed.
+        timeout of the session; None means the device's `netconf.timeout_s`. Replies above
+        max_reply_bytes (None: the device's `netconf.max_reply_bytes`) are refused with
+        `NetconfReplyError` and the session is closed.
         """
         bound = device.netconf.max_reply_bytes if max_reply_bytes is None else max_reply_bytes
         if bound < 1:
             raise ValueError(f"max_reply_bytes must be >= 1, got {bound}")
 
         async def opened() -> NetconfClient:
-            return await cls._open(device, resolve, timeout_s, source_address, executor, bound)
+            return await cls._open(device, resolve, timeout_s, source_address, bound)
 
         return Connecting(opened)
 
@@ -818,76 +462,71 @@ class NetconfClient:
         resolve: Resolve,
         timeout_s: float | None,
         source_address: str | None,
-        executor: Executor | None,
         max_reply_bytes: int,
     ) -> NetconfClient:
-        settings = device.netconf
-        timeout = settings.timeout_s if timeout_s is None else timeout_s
-        if device.host_key is None:
-            raise NetconfHostKeyError(
-                device.id,
-                f"no pinned host key for {device.id}: refusing to connect to {_endpoint(device)} "
-                "unverified (set host_key in the inventory)",
-                pinned=None,
-                offered=None,
-            )
-        try:
-            pinned = parse_pinned_key(device.host_key)
-        except HostKeyFormatError as exc:
-            raise NetconfHostKeyError(
-                device.id, f"pinned host key of {device.id} is unusable: {exc}", pinned=None, offered=None
-            ) from None
-        if settings.username is None:
-            raise NetconfConnectError(device.id, "no netconf username in the inventory")
-        if settings.password is None and settings.private_key is None:
-            raise NetconfConnectError(device.id, "no netconf password or private_key in the inventory")
-        try:
-            params = _ConnectParams(
-                username=settings.username,
-                password=resolve(settings.password) if settings.password else None,
-                key_text=resolve(settings.private_key) if settings.private_key else None,
-                timeout_s=timeout,
-                source_address=source_address,
-                max_reply_bytes=max_reply_bytes,
-            )
-        except Exception as exc:
-            # The resolver's message names the reference (env/file), never the value.
-            raise NetconfConnectError(device.id, f"cannot resolve credentials: {exc}") from None
-
-        attempt = _Attempt()
+        timeout = device.netconf.timeout_s if timeout_s is None else timeout_s
         started = time.monotonic()
-
-        def work() -> Any:
-            if not attempt.begin():
-                return None  # given up while queued for a worker: never tried
-            return attempt.deliver(_blocking_connect(device, pinned, params, attempt))
-
+        client = PinnedKeyClient()
+        conn: asyncssh.SSHClientConnection | None = None
         try:
-            mgr = await asyncio.wait_for(_in_thread(executor, work), timeout + _BACKSTOP_S)
+            async with asyncio.timeout(timeout):
+                conn = await open_connection(
+                    device,
+                    device.netconf,
+                    resolve,
+                    timeout,
+                    source_address,
+                    NetconfConnectError,
+                    NetconfHostKeyError,
+                    "netconf",
+                    client,
+                )
+                channel, capabilities, session_id = await cls._hello(device, conn, max_reply_bytes)
+                await asyncio.sleep(_FIRST_RPC_DELAY_S)
         except TimeoutError:
-            attempt.abandon()
-            if not attempt.started:
-                # Baton's own congestion (a saturated pool), not the device: nothing was tried.
-                raise NetconfConnectError(
-                    device.id, f"no worker thread free to connect to {_endpoint(device)} in {timeout:g} s"
-                ) from None
+            if conn is not None:
+                conn.abort()
             raise NetconfConnectError(
                 device.id,
                 f"no NETCONF session with {_endpoint(device)} within {timeout:g} s",
-                unreachable=not attempt.ssh_answered(),
+                unreachable=not client.answered,
             ) from None
-        except asyncio.CancelledError:
-            attempt.abandon()
+        except BaseException:
+            if conn is not None:
+                conn.abort()
             raise
-        client = cls(device, mgr, timeout_s=timeout, executor=executor)
         log.debug(
             "netconf.connected",
             device=device.id,
-            session_id=client.session_id,
+            session_id=session_id,
             source_address=source_address,
             connect_s=round(time.monotonic() - started, 4),
         )
-        return client
+        return cls(device, conn, channel, capabilities, session_id, timeout_s=timeout)
+
+    @staticmethod
+    async def _hello(
+        device: Device, conn: asyncssh.SSHClientConnection, max_reply_bytes: int
+    ) -> tuple[_Channel, frozenset[str], str | None]:
+        """The netconf subsystem, and the hellos exchanged: the channel, the server's
+        capabilities and session id."""
+        try:
+            channel = _Channel(max_reply_bytes)
+            await conn.create_session(lambda: channel, subsystem="netconf", encoding=None)
+            await channel.send(channel.frame(HELLO))
+            root = _parse(await channel.message())
+        except (asyncssh.Error, OSError, _Closed, UnreadableReply) as exc:
+            raise _hello_error(device, exc) from None
+        if etree.QName(root).localname != "hello":
+            raise _hello_error(device, UnreadableReply(f"<{etree.QName(root).localname}> instead of <hello>"))
+        ns = etree.QName(root).namespace
+        tag = (lambda name: f"{{{ns}}}{name}") if ns else (lambda name: name)
+        capabilities = frozenset((c.text or "").strip() for c in root.iter(tag("capability")))
+        if BASE_1_0 not in capabilities and BASE_1_1 not in capabilities:
+            raise _hello_error(device, UnreadableReply("the server's hello names no NETCONF base capability"))
+        channel.chunked = BASE_1_1 in capabilities
+        session_id = root.findtext(tag("session-id"))
+        return channel, capabilities, session_id.strip() if session_id else None
 
     async def __aenter__(self) -> Self:
         return self
@@ -898,25 +537,25 @@ class NetconfClient:
         await self.close()
 
     async def close(self, *, polite: bool = True) -> None:
-        """Send <close-session> (bounded; skipped when not polite) and drop the transport.
-        Safe to call twice."""
+        """Send <close-session> (bounded; skipped when not polite) and drop the connection, so
+        the server frees the session (and its locks) now. Safe to call twice."""
         if self._closed:
             return
-        self._closed = True
-        polite = polite and not self._broken and bool(self._mgr.connected)  # no RPC to a dead session
-        async with self._lock:
-            try:
+        polite = polite and self.is_connected  # no RPC to a dead session
+        if polite:
+            with contextlib.suppress(NetconfError, TimeoutError):
                 await asyncio.wait_for(
-                    _in_thread(self._executor, lambda: _close_manager(self._mgr, polite=polite)),
-                    _CLOSE_TIMEOUT_S * 3,
+                    self._rpc("close-session", _nc("close-session"), _CLOSE_TIMEOUT_S), _CLOSE_TIMEOUT_S
                 )
-            except Exception:  # stuck or refused (a pool shut down): drop the transport under it
-                _shutdown_manager(self._mgr)
+        self._closed = True
+        self._conn.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._conn.wait_closed(), _CLOSE_TIMEOUT_S)
         log.debug("netconf.closed", device=self.device.id, session_id=self.session_id)
 
     @property
     def is_connected(self) -> bool:
-        return not self._closed and not self._broken and bool(self._mgr.connected)
+        return not self._closed and self._broken is None and self._channel.open
 
     # --- capabilities ----------------------------------------------------------------------
 
@@ -946,62 +585,119 @@ class NetconfClient:
 
     # --- operations ------------------------------------------------------------------------
 
-    async def _call(self, operation: str, fn: Callable[[Any], T], rpc_timeout_s: float | None) -> T:
+    @staticmethod
+    def _stores(name: str) -> tuple[str, ...]:
+        return (":candidate",) if name == "candidate" else (":startup",) if name == "startup" else ()
+
+    def _need(self, operation: str, *capabilities: str) -> None:
+        """As ncclient refuses an operation the server did not announce, before sending it."""
+        for capability in capabilities:
+            if not self.has_capability(capability):
+                raise NetconfError(self.device.id, operation, f"server lacks capability {capability}")
+
+    def _break(self, why: str) -> None:
+        """The session's state is unknown (a call timed out, was cancelled, or its reply was
+        not ours): closed, for every later call to fail at once."""
+        if self._broken is None:
+            self._broken = why
+            log.warning("netconf.session_closed", device=self.device.id, session_id=self.session_id, why=why)
+        self._conn.abort()
+
+    async def _rpc(
+        self, operation: str, request: Any, rpc_timeout_s: float | None, reply_cls: type[RPCReply] = RPCReply
+    ) -> RPCReply:
+        """Send `request` (the operation element) in an <rpc>, wait for its <rpc-reply>."""
         if self._closed:
             raise NetconfSessionError(self.device.id, operation, "session is closed")
         timeout = self.timeout_s if rpc_timeout_s is None else rpc_timeout_s
-        mgr = self._mgr
-
-        gate = _Gate()
-
-        def blocking() -> T | None:
-            if not gate.enter():
-                return None  # given up while queued for a worker: never sent
-            # ncclient's per-RPC wait, and the bound on writing the request; calls are
-            # serialised by self._lock
-            mgr.timeout = timeout
-            mgr._session.send_timeout_s = timeout
-            return fn(mgr)
-
         async with self._lock:
-            if self._broken:
-                raise NetconfSessionError(
-                    self.device.id, operation, "session was shut down after a stuck call"
-                )
-            call = _in_thread(self._executor, blocking)
+            if self._broken is not None:
+                raise NetconfSessionError(self.device.id, operation, f"session closed: {self._broken}")
+            self._next_id += 1
+            message_id = str(self._next_id)
+            rpc = _nc("rpc", request)
+            rpc.set("message-id", message_id)
+            data = etree.tostring(rpc, xml_declaration=True, encoding="UTF-8")
             try:
-                return cast(T, await asyncio.wait_for(call, timeout + _BACKSTOP_S))
+                async with asyncio.timeout(timeout):
+                    await self._channel.send(self._channel.frame(data))
+                    raw = await self._reply(message_id)
             except TimeoutError:
-                if not gate.close():
-                    # Baton's own congestion (a saturated pool): the request was never sent.
-                    raise NetconfError(
-                        self.device.id, operation, f"no worker thread free within {timeout:g} s (not sent)"
-                    ) from None
-                # ncclient's own timeout did not fire: the worker is stuck (writing to a peer
-                # that stopped reading). Shut the socket down so it returns now; the session
-                # cannot be trusted after this anyway.
-                self._broken = True
-                _shutdown_manager(mgr)
-                log.warning(
-                    "netconf.call_stuck", device=self.device.id, operation=operation, timeout_s=timeout
-                )
+                self._break(f"{operation}: no reply within {timeout:g} s")
                 raise NetconfTimeoutError(self.device.id, operation, timeout) from None
-            except Exception as exc:
-                raise _operation_error(self.device.id, operation, timeout, exc) from None
+            except _Closed as exc:
+                self._break(str(exc))
+                raise NetconfSessionError(self.device.id, operation, f"session broken: {exc}") from None
+            except _Unusable as exc:
+                self._break(str(exc))
+                raise NetconfReplyError(self.device.id, operation, str(exc)) from None
+            except UnreadableReply as exc:
+                if not self._channel.open:
+                    self._break(str(exc))  # the framing broke: the stream cannot be trusted
+                raise NetconfReplyError(self.device.id, operation, str(exc)) from None
+            except BaseException:
+                self._break(f"{operation} cancelled")  # half-sent, or its reply still to come
+                raise
+        reply = reply_cls(raw)
+        try:
+            reply.parse()
+        except Exception as exc:
+            raise NetconfReplyError(self.device.id, operation, f"unusable reply: {exc}") from None
+        error = _rpc_error_of(reply)
+        if error is not None:
+            raise _rpc_error(self.device.id, operation, error)
+        return reply
+
+    async def _reply(self, message_id: str) -> str:
+        """The <rpc-reply> to `message_id`, parsed, and as text (notifications skipped)."""
+        while True:
+            message = await self._channel.message()
+            root = _parse(message)
+            if root.tag == _NOTIFICATION:
+                continue
+            if root.tag != f"{{{_NC}}}rpc-reply":
+                raise UnreadableReply(f"unexpected message <{etree.QName(root).localname}>")
+            theirs = root.get("message-id")
+            if theirs is None:
+                raise _Unusable("unusable reply: <rpc-reply> without a message-id")
+            if theirs != message_id:
+                raise _Unusable(f"unusable reply: message-id {theirs!r}, not {message_id!r} of the request")
+            return message.strip().decode("utf-8")
+
+    async def _call(
+        self, operation: str, request: Callable[[], Any], rpc_timeout_s: float | None
+    ) -> RPCReply:
+        try:
+            element = request()
+        except ValueError as exc:
+            raise NetconfError(self.device.id, operation, str(exc)) from None
+        return await self._rpc(operation, element, rpc_timeout_s)
+
+    async def _data(self, operation: str, request: Callable[[], Any], rpc_timeout_s: float | None) -> str:
+        try:
+            element = request()
+        except ValueError as exc:
+            raise NetconfError(self.device.id, operation, str(exc)) from None
+        reply = await self._rpc(operation, element, rpc_timeout_s, GetReply)
+        assert isinstance(reply, GetReply)
+        if reply.data_ele is None:
+            raise NetconfReplyError(self.device.id, operation, "reply without <data>")
+        return str(reply.data_xml)
 
     async def get(self, filter_xml: str | None = None, *, rpc_timeout_s: float | None = None) -> str:
         """<get> (state and config); filter_xml is subtree content or a whole <filter> element.
         Returns the <data> element as XML text."""
-        spec = _as_filter(filter_xml)
-        return await self._call("get", lambda m: str(m.get(filter=spec).data_xml), rpc_timeout_s)
+        return await self._data("get", lambda: _nc("get", *_filter(filter_xml)), rpc_timeout_s)
 
     async def get_config(
         self, source: str = "running", filter_xml: str | None = None, *, rpc_timeout_s: float | None = None
     ) -> str:
         """<get-config> of source; returns the <data> element as XML text."""
-        spec = _as_filter(filter_xml)
-        return await self._call(
-            "get-config", lambda m: str(m.get_config(source=source, filter=spec).data_xml), rpc_timeout_s
+        self._need("get-config", *self._stores(source))
+        return await self._data(
+            "get-config",
+            lambda: _nc("get-config", _datastore("source", source), *_filter(filter_xml)),
+            rpc_timeout_s,
         )
 
     async def edit_config(
@@ -1013,17 +709,27 @@ class NetconfClient:
         rpc_timeout_s: float | None = None,
     ) -> None:
         """<edit-config> of target with config_xml, a <config> element (base namespace or none)."""
-        await self._call(
-            "edit-config",
-            lambda m: m.edit_config(config=config_xml, target=target, default_operation=default_operation),
-            rpc_timeout_s,
-        )
+
+        def request() -> Any:
+            config = _element(config_xml, "config")
+            if etree.QName(config).localname != "config" or etree.QName(config).namespace not in (None, _NC):
+                raise ValueError(f"edit-config needs a <config> element, got <{config.tag}>")
+            if etree.QName(config).namespace is None:
+                # The unqualified <config> of a playbook is the base namespace's (as ncclient does).
+                config.tag = f"{{{_NC}}}config"
+            options = [_nc("default-operation", text=default_operation)] if default_operation else []
+            return _nc("edit-config", _datastore("target", target), *options, config)
+
+        self._need("edit-config", *self._stores(target))
+        await self._call("edit-config", request, rpc_timeout_s)
 
     async def lock(self, target: str = "candidate", *, rpc_timeout_s: float | None = None) -> None:
-        await self._call("lock", lambda m: m.lock(target=target), rpc_timeout_s)
+        self._need("lock", *self._stores(target))
+        await self._call("lock", lambda: _nc("lock", _datastore("target", target)), rpc_timeout_s)
 
     async def unlock(self, target: str = "candidate", *, rpc_timeout_s: float | None = None) -> None:
-        await self._call("unlock", lambda m: m.unlock(target=target), rpc_timeout_s)
+        self._need("unlock", *self._stores(target))
+        await self._call("unlock", lambda: _nc("unlock", _datastore("target", target)), rpc_timeout_s)
 
     @contextlib.asynccontextmanager
     async def locked(self, target: str = "candidate") -> AsyncIterator[None]:
@@ -1040,10 +746,12 @@ class NetconfClient:
                 log.warning("netconf.unlock_failed", device=self.device.id, target=target, exc_info=True)
 
     async def discard_changes(self, *, rpc_timeout_s: float | None = None) -> None:
-        await self._call("discard-changes", lambda m: m.discard_changes(), rpc_timeout_s)
+        self._need("discard-changes", ":candidate")
+        await self._call("discard-changes", lambda: _nc("discard-changes"), rpc_timeout_s)
 
     async def validate(self, source: str = "candidate", *, rpc_timeout_s: float | None = None) -> None:
-        await self._call("validate", lambda m: m.validate(source=source), rpc_timeout_s)
+        self._need("validate", ":validate", *self._stores(source))
+        await self._call("validate", lambda: _nc("validate", _datastore("source", source)), rpc_timeout_s)
 
     async def commit(
         self,
@@ -1062,25 +770,36 @@ class NetconfClient:
             raise ValueError("timeout_s (confirm timeout) needs confirmed=True")
         if persist is not None and not confirmed:
             raise ValueError("persist needs confirmed=True")
-        # ncclient puts the value straight into the XML text: it must be a str, not an int.
-        confirm_timeout = None if timeout_s is None else str(int(timeout_s))
-        await self._call(
-            "commit",
-            lambda m: m.commit(
-                confirmed=confirmed, timeout=confirm_timeout, persist=persist, persist_id=persist_id
-            ),
-            rpc_timeout_s,
-        )
+        self._need("commit", ":candidate", *([":confirmed-commit"] if confirmed else []))
+
+        def request() -> Any:
+            parts = [_nc("confirmed")] if confirmed else []
+            if timeout_s is not None:
+                parts.append(_nc("confirm-timeout", text=str(int(timeout_s))))
+            if persist is not None:
+                parts.append(_nc("persist", text=persist))
+            if persist_id is not None:
+                parts.append(_nc("persist-id", text=persist_id))
+            return _nc("commit", *parts)
+
+        await self._call("commit", request, rpc_timeout_s)
 
     async def cancel_commit(
         self, persist_id: str | None = None, *, rpc_timeout_s: float | None = None
     ) -> None:
         """<cancel-commit>: roll back an ongoing confirmed commit now."""
-        await self._call("cancel-commit", lambda m: m.cancel_commit(persist_id=persist_id), rpc_timeout_s)
+        self._need("cancel-commit", ":candidate", ":confirmed-commit")
+        parts = [] if persist_id is None else [_nc("persist-id", text=persist_id)]
+        await self._call("cancel-commit", lambda: _nc("cancel-commit", *parts), rpc_timeout_s)
 
     async def dispatch(self, rpc_xml: str, *, rpc_timeout_s: float | None = None) -> str:
         """Any other RPC: rpc_xml is the operation element (without <rpc>). Returns the reply XML."""
-        return await self._call("dispatch", lambda m: str(m.dispatch(rpc_xml).xml), rpc_timeout_s)
+        reply = await self._call("dispatch", lambda: _element(rpc_xml, "rpc"), rpc_timeout_s)
+        return str(reply.xml)
+
+
+class _Unusable(UnreadableReply):
+    """A reply that is not to the request (its message-id): the stream cannot be trusted."""
 
 
 # --- the health probe --------------------------------------------------------------------------
@@ -1092,16 +811,14 @@ class NetconfProbe:
     One session is kept open between probes (re-established on any failure): a <get> on an open
     session takes ~12 ms where connect + get takes ~280 ms, and a fresh session per poll means an
     SSH login (sshd fork, subsystem, AAA accounting record) on the device every poll interval.
-    The price is the idle session on our side (two threads that wake up every few seconds, see
-    `_Session`; it was ~0.36 % CPU each with ncclient's TICK polling) against ~11 ms CPU per
-    fresh connect.
+    The price is the idle session on our side (a channel on the event loop; nothing wakes up
+    until the server sends) against the CPU of a fresh connect.
 
     A reused session that turns out broken (the server restarted since the last probe) is
     re-established once within the same probe, so a device that is back is not reported down
     for one interval; a timeout is not retried.
 
     The latency is the time the probe took, including the connect when there was one.
-    `executor` runs the session's blocking calls (a probe pool: see `thread_pool`);
     `max_reply_bytes` None means the device's `netconf.max_reply_bytes`.
     """
 
@@ -1114,14 +831,12 @@ class NetconfProbe:
         source_address: str | None = None,
         reuse_session: bool = True,
         clock: Callable[[], float] = time.time,
-        executor: Executor | None = None,
         max_reply_bytes: int | None = None,
     ) -> None:
         self.device = device
         self.timeout_s = device.netconf.timeout_s if timeout_s is None else timeout_s
         self._resolve = resolve
         self._source_address = source_address
-        self._executor = executor
         self._max_reply_bytes = max_reply_bytes
         self._reuse = reuse_session
         self._clock = clock
@@ -1159,7 +874,6 @@ class NetconfProbe:
             resolve=self._resolve,
             timeout_s=self.timeout_s,
             source_address=self._source_address,
-            executor=self._executor,
             max_reply_bytes=self._max_reply_bytes,
         )
         await self._client.get(self._filter, rpc_timeout_s=self.timeout_s)

@@ -32,13 +32,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import asyncssh
 import structlog
 
 from baton.adapters.connecting import Connecting, is_no_answer
-from baton.adapters.errors import SshConnectError, SshError, SshHostKeyError, SshTimeoutError
+from baton.adapters.errors import (
+    NetconfConnectError,
+    NetconfHostKeyError,
+    SshConnectError,
+    SshError,
+    SshHostKeyError,
+    SshTimeoutError,
+)
 from baton.adapters.hostkeys import HostKeyFormatError, PinnedKey, known_hosts_entry, parse_pinned_key
 from baton.core.model import Device, SecretRef
 
@@ -65,9 +72,9 @@ class CommandResult:
         return self.exit_status == 0
 
 
-def _endpoint(device: Device) -> str:
+def _endpoint(device: Device, port: int | None = None) -> str:
     host = f"[{device.address}]" if ":" in device.address else device.address
-    return f"{host}:{device.ssh.port}"
+    return f"{host}:{device.ssh.port if port is None else port}"
 
 
 def _program(command: str) -> str:
@@ -76,7 +83,7 @@ def _program(command: str) -> str:
     return words[0] if words else "<empty>"
 
 
-class _PinnedKeyClient(asyncssh.SSHClient):
+class PinnedKeyClient(asyncssh.SSHClient):
     """Notes the key a server offered when it is not the pinned one (then refuses it), and
     whether the server ever answered (sent its SSH banner)."""
 
@@ -94,6 +101,98 @@ class _PinnedKeyClient(asyncssh.SSHClient):
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
         self.offered = str(key.get_fingerprint("sha256"))
         return False
+
+
+class _Settings(Protocol):
+    @property
+    def port(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> SecretRef | None: ...
+    @property
+    def private_key(self) -> SecretRef | None: ...
+
+
+ConnectErrorType = type[SshConnectError] | type[NetconfConnectError]
+HostKeyErrorType = type[SshHostKeyError] | type[NetconfHostKeyError]
+
+
+async def open_connection(
+    device: Device,
+    settings: _Settings,
+    resolve: Resolve,
+    timeout_s: float,
+    source_address: str | None,
+    connect_error: ConnectErrorType,
+    host_key_error: HostKeyErrorType,
+    protocol: str,
+    client: PinnedKeyClient | None = None,
+) -> asyncssh.SSHClientConnection:
+    """An authenticated SSH connection to the device at `settings.port`, its host key the pinned
+    one (for SSH commands, and for NETCONF's subsystem). Errors are `connect_error` or
+    `host_key_error` (the adapter's own classes), naming `protocol`'s settings. `client` (a new
+    one if None) says afterwards whether the server answered, also when the caller gave up."""
+    pinned = _pinned_key(device, settings.port, host_key_error)
+    if settings.username is None:
+        raise connect_error(device.id, f"no {protocol} username in the inventory")
+    if settings.password is None and settings.private_key is None:
+        raise connect_error(device.id, f"no {protocol} password or private_key in the inventory")
+    try:
+        password = resolve(settings.password) if settings.password else None
+        client_keys = (
+            [asyncssh.import_private_key(resolve(settings.private_key))] if settings.private_key else None
+        )
+    except (asyncssh.KeyImportError, ValueError) as exc:
+        raise connect_error(device.id, f"private key unusable: {type(exc).__name__}") from None
+    except Exception as exc:
+        # The resolver's message names the reference (env/file), never the value.
+        raise connect_error(device.id, f"cannot resolve credentials: {exc}") from None
+
+    client = PinnedKeyClient() if client is None else client
+    started = time.monotonic()
+    try:
+        # connect_timeout covers TCP + handshake + auth; wait_for is the backstop for the rest.
+        conn = await asyncio.wait_for(
+            asyncssh.connect(
+                device.address,
+                settings.port,
+                username=settings.username,
+                password=password,
+                client_keys=client_keys,
+                known_hosts=asyncssh.import_known_hosts(
+                    known_hosts_entry(device.address, settings.port, pinned)
+                ),
+                client_factory=lambda: client,
+                local_addr=(source_address, 0) if source_address else (),
+                agent_path=None,
+                config=[],
+                gss_host=None,
+                connect_timeout=timeout_s,
+                login_timeout=timeout_s,
+            ),
+            timeout_s + 1.0,
+        )
+    except Exception as exc:
+        raise _connect_error(
+            device,
+            settings.port,
+            pinned,
+            settings.username,
+            timeout_s,
+            client.offered,
+            exc,
+            answered=client.answered,
+            errors=(connect_error, host_key_error),
+        ) from None
+    log.debug(
+        "ssh.connected",
+        device=device.id,
+        purpose=protocol,
+        source_address=source_address,
+        connect_s=round(time.monotonic() - started, 4),
+    )
+    return conn
 
 
 class SshClient:
@@ -144,56 +243,9 @@ class SshClient:
         source_address: str | None,
         max_output_bytes: int,
     ) -> SshClient:
-        settings = device.ssh
-        timeout = settings.timeout_s if timeout_s is None else timeout_s
-        pinned = _pinned_key(device)
-        if settings.username is None:
-            raise SshConnectError(device.id, "no ssh username in the inventory")
-        if settings.password is None and settings.private_key is None:
-            raise SshConnectError(device.id, "no ssh password or private_key in the inventory")
-        try:
-            password = resolve(settings.password) if settings.password else None
-            client_keys = (
-                [asyncssh.import_private_key(resolve(settings.private_key))] if settings.private_key else None
-            )
-        except (asyncssh.KeyImportError, ValueError) as exc:
-            raise SshConnectError(device.id, f"private key unusable: {type(exc).__name__}") from None
-        except Exception as exc:
-            raise SshConnectError(device.id, f"cannot resolve credentials: {exc}") from None
-
-        client = _PinnedKeyClient()
-        started = time.monotonic()
-        try:
-            # connect_timeout covers TCP + handshake + auth; wait_for is the backstop for the rest.
-            conn = await asyncio.wait_for(
-                asyncssh.connect(
-                    device.address,
-                    settings.port,
-                    username=settings.username,
-                    password=password,
-                    client_keys=client_keys,
-                    known_hosts=asyncssh.import_known_hosts(
-                        known_hosts_entry(device.address, settings.port, pinned)
-                    ),
-                    client_factory=lambda: client,
-                    local_addr=(source_address, 0) if source_address else (),
-                    agent_path=None,
-                    config=[],
-                    gss_host=None,
-                    connect_timeout=timeout,
-                    login_timeout=timeout,
-                ),
-                timeout + 1.0,
-            )
-        except Exception as exc:
-            raise _connect_error(
-                device, pinned, settings.username, timeout, client.offered, exc, answered=client.answered
-            ) from None
-        log.debug(
-            "ssh.connected",
-            device=device.id,
-            source_address=source_address,
-            connect_s=round(time.monotonic() - started, 4),
+        timeout = device.ssh.timeout_s if timeout_s is None else timeout_s
+        conn = await open_connection(
+            device, device.ssh, resolve, timeout, source_address, SshConnectError, SshHostKeyError, "ssh"
         )
         return cls(device, conn, timeout_s=timeout, max_output_bytes=max_output_bytes)
 
@@ -326,11 +378,11 @@ async def _stop(process: Any) -> None:
         await asyncio.wait_for(process.wait_closed(), _CLOSE_TIMEOUT_S)
 
 
-def _pinned_key(device: Device) -> PinnedKey:
+def _pinned_key(device: Device, port: int, host_key_error: HostKeyErrorType) -> PinnedKey:
     if device.host_key is None:
-        raise SshHostKeyError(
+        raise host_key_error(
             device.id,
-            f"no pinned host key for {device.id}: refusing to connect to {_endpoint(device)} "
+            f"no pinned host key for {device.id}: refusing to connect to {_endpoint(device, port)} "
             "unverified (set host_key in the inventory)",
             pinned=None,
             offered=None,
@@ -338,7 +390,7 @@ def _pinned_key(device: Device) -> PinnedKey:
     try:
         return parse_pinned_key(device.host_key)
     except HostKeyFormatError as exc:
-        raise SshHostKeyError(
+        raise host_key_error(
             device.id, f"pinned host key of {device.id} is unusable: {exc}", pinned=None, offered=None
         ) from None
 
@@ -354,6 +406,7 @@ def _describe(exc: BaseException) -> str:
 
 def _connect_error(
     device: Device,
+    port: int,
     pinned: PinnedKey,
     username: str,
     timeout_s: float,
@@ -361,13 +414,15 @@ def _connect_error(
     exc: Exception,
     *,
     answered: bool,
-) -> SshConnectError:
+    errors: tuple[ConnectErrorType, HostKeyErrorType],
+) -> SshConnectError | NetconfConnectError:
     """The Baton error for a failed connect. `answered`: the server sent its SSH banner. Without
     one the device never answered (refused, reset, timed out, closed before the banner, or a
     silent listener): unreachable. Host key and authentication failures need an answer."""
-    where = _endpoint(device)
+    connect_error, host_key_error = errors
+    where = _endpoint(device, port)
     if isinstance(exc, asyncssh.HostKeyNotVerifiable):
-        return SshHostKeyError(
+        return host_key_error(
             device.id,
             f"host key mismatch for {device.id} at {where}: pinned {pinned}, "
             f"server offered {offered or 'no acceptable key'}",
@@ -375,7 +430,7 @@ def _connect_error(
             offered=offered,
         )
     if isinstance(exc, asyncssh.KeyExchangeFailed) and "host key" in exc.reason.lower():
-        return SshHostKeyError(
+        return host_key_error(
             device.id,
             f"host key mismatch for {device.id} at {where}: pinned {pinned}, "
             f"server offers no {pinned.algorithm} host key",
@@ -383,13 +438,17 @@ def _connect_error(
             offered=None,
         )
     if isinstance(exc, asyncssh.PermissionDenied):
-        return SshConnectError(device.id, f"authentication failed for user {username} at {where}")
+        return connect_error(device.id, f"authentication failed for user {username} at {where}")
     # a socket error of our own making (say, a source address we cannot bind) is no silence
     unreachable = not answered and (is_no_answer(exc) if isinstance(exc, OSError) else True)
     if isinstance(exc, TimeoutError):
         cause = f"no SSH session with {where} within {timeout_s:g} s"
+    elif isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        # after the TCP connect: the server (or something in between) ended it
+        banner = "after" if answered else "before"
+        cause = f"SSH to {where} failed: {_describe(exc)} {banner} the server's SSH banner"
     elif isinstance(exc, OSError):
         cause = f"TCP connect to {where}: {_describe(exc)}"
     else:
         cause = f"SSH to {where} failed: {_describe(exc)}"
-    return SshConnectError(device.id, cause, unreachable=unreachable)
+    return connect_error(device.id, cause, unreachable=unreachable)

@@ -22,7 +22,6 @@ import asyncio
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -67,15 +66,12 @@ class SnmpAccess(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Connectors:
-    """How the runner reaches devices. `source_address` binds the local end (management ACLs).
-    `executor` runs the blocking calls of the NETCONF sessions it opens (a run pool, apart from
-    the monitor's probes: `baton.adapters.netconf.thread_pool`); None: the loop's default."""
+    """How the runner reaches devices. `source_address` binds the local end (management ACLs)."""
 
     resolve: Resolve
     source_address: str | None = None
     connect_timeout_s: float | None = None  # None: the device's own netconf/ssh timeout_s
     snmp: SnmpAccess | None = None
-    executor: Executor | None = None
 
     async def netconf(self, device: Device) -> NetconfClient:
         return await NetconfClient.connect(
@@ -83,7 +79,6 @@ class Connectors:
             resolve=self.resolve,
             timeout_s=self.connect_timeout_s,
             source_address=self.source_address,
-            executor=self.executor,
         )
 
     async def ssh(self, device: Device) -> SshClient:
