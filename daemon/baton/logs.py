@@ -4,13 +4,10 @@ One event name per thing that happened (`handover.step_done`), context as key/va
 device and run bound where known. Secrets never reach a log line: keys that name a credential are
 masked, whatever the value, as a last line of defence behind code that never logs them.
 
-Libraries that log through the standard `logging` module (paramiko, ncclient, asyncssh, aiohttp)
-go through the same processors: one JSON object per record, an exception as one `exception`
-field. They speak at WARNING and above only. paramiko's transport thread is a special case: when
-a device is dark it logs the failed SSH negotiation at ERROR, then its traceback one line per
-record (~10 records), and hands the same exception to its caller, which Baton's adapters report
-as the probe's or the step's reason. Those records are `LibraryNoise`: the first becomes one
-DEBUG record carrying the exception, the traceback's lines are dropped.
+Libraries that log through the standard `logging` module (ncclient, asyncssh, aiohttp) go
+through the same processors: one JSON object per record, an exception as one `exception` field.
+They speak at WARNING and above only: what goes wrong with a device is the adapter's error,
+reported as the probe's or the step's reason.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ import re
 import sys
 import threading
 from collections.abc import MutableMapping
-from pathlib import PurePath
 from typing import Any, TextIO
 
 import structlog
@@ -45,7 +41,7 @@ _AUTH_TEXT = re.compile(
     r"|(\bbearer\s+)[A-Za-z0-9._~+/=-]{16,}"
 )
 # Libraries whose own logging is noise next to what Baton reports of the same failure.
-LIBRARY_LOGGERS = ("paramiko", "ncclient", "asyncssh")
+LIBRARY_LOGGERS = ("ncclient", "asyncssh")
 
 
 def mask_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -83,42 +79,10 @@ def mask_values(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
     return event
 
 
-def _is_paramiko_transport_log(record: logging.LogRecord) -> bool:
-    """A record written by paramiko's `Transport._log` (whatever logger name it was given:
-    ncclient names its own, `ncclient.transport.ssh`)."""
-    path = PurePath(record.pathname)
-    return record.funcName == "_log" and path.name == "transport.py" and path.parent.name == "paramiko"
-
-
-class LibraryNoise(logging.Filter):
-    """Demotes what paramiko's transport thread logs while it handles an exception it will hand
-    to its caller anyway: the first record becomes DEBUG with the exception attached (rendered as
-    one field), the traceback it then logs one line per record is dropped. Records under
-    `level` are dropped (the logger let them through at their original level)."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__()
-        self.level = level
-        self._seen = threading.local()  # the exception whose records this thread already logged
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(LIBRARY_LOGGERS) or not _is_paramiko_transport_log(record):
-            return True
-        exc_info = sys.exc_info()
-        if exc_info[1] is None or record.levelno < logging.ERROR:
-            return True
-        if getattr(self._seen, "exception", None) is exc_info[1]:
-            return False  # a line of the traceback of an exception already logged
-        self._seen.exception = exc_info[1]
-        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-        record.exc_info = exc_info
-        return record.levelno >= self.level
-
-
 def configure(*, json: bool = True, level: str = "info", stream: TextIO | None = None) -> None:
     """Set up structlog for the process. `json=False` gives readable lines for people (CLI, demo).
 
-    Libraries that log through the standard `logging` module (paramiko, asyncssh, aiohttp) are
+    Libraries that log through the standard `logging` module (ncclient, asyncssh, aiohttp) are
     rendered by the same processors, so the daemon's output stays one JSON object per line.
     """
     renderer: Any = (
@@ -141,7 +105,6 @@ def configure(*, json: bool = True, level: str = "info", stream: TextIO | None =
         )
     )
     threshold = logging.getLevelName(level.upper())
-    handler.addFilter(LibraryNoise(threshold))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)  # libraries speak up only when something is wrong

@@ -1,9 +1,8 @@
-"""Bulkheads and bounds of the NETCONF adapter, against the lab and a real netconfd.
+"""Dark devices and bounds of the NETCONF adapter, against the lab and a real netconfd.
 
-* Bulkheads: a session's blocking calls run in the executor it was given, so a probe pool full
-  of connects to devices that never answer leaves a run pool's RPCs alone; a call that waits
-  for a worker longer than its timeout fails without ever running (and is not `unreachable`: the
-  congestion is Baton's own); a worker stuck on a silent device is freed when its caller gives up.
+* Dark devices: sessions are channels on the event loop, so connects to devices that never
+  answer hold no thread and leave a live device's RPCs alone; a connect to a silent device gives
+  up at its own timeout.
 * Bounds: a write to a peer that stopped reading fails within the call's timeout; a reply above
   `max_reply_bytes` is refused and its session closed.
 

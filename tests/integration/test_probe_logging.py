@@ -1,11 +1,11 @@
 """A failed NETCONF probe of a dark router is one log event with the reason, not a traceback in pieces.
 
 A listener on 127.0.0.1 accepts the TCP connection and resets it before any SSH banner, as a
-lab device does when its office loses power. paramiko's transport thread then logs the failed
-negotiation and its traceback one line per record (through ncclient's logger); before, that was
-~10 JSON lines at ERROR for every probe. Now the daemon's log (JSON, level info) has one line for
-it, `netconf.probe_failed` with the reason; at level debug the library's record is one line with
-the traceback as one field, and so is the probe's own event.
+lab device does when its office loses power. (With paramiko, its transport thread logged the
+failed negotiation and its traceback one line per record: ~10 JSON lines at ERROR for every
+probe.) The daemon's log (JSON, level info) has one line for it, `netconf.probe_failed` with the
+reason; at level debug no library record is spread over lines, and the probe's own event carries
+the traceback as one field.
 """
 
 from __future__ import annotations

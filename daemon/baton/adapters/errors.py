@@ -1,6 +1,6 @@
 """Baton's adapter errors: what a failed network call tells the rest of Baton.
 
-Library exceptions (ncclient, paramiko, asyncssh) never leave an adapter. They become one of
+Library exceptions (asyncssh, ncclient) never leave an adapter. They become one of
 these, which always carry the device id, the operation that failed and a human-readable cause,
 and never a secret (passwords and keys are never formatted into a message).
 """

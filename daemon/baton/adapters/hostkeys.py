@@ -1,7 +1,7 @@
 """Pinned SSH host keys: parsing the inventory's `host_key`, fingerprints, known_hosts lines.
 
-The inventory pins one public key per device ("ssh-ed25519 AAAA..."); both the NETCONF
-(ncclient/paramiko) and the SSH (asyncssh) adapters verify the server against it. Fingerprints
+The inventory pins one public key per device ("ssh-ed25519 AAAA..."); both the NETCONF and
+the SSH adapters (asyncssh, `baton.adapters.ssh.open_connection`) verify the server against it. Fingerprints
 are OpenSSH's "SHA256:<base64 without padding>" form, what `ssh-keygen -lf` prints, so operators
 can compare them with what the device shows.
 """

@@ -109,10 +109,10 @@ PlanFor = Callable[[RunRecord], RunPlan | None]
 
 _BACKSTOP_S = 2.0  # over a call's own timeout, in case an adapter does not honour it
 _UNDO_TIMEOUT_S = 30.0  # undo calls (discard, cancel, compensate) when nothing else says
-# File descriptors one open NETCONF session takes (TCP socket, paramiko's channel pipe, the
-# reader thread's epoll): sessions are held across barriers only while they fit in half of what
-# is left under the process's RLIMIT_NOFILE (the rest stays for probes, journal, API, logs).
-FDS_PER_SESSION = 4
+# File descriptors one open NETCONF session takes (its TCP socket; asyncssh needs no pipe or
+# thread), with room to spare: sessions are held across barriers only while they fit in half
+# of what is left under the process's RLIMIT_NOFILE (the rest stays for probes, journal, API).
+FDS_PER_SESSION = 2
 
 
 @dataclass(frozen=True, slots=True)
