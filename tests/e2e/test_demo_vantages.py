@@ -34,7 +34,7 @@ STORY = (
     "==> seoul-geumcheon HEALTHY from every vantage again; the split_view alert cleared",
     "[4/7] Mains power fails at seoul-geumcheon, and the leader dies mid-handover",
     "phase SUSPECT",
-    "(DOWN from 3/3 vantages",
+    "/3 vantages: ",  # a quorum: 2/3 or 3/3, as the vantages' rounds fall
     "phase HANDING_OVER",
     "$ kill -KILL ",
     'decision "forward", finished: not yet',
