@@ -22,7 +22,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ TIMEOUT_S = 90.0
 @dataclass
 class World(VantageWorld):
     original: str  # the router's running configuration before any run (epoch leaf left out)
+    at_death: dict[str, Any] = field(default_factory=dict)  # the router as the leader died
 
     def router(self) -> dict[str, Any]:
         shown: dict[str, Any] = self.lab("show", device=ROUTER)
@@ -90,6 +91,8 @@ def _leader_killed_mid_run(world: World) -> tuple[str, str, float]:
     assert isinstance(leader, CrashingDaemon)
     wait_for(leader.exited, TIMEOUT_S, "v1 killed in the middle of its handover")
     died = time.monotonic()
+    # Read now: the next leader may finish the run a moment after it takes the lease.
+    world.at_death = world.router()
     runs = leader.journal.runs(OFFICE)
     assert 1 == len(runs), runs
     assert runs[0]["finished"] is None  # v1 died with its run unfinished
@@ -111,7 +114,7 @@ def test_the_leader_killed_after_forward_the_new_leader_completes_the_handover(
 ) -> None:
     world = after_forward
     run_id, new, died = _leader_killed_mid_run(world)
-    assert world.router()["confirm_pending"]  # v1 died between its decision and the confirms
+    assert world.at_death["confirm_pending"]  # v1 died between its decision and the confirms
     world.daemons[new].wait_phase(OFFICE, "HANDED_OVER", TIMEOUT_S)
     took_s = time.monotonic() - died
     figure = f"takeover mid-run: handed over {took_s:.2f} s after SIGKILL (lease {LEASE_TTL_S:g} s)"
@@ -138,7 +141,7 @@ def test_the_leader_killed_before_forward_was_shared_the_new_leader_rolls_the_ru
 ) -> None:
     world = forward_not_shared
     run_id, new, _ = _leader_killed_mid_run(world)
-    assert world.router()["confirm_pending"]  # committed and verified, the decision not shared
+    assert world.at_death["confirm_pending"]  # committed and verified, the decision not shared
     world.daemons[new].wait_phase(OFFICE, "FAILED", TIMEOUT_S)
     _the_same_run_finished_once(world, new, run_id, "rolled_back")
     router = world.router()
