@@ -268,7 +268,10 @@ def test_an_office_whose_alternate_closes_is_rehomed_after_kill_9(e2e: E2E) -> N
         TIMEOUT_S,
         f"{office} re-homed to {second}",
     )
-    assert "re-homing" in rehomed["reason"] or "succeeded" in rehomed["reason"], rehomed["reason"]
+    # The reason is the latest decision's: the re-homing, its run's success, or (runs are fast)
+    # the office's standing summary after it.
+    said = ("re-homing", "succeeded", f"HANDED_OVER to {second}")
+    assert any(words in rehomed["reason"] for words in said), rehomed["reason"]
     row = _row(daemon, "offices", office)
     assert "HANDED_OVER" in row
     assert second in row
