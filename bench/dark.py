@@ -195,7 +195,7 @@ def lab_running(devices: int, workdir: Path) -> Iterator[Path | None]:
 
 
 def build_inventory(args: argparse.Namespace, ports: list[int], lab_inventory: Path | None, dark: int) -> Any:
-    from baton.core.model import Device, Inventory, NetconfSettings, Office, SecretRef, SnmpSettings
+    from baton.core.model import Device, Inventory, Office, SecretRef, SnmpSettings
     from baton.inventory import load_inventory
 
     offices: dict[str, Office] = {}
@@ -211,8 +211,6 @@ def build_inventory(args: argparse.Namespace, ports: list[int], lab_inventory: P
             key_ref = device.netconf.private_key or key_ref
     for k in range(max(1, args.live // 20)):
         offices[f"live-{k:03d}"] = Office(f"live-{k:03d}", f"Live {k}", "bench")
-    for k in range(max(1, dark // 20)):
-        offices[f"dark-{k:03d}"] = Office(f"dark-{k:03d}", f"Dark {k}", "bench")
     community = SecretRef("env", "BENCH_COMMUNITY")
     for n in range(args.live):
         port = ports[n // PER_AGENT % len(ports)]
@@ -224,7 +222,18 @@ def build_inventory(args: argparse.Namespace, ports: list[int], lab_inventory: P
             critical=True,
             snmp=SnmpSettings(community=community, port=port),
         )
-    netconf = NetconfSettings(enabled=True, port=830, username="baton", private_key=key_ref)
+    host_key = host_key or "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMDiP6I9JyxJTypCB1No3v/A6ody1uSD4Li9QbMqiIP8"
+    add_dark(offices, devices, dark, host_key, key_ref)
+    return Inventory(offices=offices, devices=devices)
+
+
+def add_dark(offices: dict[str, Any], devices: dict[str, Any], dark: int, host_key: str, key: Any) -> None:
+    """`dark` powered-off devices (SNMP v2c + NETCONF, never answering) in offices of 20."""
+    from baton.core.model import Device, NetconfSettings, Office, SecretRef, SnmpSettings
+
+    for k in range(max(1, (dark + 19) // 20)):
+        offices[f"dark-{k:03d}"] = Office(f"dark-{k:03d}", f"Dark {k}", "bench")
+    netconf = NetconfSettings(enabled=True, port=830, username="baton", private_key=key)
     for n in range(dark):
         devices[f"dark{n:05d}"] = Device(
             f"dark{n:05d}",
@@ -232,12 +241,10 @@ def build_inventory(args: argparse.Namespace, ports: list[int], lab_inventory: P
             "router",
             dark_address(n),
             critical=True,
-            host_key=host_key
-            or "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMDiP6I9JyxJTypCB1No3v/A6ody1uSD4Li9QbMqiIP8",
-            snmp=SnmpSettings(community=community, port=161),
+            host_key=host_key,
+            snmp=SnmpSettings(community=SecretRef("env", "BENCH_COMMUNITY"), port=161),
             netconf=netconf,
         )
-    return Inventory(offices=offices, devices=devices)
 
 
 async def run_scenario(
@@ -407,26 +414,13 @@ def timed_journal(path: Path) -> Any:
 
 def dark_inventory(lab_inventory: Path, dark: int) -> Any:
     """The lab's inventory plus `dark` powered-off devices (SNMP v2c + NETCONF) in offices of 20."""
-    from baton.core.model import Device, Inventory, NetconfSettings, Office, SecretRef, SnmpSettings
+    from baton.core.model import Inventory
     from baton.inventory import load_inventory
 
     lab = load_inventory(lab_inventory)
     offices, devices = dict(lab.offices), dict(lab.devices)
     some = next(d for d in lab.devices.values() if d.netconf.enabled)
-    netconf = NetconfSettings(enabled=True, port=830, username="baton", private_key=some.netconf.private_key)
-    for k in range((dark + 19) // 20):
-        offices[f"dark-{k:03d}"] = Office(f"dark-{k:03d}", f"Dark {k}", "bench")
-    for n in range(dark):
-        devices[f"dark{n:05d}"] = Device(
-            f"dark{n:05d}",
-            f"dark-{n // 20:03d}",
-            "router",
-            dark_address(n),
-            critical=True,
-            host_key=some.host_key,
-            snmp=SnmpSettings(community=SecretRef("env", "BENCH_COMMUNITY"), port=161),
-            netconf=netconf,
-        )
+    add_dark(offices, devices, dark, some.host_key, some.netconf.private_key)
     return Inventory(offices=offices, devices=devices)
 
 

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 
 from baton.journal import Journal, StepStatus, WriteHook
-from baton.playbook.runner import COMMIT, StepOutcome, execute
+from baton.playbook.progress import COMMIT
+from baton.playbook.runner import StepOutcome, execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import PLAYBOOKS, device_for, inventory_of, make_plan, read_secret
 from tests.peers.endpoints import SshEndpoint

@@ -8,7 +8,7 @@ tests/e2e/crashing_daemon.py. A first, uninterrupted run counts the journal writ
 (K) and leaves the devices handed over. Then, for k = 1 … K in turn (enumerated, not random), the
 devices are reset, the child runs with a fresh journal and is SIGKILLed right after write k (and,
 for the writes that record a device call's result, right before it: the call happened, its result
-was not journaled); `recover` (what the daemon runs at start) finishes the run from the journal,
+was not journaled); `resume` (what the daemon runs at start) finishes the run from the journal,
 and the devices themselves are checked:
 
 * every device's running config byte for byte as the uninterrupted run leaves it and nothing of
@@ -37,7 +37,7 @@ from baton.adapters.netconf import NetconfClient
 from baton.core.model import Device
 from baton.journal import Journal, RunRecord
 from baton.playbook.plan import RunPlan
-from baton.playbook.recovery import recover
+from baton.playbook.runner import resume
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,
@@ -111,12 +111,14 @@ def _plan_for(devices: list[Device]) -> Callable[[RunRecord], RunPlan]:
 async def _recover(journal_path: Path, devices: list[Device]) -> RunRecord:
     """What the daemon does at start: finish every unfinished run; returns the run."""
     with Journal.open(journal_path) as journal:
-        await recover(
-            journal,
-            connectors=Connectors(read_secret),
-            inventory=inventory_of(devices),
-            plan_for=_plan_for(devices),
-        )
+        for unfinished in journal.unfinished_runs():
+            await resume(
+                unfinished,
+                journal=journal,
+                connectors=Connectors(read_secret),
+                inventory=inventory_of(devices),
+                plan_for=_plan_for(devices),
+            )
         assert [] == journal.unfinished_runs(), "a run left unfinished"
         record = journal.run(RUN_ID)
     assert record is not None

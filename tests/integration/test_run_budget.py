@@ -15,7 +15,8 @@ from baton.journal import Journal
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.runner import DeviceStatus, execute
+from baton.playbook.progress import DeviceStatus
+from baton.playbook.runner import execute
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve

@@ -1,4 +1,4 @@
-"""Crash safety: a handover process SIGKILLed mid-run, then the devices and `recover`.
+"""Crash safety: a handover process SIGKILLed mid-run, then the devices and `resume`.
 
 A child process (tests/integration/runner_child.py) runs netconfd-handover.yaml on two real
 netconfd devices with a short confirm window and is killed at a marked moment.
@@ -22,8 +22,8 @@ import pytest
 from baton.core.model import Device, RunKind
 from baton.journal import Journal, RunRecord, StepStatus
 from baton.playbook.plan import RunPlan
-from baton.playbook.recovery import recover
-from baton.playbook.runner import CANCEL, COMMIT, DISCARD
+from baton.playbook.progress import CANCEL, COMMIT, DISCARD
+from baton.playbook.runner import resume
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,
@@ -137,12 +137,16 @@ def plan_for_devices(devices: list[Device]) -> Callable[[RunRecord], RunPlan]:
 
 async def _recover(journal_path: Path, devices: list[Device]) -> RunRecord:
     with Journal.open(journal_path) as journal:
-        outcomes = await recover(
-            journal,
-            connectors=Connectors(read_secret),
-            inventory=inventory_of(devices),
-            plan_for=plan_for_devices(devices),
-        )
+        outcomes = [
+            await resume(
+                record,
+                journal=journal,
+                connectors=Connectors(read_secret),
+                inventory=inventory_of(devices),
+                plan_for=plan_for_devices(devices),
+            )
+            for record in journal.unfinished_runs()
+        ]
         assert 1 == len(outcomes)
         record = journal.run(outcomes[0].run_id)
         assert [] == journal.unfinished_runs()

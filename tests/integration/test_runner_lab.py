@@ -25,7 +25,8 @@ from baton.journal import Journal, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, plan_run
-from baton.playbook.runner import CONFIRM, DeviceStatus, execute, held_sessions
+from baton.playbook.progress import CONFIRM, DeviceStatus
+from baton.playbook.runner import execute, held_sessions
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve

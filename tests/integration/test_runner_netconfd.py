@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from baton.journal import StepStatus
-from baton.playbook.runner import COMMIT, CONFIRM, DeviceStatus, FenceLost, execute
+from baton.playbook.progress import COMMIT, CONFIRM, DeviceStatus
+from baton.playbook.runner import FenceLost, execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,

@@ -18,7 +18,8 @@ import pytest
 from baton.adapters.snmp_access import PysnmpAccess
 from baton.core.model import Device, SecretRef, SnmpSettings, SshSettings
 from baton.journal import StepStatus
-from baton.playbook.runner import DeviceStatus, execute
+from baton.playbook.progress import DeviceStatus
+from baton.playbook.runner import execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     ALTERNATE,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
 
@@ -19,12 +19,12 @@ from baton.controller import Controller, config_event
 from baton.core.events import LeaseChanged, OfficeObserved, RunFinished
 from baton.core.model import Inventory, OfficeState, OfficeVerdict, Phase, Policy, RunKind, SecretRef, State
 from baton.inventory.loader import load_inventory
-from baton.journal import Journal, StepStatus
+from baton.journal import Journal, StepRecord, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.progress import skipped_unreachable as unreachable_devices
-from baton.playbook.runner import UNREACHABLE, DeviceStatus, execute
+from baton.playbook.progress import DeviceStatus
+from baton.playbook.runner import UNREACHABLE, execute
 from baton.playbook.schema import Playbook, load_playbook
 from baton.playbook.steps import Connectors
 from baton.runs import RunManager, RunSettings, chains_of
@@ -63,6 +63,13 @@ class Site:
 
     def up(self, device_id: str) -> None:
         self.running.call(lambda lab: lab.device_up(device_id))
+
+
+def unreachable_devices(records: Iterable[StepRecord]) -> frozenset[str]:
+    """The devices a run skipped as unreachable, as its journaled records say."""
+    return frozenset(
+        r.device for r in records if r.status is StepStatus.SKIPPED and r.facts.get("unreachable")
+    )
 
 
 @pytest.fixture(scope="module")

@@ -116,11 +116,11 @@ NON_CC = [row(PREPARE, D, cc=False, persist=False), row("e1", D), row("e2", D)]
         ([*EDITED, row(COMMIT, U)], "back", pg.Cancel()),
         ([*EDITED, row(COMMIT, U), row(CANCEL, R)], "back", pg.Discard()),
         # without :confirmed-commit a commit is for good: the edits are compensated, newest first
-        ([*NON_CC, row(COMMIT, D, cc=False)], "back", pg.CompensateEdits(("e2", "e1"))),
-        ([*NON_CC, row(COMMIT, U)], "back", pg.CompensateEdits(("e2", "e1"))),
+        ([*NON_CC, row(COMMIT, D, cc=False)], "back", pg.Compensate(("e2", "e1"))),
+        ([*NON_CC, row(COMMIT, U)], "back", pg.Compensate(("e2", "e1"))),
         ([*NON_CC, row(COMMIT, U), row("compensate:e2,e1", R)], "back", pg.Discard()),
         # confirmed, then the run turned back (another device reverted): compensated too
-        ([*VERIFIED, row(CONFIRM, D)], "back", pg.CompensateEdits(("e2", "e1"))),
+        ([*VERIFIED, row(CONFIRM, D)], "back", pg.Compensate(("e2", "e1"))),
         # a confirm whose answer was lost, nothing pending: the device is asked first
         ([*VERIFIED, row(CONFIRM, U), row(CANCEL, F, pending=False)], "back", pg.Check()),
         (
@@ -148,7 +148,7 @@ def test_a_step_left_at_intent_is_compensated_never_run_again() -> None:
     records = [*PREPARED, row("e1", D), row("x", StepStatus.INTENT)]
     progress = pg.fold(WITH_SSH, records)
     assert ("x",) == progress.changes
-    assert pg.Compensate("x") == pg.next_action(WITH_SSH, progress, RunFacts("back"))
+    assert pg.Compensate(("x",)) == pg.next_action(WITH_SSH, progress, RunFacts("back"))
     progress = pg.fold(WITH_SSH, [*records, row("compensate:x", R)])
     assert pg.Discard() == pg.next_action(WITH_SSH, progress, RunFacts("back"))
 
@@ -362,7 +362,7 @@ class Process:
             phase = phases[phase_i] if self.direction[0] is None and phases else 1 << 30
             for device, sim in self.sims.items():
                 while True:
-                    if pg.turns_back(self.progress[device], True) and self.direction[0] != "back":
+                    if self.progress[device].failed is not None and self.direction[0] != "back":
                         self.direction[0] = "back"
                     facts = RunFacts(self.direction[0], phase)
                     action = pg.next_action(
@@ -390,10 +390,8 @@ class Process:
 def _name(plan: DevicePlan, action: pg.Action) -> str:
     if isinstance(action, pg.RunStep):
         return plan.steps[action.pos].name
-    if isinstance(action, pg.CompensateEdits):
-        return pg.COMPENSATE + ",".join(action.names)
     if isinstance(action, pg.Compensate):
-        return pg.COMPENSATE + action.name
+        return pg.COMPENSATE + ",".join(action.names)
     names: dict[type, str] = {
         pg.Prepare: PREPARE,
         pg.Commit: COMMIT,
@@ -470,14 +468,14 @@ def _effect(
         if applies:
             sim.candidate = sim.running
         return done(StepStatus.ROLLED_BACK)
-    if isinstance(action, pg.CompensateEdits):
+    if isinstance(action, pg.Compensate) and action.names[0] in sim.edits:
         if applies:
             sim.running -= set(action.names)
             sim.candidate = sim.running
         return done(StepStatus.ROLLED_BACK)
     if isinstance(action, pg.Compensate):
         if applies:
-            sim.applied.discard(action.name)
+            sim.applied.difference_update(action.names)
         return done(StepStatus.ROLLED_BACK)
     if isinstance(action, pg.Reapply):
         return ok, {}

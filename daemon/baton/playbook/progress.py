@@ -181,13 +181,8 @@ class Cancel:
 
 
 @dataclass(frozen=True, slots=True)
-class CompensateEdits:
-    names: tuple[str, ...]  # the edits to undo, newest first
-
-
-@dataclass(frozen=True, slots=True)
 class Compensate:
-    name: str
+    names: tuple[str, ...]  # the committed edits to undo, newest first (in one commit), or one change
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,18 +206,7 @@ class TurnBack:
 
 
 Action = (
-    Prepare
-    | RunStep
-    | Commit
-    | Confirm
-    | Check
-    | Discard
-    | Cancel
-    | CompensateEdits
-    | Compensate
-    | Reapply
-    | GiveUp
-    | TurnBack
+    Prepare | RunStep | Commit | Confirm | Check | Discard | Cancel | Compensate | Reapply | GiveUp | TurnBack
 )
 
 
@@ -305,10 +289,7 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         return p  # an undo or a check caught in flight: harmless to send again
     if r.name == CHECK:
         if st is StepStatus.DONE and facts.get("running") in ("changed", "original"):
-            running: Literal["changed", "original"] = (
-                "changed" if facts["running"] == "changed" else "original"
-            )
-            return replace(p, running=running)
+            return replace(p, running="changed" if facts["running"] == "changed" else "original")
         return _undo_failed(p, CHECK)
     if r.name == CANCEL:
         if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
@@ -421,7 +402,7 @@ def _finish(dp: DevicePlan, p: DeviceProgress, run: RunFacts, commit_session: bo
     if p.confirm is Sent.DONE:
         # Without persist, a confirming <commit> that comes after the window ran out is a plain
         # commit — and succeeds. Only running can tell: look.
-        if p.persist is False and p.running is None and _has_checks(dp):
+        if p.persist is False and p.running is None and bool(verify_steps(dp)):
             if not p.tried(CHECK):
                 return Check()
             why = f"{p.device}: confirmed, but running could not be read back to see it held"
@@ -458,33 +439,22 @@ def undo_action(dp: DevicePlan, p: DeviceProgress) -> Action | None:
     if p.may_be_pending and not p.tried(CANCEL):
         return Cancel()
     for_good = p.for_good
-    if for_good is None and not p.tried(CHECK) and _has_checks(dp):
+    if for_good is None and not p.tried(CHECK) and bool(verify_steps(dp)):
         return Check()
     if p.edits and for_good is not False:
         todo = tuple(n for n in reversed(p.edits) if n not in p.undone)
         key = COMPENSATE + ",".join(todo)
         if todo and not p.tried(key):
-            return CompensateEdits(todo)
+            return Compensate(todo)
     for name in reversed(p.changes):
         if name not in p.undone and not p.tried(COMPENSATE + name):
-            return Compensate(name)
+            return Compensate((name,))
     # Last: a candidate that may still hold the run's edits (never committed; or running was
     # reverted under it, which not every server follows with the candidate) is discarded, or
     # anyone's next commit would send them out.
     if p.edits and not p.discarded and not p.tried(DISCARD):
         return Discard()
     return None
-
-
-def skipped_unreachable(records: Iterable[StepRecord]) -> frozenset[str]:
-    """The devices a run skipped as unreachable, read from its journaled records."""
-    return frozenset(
-        r.device for r in records if r.status is StepStatus.SKIPPED and r.facts.get("unreachable")
-    )
-
-
-def _has_checks(dp: DevicePlan) -> bool:
-    return bool(verify_steps(dp))
 
 
 def verify_steps(dp: DevicePlan) -> tuple[PlannedStep, ...]:
@@ -511,11 +481,6 @@ def decide(devices: Sequence[tuple[DevicePlan, DeviceProgress]], rollback_all: b
     return "forward", "every device passed verify"
 
 
-def turns_back(p: DeviceProgress, rollback_all: bool) -> bool:
-    """Does this device's state turn the whole run back (`on_failure: rollback`)?"""
-    return rollback_all and p.failed is not None
-
-
 # --- what the progress says ---------------------------------------------------------------
 
 
@@ -538,7 +503,7 @@ def is_handed_over(dp: DevicePlan, p: DeviceProgress) -> bool:
         return False
     if p.confirm is Sent.DONE:
         # (a 1.0 confirm is believed once running holds it)
-        return p.persist is not False or p.running == "changed" or not _has_checks(dp)
+        return p.persist is not False or p.running == "changed" or not bool(verify_steps(dp))
     return p.running == "changed" and (p.pending is False or p.persist is False)
 
 

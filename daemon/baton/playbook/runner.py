@@ -46,6 +46,7 @@ import os
 import resource
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
@@ -59,20 +60,6 @@ from baton.core.model import Inventory, RunKind
 from baton.journal import Journal, RunRecord, StepRecord, StepStatus
 from baton.playbook import progress as pg
 from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan, plan_from_json
-from baton.playbook.progress import (
-    CANCEL,
-    CHECK,
-    COMMIT,
-    COMPENSATE,
-    CONFIRM,
-    DISCARD,
-    PREPARE,
-    REAPPLY,
-    DeviceProgress,
-    DeviceStatus,
-    Direction,
-    RunFacts,
-)
 from baton.playbook.schema import FenceMarker, retry_backoff_s
 from baton.playbook.steps import (
     Connectors,
@@ -84,22 +71,6 @@ from baton.playbook.steps import (
     run_step,
     wrap_config,
 )
-
-__all__ = [
-    "UNREACHABLE",
-    "DeviceOutcome",
-    "DeviceStatus",
-    "Fence",
-    "FenceLost",
-    "PlanFor",
-    "RunOutcome",
-    "StepOutcome",
-    "confirm_margin",
-    "execute",
-    "held_sessions",
-    "resume",
-    "retry_delays",
-]
 
 log = structlog.get_logger("baton.runner")
 
@@ -129,7 +100,7 @@ class StepOutcome:
 @dataclass(frozen=True, slots=True)
 class DeviceOutcome:
     device: str
-    status: DeviceStatus
+    status: pg.DeviceStatus
     error: str | None  # why it failed, was skipped, or what was left on it
     steps: tuple[StepOutcome, ...] = ()
 
@@ -156,12 +127,12 @@ class RunOutcome:
     @property
     def unreachable(self) -> tuple[str, ...]:
         """Devices skipped because they did not answer (pending a catch-up)."""
-        return tuple(d.device for d in self.devices if d.status is DeviceStatus.UNREACHABLE)
+        return tuple(d.device for d in self.devices if d.status is pg.DeviceStatus.UNREACHABLE)
 
     @property
     def handed(self) -> tuple[str, ...]:
         """Devices the run handed over (or back) for good."""
-        return tuple(d.device for d in self.devices if d.status is DeviceStatus.CONFIRMED)
+        return tuple(d.device for d in self.devices if d.status is pg.DeviceStatus.CONFIRMED)
 
     def to_event(self) -> RunFinished:
         return RunFinished(
@@ -207,27 +178,22 @@ def summarize(
     result: str, devices: Sequence[DeviceOutcome], reason: str = "", kind: RunKind = RunKind.HANDOVER
 ) -> str:
     """One sentence for the journal, logs and the RunFinished event."""
-    unreachable = sum(1 for d in devices if d.status is DeviceStatus.UNREACHABLE)
+    unreachable = sum(1 for d in devices if d.status is pg.DeviceStatus.UNREACHABLE)
     if result == "ok" and unreachable:
         done = "handed over" if kind is RunKind.HANDOVER else "handed back"
         text = f"ok: {len(devices) - unreachable} device(s) {done}, {unreachable} unreachable (pending)"
-        return f"{text}; {reason}" if reason else text
-    counts: dict[str, int] = {}
-    for d in devices:
-        counts[d.status.value] = counts.get(d.status.value, 0) + 1
-    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    text = f"{result}: {len(devices)} device(s)" + (f" ({tally})" if tally else "")
+    else:
+        tally = ", ".join(f"{n} {s}" for s, n in sorted(Counter(d.status.value for d in devices).items()))
+        text = f"{result}: {len(devices)} device(s)" + (f" ({tally})" if tally else "")
     return f"{text}; {reason}" if reason else text
 
 
-def _describe(exc: BaseException, timeout_s: float | None = None) -> str:
+def _describe(exc: AdapterError | StepFailed | TimeoutError, timeout_s: float | None = None) -> str:
     if isinstance(exc, StepFailed):
         return exc.detail
-    if isinstance(exc, AdapterError):
-        return str(exc)
     if isinstance(exc, TimeoutError):
         return f"no result within {timeout_s:g} s" if timeout_s is not None else "timed out"
-    return f"{type(exc).__name__}: {exc}"
+    return str(exc)
 
 
 class FenceLost(Exception):
@@ -260,7 +226,7 @@ class _Answer(Exception):
 class _Dev:
     plan: DevicePlan
     session: DeviceSession
-    progress: DeviceProgress
+    progress: pg.DeviceProgress
     hold: bool = False  # keep the session open across barriers (one session for the whole run)
     contacted: bool = False
     commit_session: bool = False  # the session that made its confirmed commit is open
@@ -272,10 +238,17 @@ class _Dev:
         return self.plan.device.id
 
     def index_of(self, name: str) -> int:
-        for ps in self.plan.steps:
-            if ps.name == name:
-                return ps.index
-        return self.plan.steps[0].index if self.plan.steps else 0
+        """Where a record sits among the device's steps: its own step's (a compensation: the
+        first step it undoes), the commit's for the commit and what follows it."""
+        steps = self.plan.steps
+        if name == pg.PREPARE:
+            at = self.progress.pos
+        elif name in pg.RUNNER_STEPS:
+            at = pg.commit_position(steps) or 0
+        else:
+            first = name.removeprefix(pg.COMPENSATE).split(",")[0]
+            at = next((pos for pos, ps in enumerate(steps) if ps.name == first), 0)
+        return steps[at].index if at < len(steps) else 0
 
 
 class _Run:
@@ -284,52 +257,45 @@ class _Run:
         plan: RunPlan,
         journal: Journal,
         connectors: Connectors,
-        progresses: Mapping[str, DeviceProgress],
         *,
-        direction: Direction | None,
-        persist_id: str,
-        concurrency: int,
         window_s: int,
-        margin_s: float,
-        run_timeout_s: float | None,
-        progress: Progress | None,
-        abort: asyncio.Event | None,
-        clock: Callable[[], float],
+        concurrency: int,
+        persist_id: str,
+        direction: pg.Direction | None = None,
+        progresses: Mapping[str, pg.DeviceProgress] | None = None,
+        margin_s: float | None = None,
+        run_timeout_s: float | None = None,
+        progress: Progress | None = None,
+        abort: asyncio.Event | None = None,
+        clock: Callable[[], float] = time.time,
         fence: Fence | None = None,
         epoch: int = 0,
         claim: bool = False,
     ) -> None:
-        self.plan = plan
-        self.fence = fence
-        self.epoch = epoch
+        self.plan, self.journal, self.run_id = plan, journal, plan.run.id
+        self.window_s, self.concurrency, self.persist_id = window_s, concurrency, persist_id
+        self.margin_s = confirm_margin(window_s) if margin_s is None else margin_s
+        self.direction, self.reason = direction, ""
+        self.progress, self.abort, self.clock = progress, abort or asyncio.Event(), clock
+        self.fence, self.epoch = fence, epoch
         self.claim = claim  # resumed: its confirms carry this run's epoch (devices are claimed)
         # Why every device stops before its next action: a lost fence, a journal that fails, a
         # bug in one device's drive (siblings must not go on changing devices without it).
         self.stopped: BaseException | None = None
-        self.journal = journal
-        self.run_id = plan.run.id
-        self.direction = direction
-        self.persist_id = persist_id
-        self.window_s = window_s
-        self.margin_s = margin_s
-        self.concurrency = concurrency
         self.sem = asyncio.Semaphore(concurrency)
-        self.progress = progress
-        self.abort = abort or asyncio.Event()
-        self.clock = clock
         self.started = time.monotonic()
         self.deadline = None if run_timeout_s is None else self.started + run_timeout_s
         self.skip_unreachable = plan.playbook.unreachable == "skip"
         self.rollback_all = plan.playbook.on_failure == "rollback"
-        self.reason = ""
         self._deciding = asyncio.Lock()
         self._turned = asyncio.Event()  # set when the run turns back (wakes devices gone idle)
         self._confirm_journaled = direction is not None
+        found = progresses or {}
         self.devs = [
             _Dev(
                 dp,
                 DeviceSession(dp.device, connectors),
-                progresses.get(dp.device.id) or DeviceProgress(dp.device.id),
+                found.get(dp.device.id) or pg.DeviceProgress(dp.device.id),
             )
             for dp in plan.devices
         ]
@@ -340,24 +306,15 @@ class _Run:
 
     # --- the loop ------------------------------------------------------------------------------
 
-    def facts(self, phase: int) -> RunFacts:
-        return RunFacts(self.direction, phase, self.skip_unreachable)
-
     async def go(self) -> tuple[str, str]:
-        phases = list(self.plan.phases) if self.plan.playbook.barriers else []
-        phase_i = 0
         try:
-            while True:
-                phase = phases[phase_i] if self.direction is None and phases else 1 << 30
-                acted = await self._pass(phase)
-                if self.direction is not None:
-                    if not acted:
-                        break
-                    continue
-                if phases and phase_i < len(phases) - 1:
-                    phase_i += 1
-                    continue
+            for phase in self.plan.phases if self.plan.playbook.barriers else (1 << 30,):
+                if self.direction is None:  # before the decision: phase by phase (barriers)
+                    await self._pass(phase)
+            if self.direction is None:
                 await self._decide()
+            while await self._pass(1 << 30):  # then every device to its end
+                pass
         finally:
             await asyncio.gather(*(d.session.close() for d in self.devs), return_exceptions=True)
         return self._result()
@@ -398,11 +355,10 @@ class _Run:
             try:
                 while True:
                     await self._check_limits()
-                    if pg.turns_back(dev.progress, self.rollback_all) and self.direction != "back":
+                    if self.rollback_all and dev.progress.failed is not None and self.direction != "back":
                         await self.turn_back(f"{dev.id} failed: {dev.progress.failed}")
-                    action = pg.next_action(
-                        dev.plan, dev.progress, self.facts(phase), commit_session=dev.commit_session
-                    )
+                    facts = pg.RunFacts(self.direction, phase, self.skip_unreachable)
+                    action = pg.next_action(dev.plan, dev.progress, facts, commit_session=dev.commit_session)
                     if action is None:
                         break
                     acted = True
@@ -456,15 +412,14 @@ class _Run:
         if direction == "back":
             await self.turn_back(reason)
             return
-        to_confirm = [d for d in self.devs if d.commit_at is not None and d.progress.cc]
-        starts = [d.commit_at for d in to_confirm if d.commit_at is not None]
-        if starts:
-            left = min(starts) + self.window_s - time.monotonic()
-            need = math.ceil(len(to_confirm) / self.concurrency) * self.plan.playbook.confirm_timeout_s
+        left = self._window_left()
+        if left is not None:
+            confirms = sum(1 for d in self.devs if d.commit_at is not None and d.progress.cc)
+            need = math.ceil(confirms / self.concurrency) * self.plan.playbook.confirm_timeout_s
             if left - self.margin_s < need:
                 await self.turn_back(
                     f"only {max(0.0, left):.0f} s of the {self.window_s} s window left, and confirming "
-                    f"{len(to_confirm)} device(s) may take {need:g} s: not confirming late"
+                    f"{confirms} device(s) may take {need:g} s: not confirming late"
                 )
                 return
         async with self._deciding:
@@ -502,7 +457,6 @@ class _Run:
         self,
         dev: _Dev,
         name: str,
-        index: int,
         phase: str,
         call: Callable[[], Awaitable[tuple[str, Mapping[str, object]]]],
         *,
@@ -510,7 +464,7 @@ class _Run:
         attempt: int = 1,
     ) -> StepStatus:
         """Journal intent, run `call`, journal the result; fold both into the progress."""
-        at = self.clock()
+        at, index = self.clock(), dev.index_of(name)
         step_id = await self.journal.call(
             self.journal.step_intent, self.run_id, dev.id, index, name, at, phase, attempt
         )
@@ -532,7 +486,7 @@ class _Run:
         record = StepRecord(
             step_id, self.run_id, dev.id, index, name, phase, status, at, done, detail, attempt, facts
         )
-        self._fold(dev, record)
+        dev.progress = pg.fold(dev.plan, (record,), dev.progress)
         outcome = StepOutcome(dev.id, index, name, phase, status, detail, attempt)
         dev.outcomes.append(outcome)
         event = "runner.step_" + status.value
@@ -543,25 +497,14 @@ class _Run:
         return status
 
     async def _record(
-        self,
-        dev: _Dev,
-        name: str,
-        index: int,
-        phase: str,
-        status: StepStatus,
-        detail: str,
-        facts: Mapping[str, object],
+        self, dev: _Dev, name: str, phase: str, status: StepStatus, detail: str, **facts: object
     ) -> None:
         """A record with no call behind it (a skip, a re-apply): intent and result at once."""
 
         async def nothing() -> tuple[str, Mapping[str, object]]:
             raise _Answer(status, detail, facts)
 
-        await self._journaled(dev, name, index, phase, nothing)
-
-    def _fold(self, dev: _Dev, record: StepRecord) -> None:
-        positions = {ps.name: pos for pos, ps in enumerate(dev.plan.steps)}
-        dev.progress = pg.apply(dev.plan, positions, dev.progress, record)
+        await self._journaled(dev, name, phase, nothing)
 
     # --- actions -------------------------------------------------------------------------------
 
@@ -570,107 +513,79 @@ class _Run:
             raise FenceLost("this vantage does not hold the lease any more: leaving the run to the leader")
         if isinstance(action, pg.RunStep | pg.Prepare) and not dev.contacted:
             dev.contacted = True
-            first = dev.plan.steps[dev.progress.pos] if dev.progress.pos < len(dev.plan.steps) else None
-            skip = self.skip_unreachable and dev.progress.pos == 0 and first is not None
-            if skip and first is not None and not await self._first_contact(dev, first):
+            if self.skip_unreachable and dev.progress.pos == 0 and not await self._first_contact(dev):
                 return
-        if isinstance(action, pg.RunStep):
-            await self._run_step(dev, dev.plan.steps[action.pos])
-        elif isinstance(action, pg.Prepare):
-            await self._prepare(dev)
-        elif isinstance(action, pg.Commit):
-            await self._commit(dev)
-        elif isinstance(action, pg.Confirm):
-            await self._confirm(dev)
-        elif isinstance(action, pg.Check):
-            await self._check(dev)
-        elif isinstance(action, pg.Discard):
-            await self._discard(dev)
-        elif isinstance(action, pg.Cancel):
-            await self._cancel(dev)
-        elif isinstance(action, pg.CompensateEdits):
-            await self._compensate_edits(dev, action.names)
-        elif isinstance(action, pg.Compensate):
-            await self._compensate(dev, action.name)
-        elif isinstance(action, pg.Reapply):
-            await self._close(dev)
-            dev.commit_at = None
-            await self._record(
-                dev,
-                REAPPLY,
-                dev.index_of(COMMIT),
-                "apply",
-                StepStatus.DONE,
-                "reverted after the decision: handing it over again",
-                {},
-            )
-        elif isinstance(action, pg.GiveUp):
-            await self._record(
-                dev,
-                CONFIRM,
-                dev.index_of(COMMIT),
-                "confirm",
-                StepStatus.SKIPPED,
-                f"{UNREACHABLE}: {action.reason}",
-                {"unreachable": True},
-            )
-        else:
-            await self._record(
-                dev, REAPPLY, dev.index_of(COMMIT), "confirm", StepStatus.FAILED, action.reason, {}
-            )
+        match action:
+            case pg.RunStep(pos):
+                await self._run_step(dev, dev.plan.steps[pos])
+            case pg.Prepare():
+                await self._prepare(dev)
+            case pg.Commit():
+                await self._commit(dev)
+            case pg.Confirm():
+                await self._confirm(dev)
+            case pg.Check():
+                await self._check(dev)
+            case pg.Discard():
+                await self._discard(dev)
+            case pg.Cancel():
+                await self._cancel(dev)
+            case pg.Compensate(names):
+                await self._compensate(dev, names)
+            case pg.Reapply():
+                await self._close(dev)
+                dev.commit_at = None
+                detail = "reverted after the decision: handing it over again"
+                await self._record(dev, pg.REAPPLY, "apply", StepStatus.DONE, detail)
+            case pg.GiveUp(reason):
+                detail = f"{UNREACHABLE}: {reason}"
+                await self._record(dev, pg.CONFIRM, "confirm", StepStatus.SKIPPED, detail, unreachable=True)
+            case pg.TurnBack(reason):
+                await self._record(dev, pg.REAPPLY, "confirm", StepStatus.FAILED, reason)
 
-    def _window_left(self, dev: _Dev) -> float | None:
+    def _window_left(self) -> float | None:
+        """What is left of the window of the run's first confirmed commit (None: none yet)."""
         starts = [d.commit_at for d in self.devs if d.commit_at is not None]
-        if not starts:
-            return None
-        return min(starts) + self.window_s - time.monotonic()
+        return None if not starts else min(starts) + self.window_s - time.monotonic()
 
-    def _capped(self, dev: _Dev, timeout_s: float) -> float:
+    def _capped(self, timeout_s: float) -> float:
         """A forward call's timeout, capped by the window left (minus the margin); raises when
         there is no time left for it."""
-        left = self._window_left(dev)
+        left = self._window_left()
         if left is None:
             return timeout_s
-        room = left - self.margin_s
-        if room <= 0:
+        if left - self.margin_s <= 0:
             raise _Answer(StepStatus.FAILED, "confirm window nearly over: not running further steps")
-        return min(timeout_s, room)
+        return min(timeout_s, left - self.margin_s)
 
-    async def _first_contact(self, dev: _Dev, ps: PlannedStep) -> bool:
+    async def _first_contact(self, dev: _Dev) -> bool:
         """Open the session the device's first step needs; False (and skip the device) when it
         does not answer at all. Any other connect error is left for the step to meet."""
+        first = dev.plan.steps[0]
         try:
-            if ps.step.session == "netconf":
+            if first.step.session == "netconf":
                 await dev.session.netconf()
-            elif ps.step.session == "ssh":
+            elif first.step.session == "ssh":
                 await dev.session.ssh()
         except AdapterError as exc:
-            if exc.unreachable:
-                self.log.warning("runner.device_unreachable", device=dev.id, detail=str(exc))
-                await self._record(
-                    dev,
-                    ps.name,
-                    ps.index,
-                    "apply",
-                    StepStatus.SKIPPED,
-                    f"{UNREACHABLE}: {exc}",
-                    {"unreachable": True},
-                )
-                return False
+            if not exc.unreachable:
+                return True
+            self.log.warning("runner.device_unreachable", device=dev.id, detail=str(exc))
+            await self._record(
+                dev, first.name, "apply", StepStatus.SKIPPED, f"{UNREACHABLE}: {exc}", unreachable=True
+            )
+            return False
         return True
 
     async def _run_step(self, dev: _Dev, ps: PlannedStep) -> None:
         step = ps.step
         phase = "verify" if dev.progress.commit is pg.Sent.DONE else "apply"
         delays = retry_delays(step.retries, step.is_idempotent)
-        attempt = 0
-        while True:
-            attempt += 1
-            budget = step.attempt_s
+        for attempt in range(1, len(delays) + 2):
             retry = attempt <= len(delays)
 
-            async def call(budget: float = budget, retry: bool = retry) -> tuple[str, Mapping[str, object]]:
-                timeout = self._capped(dev, budget)
+            async def call(retry: bool = retry) -> tuple[str, Mapping[str, object]]:
+                timeout = self._capped(step.attempt_s)
                 try:
                     detail = await asyncio.wait_for(
                         run_step(step, dev.session, timeout), timeout + _BACKSTOP_S
@@ -683,35 +598,29 @@ class _Run:
                     raise
                 return detail, {}
 
-            status = await self._journaled(dev, ps.name, ps.index, phase, call, attempt=attempt)
-            if status is StepStatus.FAILED and dev.progress.failed is None and attempt <= len(delays):
-                await asyncio.sleep(delays[attempt - 1])
-                continue
-            return
+            status = await self._journaled(dev, ps.name, phase, call, attempt=attempt)
+            if status is not StepStatus.FAILED or dev.progress.failed is not None or not retry:
+                return
+            await asyncio.sleep(delays[attempt - 1])
 
     async def _prepare(self, dev: _Dev) -> None:
-        index = dev.plan.steps[dev.progress.pos].index if dev.progress.pos < len(dev.plan.steps) else 0
-
         async def prepare() -> tuple[str, Mapping[str, object]]:
             nc = await dev.session.netconf()
             if not nc.supports_candidate:
                 raise StepFailed("device has no :candidate datastore; edits go to candidate only")
             cc, persist = nc.supports_confirmed_commit, nc.supports_persist
             try:
-                await nc.lock("candidate", rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
+                await nc.lock("candidate", rpc_timeout_s=self._capped(_UNDO_TIMEOUT_S))
             except NetconfRpcError:
                 # A candidate left dirty (by a dead session) refuses the lock: clear it, try once more.
                 await nc.discard_changes()
-                await nc.lock("candidate", rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
-            await nc.discard_changes(rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S))
+                await nc.lock("candidate", rpc_timeout_s=self._capped(_UNDO_TIMEOUT_S))
+            await nc.discard_changes(rpc_timeout_s=self._capped(_UNDO_TIMEOUT_S))
             text = "candidate locked and clean" + ("" if cc else " (no :confirmed-commit)")
             facts: dict[str, object] = {"cc": cc, "persist": persist}
             marker = self.plan.playbook.fence
             if marker is not None:
-                seen = await _device_epoch(nc, marker, self._capped(dev, _UNDO_TIMEOUT_S))
-                if seen > self.epoch:
-                    raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
-                await self._fence_candidate(nc, self._capped(dev, _UNDO_TIMEOUT_S))
+                seen = await self._claim(dev, nc, marker, self._capped(_UNDO_TIMEOUT_S))
                 text += f"; epoch {self.epoch} (device had {seen})"
                 facts["epoch"] = self.epoch
             if dev.progress.backup is None:
@@ -720,7 +629,7 @@ class _Run:
                 # confirmed and then rolled back with the office does).
                 roots = _edit_roots(dev)
                 saved = await nc.get_config(
-                    "running", backup_filter(roots), rpc_timeout_s=self._capped(dev, _UNDO_TIMEOUT_S)
+                    "running", backup_filter(roots), rpc_timeout_s=self._capped(_UNDO_TIMEOUT_S)
                 )
                 facts["backup"] = await self.journal.call(
                     self.journal.save_backup, self.run_id, dev.id, saved
@@ -728,7 +637,19 @@ class _Run:
                 text += f"; running of {len(roots)} subtree(s) saved"
             return text, facts
 
-        await self._journaled(dev, PREPARE, index, "apply", prepare)
+        await self._journaled(dev, pg.PREPARE, "apply", prepare)
+
+    async def _claim(self, dev: _Dev, nc: NetconfClient, marker: FenceMarker, timeout_s: float) -> int:
+        """The device's epoch in running (0: none yet), refused when newer than ours; ours is
+        then put in the candidate, for the commit to come."""
+        reply = await nc.get_config("running", marker.filter, rpc_timeout_s=timeout_s)
+        found = etree.fromstring(reply.encode()).xpath(marker.xpath, namespaces=marker.namespaces or None)
+        text = found[0].text or "" if isinstance(found, list) and found and hasattr(found[0], "text") else ""
+        seen = int(text.strip()) if text.strip().isdigit() else 0
+        if seen > self.epoch:
+            raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
+        await self._fence_candidate(nc, timeout_s)
+        return seen
 
     async def _fence_candidate(self, nc: NetconfClient, timeout_s: float = _UNDO_TIMEOUT_S) -> None:
         """Every commit of the run carries its epoch: an undo restores running as it was before
@@ -738,25 +659,19 @@ class _Run:
             fenced = wrap_config(marker.config.replace("{epoch}", str(self.epoch)))
             await nc.edit_config("candidate", fenced, rpc_timeout_s=timeout_s)
 
-    async def _ensure_confirm_journaled(self) -> None:
-        async with self._deciding:
-            if self._confirm_journaled:
-                return
-            # Journaled before any commit goes out, so a restart can always cancel or confirm.
-            deadline = self.clock() + self.window_s
-            await self.journal.call(self.journal.set_confirm, self.run_id, deadline, self.persist_id)
-            self._confirm_journaled = True
-
     async def _commit(self, dev: _Dev) -> None:
-        cc = bool(dev.progress.cc)
-        persist = bool(dev.progress.persist)
+        cc, persist = bool(dev.progress.cc), bool(dev.progress.persist)
         if cc:
-            await self._ensure_confirm_journaled()
-        index = dev.plan.steps[pg.commit_position(dev.plan.steps) or 0].index
+            async with self._deciding:
+                if not self._confirm_journaled:
+                    # Journaled before any commit goes out, so a restart can always cancel or confirm.
+                    deadline = self.clock() + self.window_s
+                    await self.journal.call(self.journal.set_confirm, self.run_id, deadline, self.persist_id)
+                    self._confirm_journaled = True
 
         async def commit() -> tuple[str, Mapping[str, object]]:
             nc = await dev.session.netconf()
-            timeout = self._capped(dev, self.plan.playbook.commit_timeout_s)
+            timeout = self._capped(self.plan.playbook.commit_timeout_s)
             # No separate <validate>: <commit> validates the candidate anyway (RFC 6241 8.3), and
             # yuma123 netconfd 2.13 commits *nothing* after an explicit <validate> (measured).
             started = time.monotonic()
@@ -769,23 +684,18 @@ class _Run:
                 )
                 dev.commit_at = dev.commit_at or started
                 dev.commit_session = True
-            else:
-                await nc.commit(rpc_timeout_s=timeout)
-            with contextlib.suppress(NetconfError):
-                await nc.unlock("candidate", rpc_timeout_s=5.0)
-            if cc:
                 text = f"confirmed commit, confirm-timeout {self.window_s} s" + (
                     ", persist" if persist else ", session held (no :confirmed-commit:1.1)"
                 )
             else:
+                await nc.commit(rpc_timeout_s=timeout)
                 text = "committed (no :confirmed-commit: undo by compensating steps)"
-            return text, {
-                "cc": cc,
-                "persist": persist,
-                "deadline": self.clock() + self.window_s if cc else None,
-            }
+            with contextlib.suppress(NetconfError):
+                await nc.unlock("candidate", rpc_timeout_s=5.0)
+            deadline = self.clock() + self.window_s if cc else None
+            return text, {"cc": cc, "persist": persist, "deadline": deadline}
 
-        await self._journaled(dev, COMMIT, index, "commit", commit)
+        await self._journaled(dev, pg.COMMIT, "commit", commit)
 
     async def _confirm(self, dev: _Dev) -> None:
         persist = bool(dev.progress.persist)
@@ -793,7 +703,7 @@ class _Run:
 
         async def confirm() -> tuple[str, Mapping[str, object]]:
             nc = await dev.session.netconf()
-            left = self._window_left(dev)
+            left = self._window_left()
             timeout = self.plan.playbook.confirm_timeout_s
             if left is not None:
                 timeout = max(1.0, min(timeout, left))
@@ -813,15 +723,12 @@ class _Run:
             # confirming commit carries this leader's epoch, read and written under the lock, so
             # the device stops the leader it replaced (a confirming commit commits the candidate).
             async with nc.locked("candidate"):
-                seen = await _device_epoch(nc, marker, timeout)
-                if seen > self.epoch:
-                    raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
                 await nc.discard_changes(rpc_timeout_s=timeout)
-                await self._fence_candidate(nc, timeout)
+                seen = await self._claim(dev, nc, marker, timeout)
                 await confirming_commit()
             return f"confirmed, with epoch {self.epoch} (device had {seen})", {"epoch": self.epoch}
 
-        await self._journaled(dev, CONFIRM, dev.index_of(COMMIT), "confirm", confirm)
+        await self._journaled(dev, pg.CONFIRM, "confirm", confirm)
         if dev.progress.confirm is pg.Sent.DONE and not dev.hold:
             await self._close(dev)
 
@@ -842,7 +749,7 @@ class _Run:
                     }
             return "running holds the change (every verify step passed)", {"running": "changed"}
 
-        await self._journaled(dev, CHECK, dev.index_of(COMMIT), "check", check)
+        await self._journaled(dev, pg.CHECK, "check", check)
 
     async def _discard(self, dev: _Dev) -> None:
         held = dev.progress.prepared
@@ -858,9 +765,7 @@ class _Run:
                     await nc.discard_changes(rpc_timeout_s=_UNDO_TIMEOUT_S)
             return "candidate discarded, running untouched", {}
 
-        await self._journaled(
-            dev, DISCARD, dev.index_of(PREPARE), "rollback", discard, ok=StepStatus.ROLLED_BACK
-        )
+        await self._journaled(dev, pg.DISCARD, "rollback", discard, ok=StepStatus.ROLLED_BACK)
 
     async def _cancel(self, dev: _Dev) -> None:
         persist = dev.progress.persist is not False
@@ -879,61 +784,47 @@ class _Run:
                 ) from None
             return "confirmed commit cancelled: running is back to before the run", {}
 
-        await self._journaled(
-            dev, CANCEL, dev.index_of(COMMIT), "rollback", cancel, ok=StepStatus.ROLLED_BACK
-        )
+        await self._journaled(dev, pg.CANCEL, "rollback", cancel, ok=StepStatus.ROLLED_BACK)
 
-    async def _compensate_edits(self, dev: _Dev, names: tuple[str, ...]) -> None:
+    async def _compensate(self, dev: _Dev, names: tuple[str, ...]) -> None:
+        """Undo steps that ran: committed edits (all at once), or one other change."""
         steps = {ps.name: ps for ps in dev.plan.steps}
-        digest = dev.progress.backup
+        digest = dev.progress.backup if names[0] in dev.progress.edits else None
         backup = (
             None
             if digest is None
             else await self.journal.call(self.journal.load_backup, self.run_id, dev.id, digest)
         )
 
-        async def apply() -> tuple[str, Mapping[str, object]]:
+        async def undo() -> tuple[str, Mapping[str, object]]:
             if backup is not None:
                 roots = _edit_roots(dev)
                 await self._commit_undo(dev, [(restore_config(backup, roots), None, _UNDO_TIMEOUT_S)])
                 return f"running restored as it was before the run ({len(roots)} subtree(s))", {}
-            # Undone in the candidate, in one commit: each needs a compensating candidate edit.
-            undo = {
-                n: (wrap_config(edit[0]), edit[1], comp.timeout_s)
-                for n in names
-                if n in steps
-                and (comp := steps[n].compensate) is not None
-                and (edit := comp.candidate_edit()) is not None
-            }
-            missing = [n for n in names if n not in undo]
-            if missing:
-                raise StepFailed(f"no compensating edit for {', '.join(missing)}: left as is")
-            await self._commit_undo(dev, list(undo.values()))
+            comps = {n: comp for n in names if n in steps and (comp := steps[n].compensate) is not None}
+            if len(comps) < len(names):
+                raise StepFailed(
+                    f"no compensate for {', '.join(n for n in names if n not in comps)}: left as is"
+                )
+            edits = {n: edit for n, comp in comps.items() if (edit := comp.candidate_edit()) is not None}
+            if not edits and len(names) == 1:  # a change undone by a step of its own kind
+                comp = comps[names[0]]
+                return await asyncio.wait_for(
+                    run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
+                ), {}
+            if len(edits) < len(names):
+                raise StepFailed(
+                    f"no compensating edit for {', '.join(n for n in names if n not in edits)}: left as is"
+                )
+            # Undone in the candidate, in one commit.
+            await self._commit_undo(
+                dev, [(wrap_config(e[0]), e[1], comps[n].timeout_s) for n, e in edits.items()]
+            )
             return f"compensating edits committed ({', '.join(names)})", {}
 
-        index = steps[names[0]].index if names[0] in steps else 0
         await self._journaled(
-            dev, COMPENSATE + ",".join(names), index, "rollback", apply, ok=StepStatus.ROLLED_BACK
+            dev, pg.COMPENSATE + ",".join(names), "rollback", undo, ok=StepStatus.ROLLED_BACK
         )
-
-    async def _compensate(self, dev: _Dev, name: str) -> None:
-        ps = next((s for s in dev.plan.steps if s.name == name), None)
-
-        async def run() -> tuple[str, Mapping[str, object]]:
-            comp = ps.compensate if ps is not None else None
-            if comp is None:
-                raise StepFailed(f"step {name} has no compensate: left as is")
-            edit = comp.candidate_edit()
-            if edit is not None:  # compensating a netconf.rpc with an edit
-                await self._commit_undo(dev, [(wrap_config(edit[0]), edit[1], comp.timeout_s)])
-                return "compensating edit committed", {}
-            detail = await asyncio.wait_for(
-                run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
-            )
-            return detail, {}
-
-        index = ps.index if ps is not None else 0
-        await self._journaled(dev, COMPENSATE + name, index, "rollback", run, ok=StepStatus.ROLLED_BACK)
 
     async def _commit_undo(self, dev: _Dev, edits: Sequence[tuple[str, str | None, float]]) -> None:
         """(config, default operation, timeout) edits committed for good in one commit, under
@@ -946,29 +837,47 @@ class _Run:
             await self._fence_candidate(nc)
             await nc.commit(rpc_timeout_s=self.plan.playbook.commit_timeout_s)
 
-    def outcomes(self) -> tuple[DeviceOutcome, ...]:
-        result = []
+    # --- the end -------------------------------------------------------------------------------
+
+    async def finish(self, recovered: bool = False) -> RunOutcome:
+        result, reason = await self.go()
+        if recovered:
+            reason = "recovered after a restart" + (f": {reason}" if reason else "")
+        devices = []
         for dev in self.devs:
-            status = pg.status_of(dev.plan, dev.progress, self.direction)
-            left = (
-                pg.leftovers(dev.plan, dev.progress)
-                if self.direction == "back" or dev.progress.failed
-                else ()
-            )
-            error = dev.progress.failed or dev.progress.unreachable
+            p = dev.progress
+            status = pg.status_of(dev.plan, p, self.direction)
+            left = pg.leftovers(dev.plan, p) if self.direction == "back" or p.failed else ()
+            error = p.failed or p.unreachable
             if left:
                 error = (error + "; " if error else "") + "left on the device: " + ", ".join(left)
-            result.append(DeviceOutcome(dev.id, status, error, tuple(dev.outcomes)))
-        return tuple(result)
-
-
-async def _device_epoch(nc: NetconfClient, marker: FenceMarker, timeout_s: float) -> int:
-    """The fencing epoch the device holds in running (0: none yet)."""
-    reply = await nc.get_config("running", marker.filter, rpc_timeout_s=timeout_s)
-    found = etree.fromstring(reply.encode()).xpath(marker.xpath, namespaces=marker.namespaces or None)
-    first = found[0] if isinstance(found, list) and found else None
-    text = (first.text or "") if first is not None and hasattr(first, "text") else ""
-    return int(text.strip()) if text.strip().isdigit() else 0
+            devices.append(DeviceOutcome(dev.id, status, error, tuple(dev.outcomes)))
+        run = self.plan.run
+        outcome = RunOutcome(
+            run.id,
+            self.plan.office,
+            self.plan.alternate,
+            run.kind,
+            result,
+            summarize(result, devices, reason, run.kind),
+            tuple(devices),
+            self.persist_id if self._confirm_journaled else None,
+            time.monotonic() - self.started,
+        )
+        await self.journal.call(
+            self.journal.finish_run,
+            run.id,
+            result,
+            outcome.detail,
+            self.clock(),
+            done=frozenset(outcome.handed),
+            pending=frozenset(outcome.unreachable),
+        )
+        await self.journal.call(self.journal.drop_backups, run.id)
+        self.log.info(
+            "runner.finished", result=result, detail=outcome.detail, duration_s=round(outcome.duration_s, 3)
+        )
+        return outcome
 
 
 def _edit_roots(dev: _Dev) -> tuple[str, ...]:
@@ -1002,12 +911,10 @@ async def execute(
     on (default `confirm_margin`); run_timeout_s: the run turns back when it takes longer before
     its decision; progress: called with every step result; abort: set it to roll the run back.
     """
-    pb = plan.playbook
+    pb, run = plan.playbook, plan.run
     window = max(1, math.ceil(confirm_window_s if confirm_window_s is not None else pb.window_for(300.0)))
     margin = confirm_margin(window) if confirm_margin_s is None else confirm_margin_s
     workers = concurrency or pb.concurrency
-    run = plan.run
-    bound = log.bind(office=plan.office, run_id=run.id)
     existing = await journal.call(journal.run, run.id)
     if existing is None:
         await journal.call(
@@ -1015,16 +922,6 @@ async def execute(
         )
     elif existing.steps or existing.is_finished:
         raise ValueError(f"run {run.id} has already started: resume it instead")
-
-    async def refuse(reason: str) -> RunOutcome:
-        await journal.call(journal.finish_run, run.id, "refused", reason, clock())
-        bound.warning("runner.refused", reason=reason)
-        return RunOutcome(run.id, plan.office, plan.alternate, run.kind, "refused", reason)
-
-    if not plan.ok:
-        return await refuse(
-            "refused: the plan has problems: " + "; ".join(str(p) for p in plan.problems[:10])
-        )
     snmp = sorted(
         {
             ps.name
@@ -1034,25 +931,36 @@ async def execute(
             if s is not None and s.session == "snmp"
         }
     )
-    if snmp and connectors.snmp is None:
-        return await refuse(f"refused: steps {snmp} need SNMP access and none is configured")
-    if margin >= window:
-        return await refuse(f"refused: confirm margin {margin:g} s is not shorter than the window {window} s")
-    budget = plan.budget(window, workers, margin)
-    why = budget.refusal()
+    why: str | None = None
+    if not plan.ok:
+        why = "the plan has problems: " + "; ".join(str(p) for p in plan.problems[:10])
+    elif snmp and connectors.snmp is None:
+        why = f"steps {snmp} need SNMP access and none is configured"
+    elif margin >= window:
+        why = f"confirm margin {margin:g} s is not shorter than the window {window} s"
+    else:
+        why = plan.budget(window, workers, margin).refusal()
     if why is not None:
-        return await refuse(f"refused: {why}")
+        why = f"refused: {why}"
+        await journal.call(journal.finish_run, run.id, "refused", why, clock())
+        log.warning("runner.refused", office=plan.office, run_id=run.id, reason=why)
+        return RunOutcome(run.id, plan.office, plan.alternate, run.kind, "refused", why)
     await journal.call(journal.set_plan, run.id, plan.to_json(), float(window))
-    bound.info("runner.started", devices=len(plan.devices), window_s=window, concurrency=workers)
+    log.info(
+        "runner.started",
+        office=plan.office,
+        run_id=run.id,
+        devices=len(plan.devices),
+        window_s=window,
+        concurrency=workers,
+    )
     state = _Run(
         plan,
         journal,
         connectors,
-        {},
-        direction=None,
-        persist_id=f"baton-{run.id}-{secrets.token_hex(4)}",
-        concurrency=workers,
         window_s=window,
+        concurrency=workers,
+        persist_id=f"baton-{run.id}-{secrets.token_hex(4)}",
         margin_s=margin,
         run_timeout_s=run_timeout_s,
         progress=progress,
@@ -1061,7 +969,7 @@ async def execute(
         fence=fence,
         epoch=epoch,
     )
-    return await _finish(state, journal, clock, bound)
+    return await state.finish()
 
 
 async def resume(
@@ -1080,7 +988,6 @@ async def resume(
     """Finish a run the journal shows unfinished (a restart, or a takeover) by the rules of
     `baton.playbook.progress`: forward if it had decided so, else back. Never raises for a
     device's failure. `plan_for` re-plans runs journaled before plans were (schema 1)."""
-    bound = log.bind(office=record.office, run_id=record.id)
     plan = plan_from_json(record.plan, inventory) if record.plan else (plan_for(record) if plan_for else None)
     if plan is None:
         detail = "recovered after a restart: the run's plan is unknown, an operator must check its devices"
@@ -1088,38 +995,30 @@ async def resume(
         return RunOutcome(record.id, record.office, record.alternate, record.kind, "failed", detail)
     # Steps the crash caught in flight: their outcome is unknown. Closed first (so the journal
     # never shows them running, and a crash of this recovery folds the same records again).
-    steps = []
+    by_device: dict[str, list[StepRecord]] = {}
     for step in record.steps:
         if step.status is StepStatus.INTENT:
             detail = "interrupted by a restart before its result was journaled; handled by recovery"
             await journal.call(journal.step_result, step.id, StepStatus.UNKNOWN, detail, clock())
             step = replace(step, status=StepStatus.UNKNOWN, detail=detail)
-        steps.append(step)
-    by_device: dict[str, list[StepRecord]] = {}
-    for step in steps:
         by_device.setdefault(step.device, []).append(step)
     # Every session of the crashed process is gone, and with them its candidate locks.
     progresses = {
         dp.device.id: replace(pg.fold(dp, by_device.get(dp.device.id, ())), prepared=False)
         for dp in plan.devices
     }
-    window = max(1, math.ceil(record.window_s or plan.playbook.window_for(300.0)))
-    direction: Direction | None = "forward" if record.decision == "forward" else None
-    if record.decision == "back":
-        direction = "back"
+    direction: pg.Direction | None = "forward" if record.decision == "forward" else None
+    direction = "back" if record.decision == "back" else direction
     state = _Run(
         plan,
         journal,
         connectors,
-        progresses,
-        direction=direction,
-        persist_id=record.persist_id or f"baton-{record.id}-recovered",
+        window_s=max(1, math.ceil(record.window_s or plan.playbook.window_for(300.0))),
         concurrency=concurrency,
-        window_s=window,
-        margin_s=confirm_margin(window),
-        run_timeout_s=None,
+        persist_id=record.persist_id or f"baton-{record.id}-recovered",
+        direction=direction,
+        progresses=progresses,
         progress=progress,
-        abort=None,
         clock=clock,
         fence=fence,
         epoch=epoch,
@@ -1127,39 +1026,7 @@ async def resume(
     )
     if direction is None:
         await state.turn_back("recovered after a restart before every device passed verify")
-    else:
-        state.reason = record.decision_reason if direction == "back" else ""
-    bound.info("recovery.started", direction=state.direction)
-    return await _finish(state, journal, clock, bound, recovered=True)
-
-
-async def _finish(
-    state: _Run,
-    journal: Journal,
-    clock: Callable[[], float],
-    bound: structlog.typing.FilteringBoundLogger,
-    recovered: bool = False,
-) -> RunOutcome:
-    result, reason = await state.go()
-    if recovered:
-        reason = "recovered after a restart" + (f": {reason}" if reason else "")
-    outcomes = state.outcomes()
-    plan = state.plan
-    detail = summarize(result, outcomes, reason, plan.run.kind)
-    done = frozenset(d.device for d in outcomes if d.status is DeviceStatus.CONFIRMED)
-    pending = frozenset(d.device for d in outcomes if d.status is DeviceStatus.UNREACHABLE)
-    await journal.call(journal.finish_run, plan.run.id, result, detail, clock(), done=done, pending=pending)
-    await journal.call(journal.drop_backups, plan.run.id)
-    duration = time.monotonic() - state.started
-    bound.info("runner.finished", result=result, detail=detail, duration_s=round(duration, 3))
-    return RunOutcome(
-        plan.run.id,
-        plan.office,
-        plan.alternate,
-        plan.run.kind,
-        result,
-        detail,
-        outcomes,
-        state.persist_id if state._confirm_journaled else None,
-        duration,
-    )
+    elif direction == "back":
+        state.reason = record.decision_reason
+    state.log.info("recovery.started", direction=state.direction)
+    return await state.finish(recovered=True)
