@@ -228,7 +228,6 @@ class _Dev:
     session: DeviceSession
     progress: pg.DeviceProgress
     hold: bool = False  # keep the session open across barriers (one session for the whole run)
-    contacted: bool = False
     commit_session: bool = False  # the session that made its confirmed commit is open
     commit_at: float | None = None  # monotonic time of its (latest) confirmed commit
     outcomes: list[StepOutcome] = field(default_factory=list)
@@ -511,10 +510,11 @@ class _Run:
     async def _perform(self, dev: _Dev, action: pg.Action) -> None:
         if self.fence is not None and not self.fence():
             raise FenceLost("this vantage does not hold the lease any more: leaving the run to the leader")
-        if isinstance(action, pg.RunStep | pg.Prepare) and not dev.contacted:
-            dev.contacted = True
-            if self.skip_unreachable and dev.progress.pos == 0 and not await self._first_contact(dev):
-                return
+        first = (
+            isinstance(action, pg.RunStep | pg.Prepare) and dev.progress.pos == 0 and not dev.progress.touched
+        )
+        if first and self.skip_unreachable and not await self._first_contact(dev):
+            return
         match action:
             case pg.RunStep(pos):
                 await self._run_step(dev, dev.plan.steps[pos])
