@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +11,9 @@ from baton.adapters.netconf import NetconfClient
 from baton.core.model import Device, Inventory, NetconfSettings, Office, RunKind, SecretRef
 from baton.journal import Journal, RunRecord, StepStatus
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
+from baton.playbook.runner import resume
 from baton.playbook.schema import Playbook, load_playbook
+from baton.playbook.steps import Connectors
 from tests.peers.endpoints import SshEndpoint
 
 REPO = Path(__file__).resolve().parents[2]
@@ -116,3 +118,36 @@ def statuses(record: RunRecord, name: str) -> dict[str, StepStatus]:
 
 def open_journal(tmp_path: Path) -> Journal:
     return Journal.open(tmp_path / "journal.sqlite3")
+
+
+def netconfd_plan_for(devices: Sequence[Device]) -> Callable[[RunRecord], RunPlan]:
+    """Re-plans a run of netconfd-handover.yaml on these devices (for a journal without its plan)."""
+
+    def plan_for(run: RunRecord) -> RunPlan:
+        assert RunKind.HANDOVER == run.kind
+        return make_plan(inventory_of(devices), PLAYBOOKS / "netconfd-handover.yaml", run.id)
+
+    return plan_for
+
+
+async def resume_all(journal_path: Path, devices: Sequence[Device], run_id: str | None = None) -> RunRecord:
+    """What the daemon does at start: `runner.resume` of every unfinished run of the journal.
+    Returns run `run_id` (None: the one run resumed), which no run is left unfinished beside."""
+    with Journal.open(journal_path) as journal:
+        resumed = [
+            await resume(
+                record,
+                journal=journal,
+                connectors=Connectors(read_secret),
+                inventory=inventory_of(devices),
+                plan_for=netconfd_plan_for(devices),
+            )
+            for record in journal.unfinished_runs()
+        ]
+        assert [] == journal.unfinished_runs(), "a run left unfinished"
+        if run_id is None:
+            assert 1 == len(resumed), f"{len(resumed)} runs resumed"
+            run_id = resumed[0].run_id
+        found = journal.run(run_id)
+    assert found is not None
+    return found

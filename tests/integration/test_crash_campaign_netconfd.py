@@ -35,19 +35,14 @@ import pytest
 from baton.adapters.errors import NetconfRpcError
 from baton.adapters.netconf import NetconfClient
 from baton.core.model import Device
-from baton.journal import Journal, RunRecord
-from baton.playbook.plan import RunPlan
-from baton.playbook.runner import resume
-from baton.playbook.steps import Connectors
+from baton.journal import Journal
 from tests.integration.runner_helpers import (
     GROUP,
     NACM_NS,
-    PLAYBOOKS,
     REPO,
     device_for,
-    inventory_of,
-    make_plan,
     read_secret,
+    resume_all,
 )
 from tests.peers.netconfd import NetconfdProcess
 
@@ -99,30 +94,6 @@ def _run_child(tmp_path: Path, devices: list[Device], tag: str, **extra: object)
             timeout=CHILD_TIMEOUT_S,
             check=False,
         ).returncode
-
-
-def _plan_for(devices: list[Device]) -> Callable[[RunRecord], RunPlan]:
-    def plan_for(run: RunRecord) -> RunPlan:
-        return make_plan(inventory_of(devices), PLAYBOOKS / "netconfd-handover.yaml", run.id)
-
-    return plan_for
-
-
-async def _recover(journal_path: Path, devices: list[Device]) -> RunRecord:
-    """What the daemon does at start: finish every unfinished run; returns the run."""
-    with Journal.open(journal_path) as journal:
-        for unfinished in journal.unfinished_runs():
-            await resume(
-                unfinished,
-                journal=journal,
-                connectors=Connectors(read_secret),
-                inventory=inventory_of(devices),
-                plan_for=_plan_for(devices),
-            )
-        assert [] == journal.unfinished_runs(), "a run left unfinished"
-        record = journal.run(RUN_ID)
-    assert record is not None
-    return record
 
 
 async def _running(device: Device) -> str:
@@ -191,7 +162,7 @@ async def test_a_netconfd_handover_killed_at_every_journal_write(
         status = await asyncio.to_thread(_run_child, tmp_path, devices, tag, crash_at=point)
         assert -9 == status, f"the child was not killed at {point} (exit {status})"
         try:
-            record = await _recover(tmp_path / f"journal-{tag}.sqlite3", devices)
+            record = await resume_all(tmp_path / f"journal-{tag}.sqlite3", devices, RUN_ID)
             shown = {d.id: await _running(d) for d in devices}
             forward = all(shown[d.id] == handed[d.id] for d in devices)
             back = all(shown[d.id] == original[d.id] for d in devices)

@@ -19,21 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from baton.core.model import Device, RunKind
-from baton.journal import Journal, RunRecord, StepStatus
-from baton.playbook.plan import RunPlan
+from baton.core.model import Device
+from baton.journal import Journal, StepStatus
 from baton.playbook.progress import CANCEL, COMMIT, DISCARD
-from baton.playbook.runner import resume
-from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,
-    PLAYBOOKS,
     REPO,
     device_for,
     get_running_async,
-    inventory_of,
-    make_plan,
-    read_secret,
+    resume_all,
     statuses,
 )
 from tests.peers.netconfd import NetconfdProcess
@@ -127,33 +121,6 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[list[Device], str, str], Child]]
         child.close()
 
 
-def plan_for_devices(devices: list[Device]) -> Callable[[RunRecord], RunPlan]:
-    def plan_for(run: RunRecord) -> RunPlan:
-        assert RunKind.HANDOVER == run.kind
-        return make_plan(inventory_of(devices), PLAYBOOKS / "netconfd-handover.yaml", run.id)
-
-    return plan_for
-
-
-async def _recover(journal_path: Path, devices: list[Device]) -> RunRecord:
-    with Journal.open(journal_path) as journal:
-        outcomes = [
-            await resume(
-                record,
-                journal=journal,
-                connectors=Connectors(read_secret),
-                inventory=inventory_of(devices),
-                plan_for=plan_for_devices(devices),
-            )
-            for record in journal.unfinished_runs()
-        ]
-        assert 1 == len(outcomes)
-        record = journal.run(outcomes[0].run_id)
-        assert [] == journal.unfinished_runs()
-    assert record is not None
-    return record
-
-
 @pytest.mark.slow
 async def test_killed_after_commit_devices_revert_on_their_own(
     two_devices: list[Device], spawn: Callable[[list[Device], str, str], Child], tmp_path: Path
@@ -171,7 +138,7 @@ async def test_killed_after_commit_devices_revert_on_their_own(
     # Quietly: netconfd's confirm timer only runs while no client talks to it.
     await asyncio.sleep(max(0.0, run.confirm_deadline - time.time()) + REVERT_MARGIN_S)
     assert before == [await get_running_async(d, None) for d in two_devices]
-    record = await _recover(child.journal_path, two_devices)
+    record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
     # The devices answer that nothing is pending: reverted on their own, nothing to undo.
     cancels = [s for s in record.steps if s.name == CANCEL]
@@ -187,7 +154,7 @@ async def test_recovery_right_after_kill_rolls_back_and_restores_running(
     child = spawn(two_devices, "committed", "run-crash-b")
     child.wait_mark("committed")
     child.kill()
-    record = await _recover(child.journal_path, two_devices)
+    record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
     assert {d.id: StepStatus.DONE for d in two_devices} == statuses(record, COMMIT)
     assert {d.id: StepStatus.ROLLED_BACK for d in two_devices} == statuses(record, CANCEL)
@@ -202,7 +169,7 @@ async def test_killed_before_any_commit_recovery_has_nothing_to_cancel(
     child = spawn(two_devices, "edited", "run-crash-c")
     child.wait_mark("edited")
     child.kill()
-    record = await _recover(child.journal_path, two_devices)
+    record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
     assert {} == statuses(record, COMMIT)
     assert {} == statuses(record, CANCEL)

@@ -249,9 +249,9 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
     row includes what its intent said (an edit sent, a change that may have run, a confirm
     tried), so the runner, which folds each row once it has its result, and recovery, which
     folds what the journal holds, agree. A row still at intent (a crash caught it) counts as
-    a call whose outcome is unknown.
+    a call whose outcome is unknown (`resume` journals it so before folding).
     """
-    st, facts = r.status, r.facts
+    st, facts = StepStatus.UNKNOWN if r.status is StepStatus.INTENT else r.status, r.facts
     if st is StepStatus.SKIPPED:  # one row skips the device's remaining steps
         if facts.get("unreachable"):
             return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
@@ -267,15 +267,14 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
                 persist=bool(facts.get("persist", p.persist)),
                 backup=p.backup if p.backup is not None else (str(backup) if backup is not None else None),
             )
-        return p if st is StepStatus.INTENT else _failed(p, r)
+        return _failed(p, r)
     if r.name == COMMIT:
         if st is StepStatus.DONE:
             cc = facts.get("cc", p.cc)
             return replace(p, commit=Sent.DONE, prepared=False, cc=None if cc is None else bool(cc))
         if st is StepStatus.FAILED:  # refused (rpc-error), or never sent: nothing committed
             return _failed(replace(p, commit=Sent.REFUSED), r)
-        unknown = replace(p, commit=Sent.UNKNOWN, prepared=False)
-        return unknown if st is StepStatus.INTENT else _failed(unknown, r)
+        return _failed(replace(p, commit=Sent.UNKNOWN, prepared=False), r)
     if r.name == CONFIRM:
         tried = replace(p, confirm_tries=p.confirm_tries + 1)
         if st is StepStatus.DONE:
@@ -285,8 +284,6 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         if st is StepStatus.FAILED and facts.get("sent") is False:
             return tried  # no session: nothing was sent
         return replace(tried, confirm=Sent.UNKNOWN)
-    if st is StepStatus.INTENT and r.name in RUNNER_STEPS:
-        return p  # an undo or a check caught in flight: harmless to send again
     if r.name == CHECK:
         if st is StepStatus.DONE and facts.get("running") in ("changed", "original"):
             return replace(p, running="changed" if facts["running"] == "changed" else "original")
@@ -317,8 +314,6 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         )
     if r.name.startswith(COMPENSATE):
         names = frozenset(r.name.removeprefix(COMPENSATE).split(","))
-        if st is StepStatus.INTENT:
-            return p
         if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
             return replace(p, undone=p.undone | names)
         return _undo_failed(p, r.name)
@@ -331,8 +326,6 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         p = replace(p, edits=(*p.edits, r.name))
     elif step.CHANGES and not step.IN_CANDIDATE and r.name not in p.changes:
         p = replace(p, changes=(*p.changes, r.name))
-    if st is StepStatus.INTENT:
-        return p
     if st is StepStatus.DONE:
         return replace(p, pos=max(p.pos, pos + 1))
     if facts.get("retry"):
