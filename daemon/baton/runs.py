@@ -28,11 +28,11 @@ from typing import Any
 from baton.core.actions import AbortRun, StartRun
 from baton.core.events import RunFinished
 from baton.core.model import Inventory, Phase, RunKind, State
-from baton.journal import Journal, JournalError, RunRecord
+from baton.journal import Journal, JournalError, RunRecord, StepRecord
 from baton.logs import get_logger
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
 from baton.playbook.render import office_context
-from baton.playbook.runner import FenceLost, RunOutcome, StepOutcome, execute, resume
+from baton.playbook.runner import FenceLost, RunOutcome, execute, resume
 from baton.playbook.schema import Playbook
 from baton.playbook.steps import Connectors
 
@@ -185,7 +185,7 @@ class RunManager:
             return f"cannot plan the run: {plan}"
         progress = self._progress.setdefault(action.run_id, {})
 
-        def on_step(outcome: StepOutcome) -> None:
+        def on_step(outcome: StepRecord) -> None:
             progress[outcome.device] = {
                 "step": outcome.name,
                 "phase": outcome.phase,

@@ -24,9 +24,9 @@ import sys
 import time
 from pathlib import Path
 
-from baton.journal import Journal, StepStatus, WriteHook
+from baton.journal import Journal, StepRecord, StepStatus, WriteHook
 from baton.playbook.progress import COMMIT
-from baton.playbook.runner import StepOutcome, execute
+from baton.playbook.runner import execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import PLAYBOOKS, device_for, inventory_of, make_plan, read_secret
 from tests.peers.endpoints import SshEndpoint
@@ -67,7 +67,7 @@ def main(spec_path: str) -> None:
     commits: set[str] = set()
     stop_at = spec.get("stop_at")
 
-    def progress(outcome: StepOutcome) -> None:
+    def progress(outcome: StepRecord) -> None:
         if outcome.name == COMMIT and outcome.status is StepStatus.DONE:
             commits.add(outcome.device)
         reached = (stop_at == "committed" and len(commits) == len(devices)) or (

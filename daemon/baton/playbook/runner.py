@@ -48,7 +48,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import structlog
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
@@ -75,7 +75,7 @@ from baton.playbook.steps import (
 log = structlog.get_logger("baton.runner")
 
 UNREACHABLE = "unreachable (pending)"  # how a skipped device's record starts its detail
-Progress = Callable[["StepOutcome"], None]
+Progress = Callable[[StepRecord], None]  # called with every step's journaled record
 PlanFor = Callable[[RunRecord], RunPlan | None]
 
 _BACKSTOP_S = 2.0  # over a call's own timeout, in case an adapter does not honour it
@@ -87,22 +87,10 @@ FDS_PER_SESSION = 2
 
 
 @dataclass(frozen=True, slots=True)
-class StepOutcome:
-    device: str
-    index: int
-    name: str
-    phase: str  # apply | commit | verify | confirm | check | rollback
-    status: StepStatus
-    detail: str
-    attempt: int = 1
-
-
-@dataclass(frozen=True, slots=True)
 class DeviceOutcome:
     device: str
     status: pg.DeviceStatus
     error: str | None  # why it failed, was skipped, or what was left on it
-    steps: tuple[StepOutcome, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,7 +218,6 @@ class _Dev:
     hold: bool = False  # keep the session open across barriers (one session for the whole run)
     commit_session: bool = False  # the session that made its confirmed commit is open
     commit_at: float | None = None  # monotonic time of its (latest) confirmed commit
-    outcomes: list[StepOutcome] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -486,13 +473,11 @@ class _Run:
             step_id, self.run_id, dev.id, index, name, phase, status, at, done, detail, attempt, facts
         )
         dev.progress = pg.fold(dev.plan, (record,), dev.progress)
-        outcome = StepOutcome(dev.id, index, name, phase, status, detail, attempt)
-        dev.outcomes.append(outcome)
         event = "runner.step_" + status.value
         emit = self.log.warning if status in (StepStatus.FAILED, StepStatus.UNKNOWN) else self.log.info
         emit(event, device=dev.id, step=name, phase=phase, attempt=attempt, detail=detail)
         if self.progress is not None:
-            self.progress(outcome)
+            self.progress(record)
         return status
 
     async def _record(
@@ -851,7 +836,7 @@ class _Run:
             error = p.failed or p.unreachable
             if left:
                 error = (error + "; " if error else "") + "left on the device: " + ", ".join(left)
-            devices.append(DeviceOutcome(dev.id, status, error, tuple(dev.outcomes)))
+            devices.append(DeviceOutcome(dev.id, status, error))
         run = self.plan.run
         outcome = RunOutcome(
             run.id,
