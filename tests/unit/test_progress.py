@@ -298,8 +298,7 @@ class Process:
         record = StepRecord(next(_ids), "r1", device, 0, name, "apply", status, 0.0, 1.0, name, 1, facts)
         self.rows[device].append(record)
         plan = self.sims[device].plan
-        positions = {ps.name: pos for pos, ps in enumerate(plan.steps)}
-        self.progress[device] = pg.apply(plan, positions, self.progress[device], record)
+        self.progress[device] = pg.fold(plan, (record,), self.progress[device])
 
     def perform(self, device: str, action: pg.Action) -> None:
         sim = self.sims[device]

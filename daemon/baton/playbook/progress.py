@@ -236,13 +236,12 @@ def fold(
 ) -> DeviceProgress:
     """The device's progress after `records` (its own, in journal order)."""
     p = start if start is not None else DeviceProgress(dp.device.id)
-    positions = {ps.name: pos for pos, ps in enumerate(dp.steps)}
     for r in records:
-        p = apply(dp, positions, p, r)
+        p = _apply(dp, p, r)
     return p
 
 
-def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: StepRecord) -> DeviceProgress:
+def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
     """One journal row folded into the progress (see `fold`).
 
     A row is a call: journaled at intent, then updated with its result. Folding the finished
@@ -317,7 +316,7 @@ def apply(dp: DevicePlan, positions: Mapping[str, int], p: DeviceProgress, r: St
         if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
             return replace(p, undone=p.undone | names)
         return _undo_failed(p, r.name)
-    pos = positions.get(r.name)
+    pos = next((pos for pos, ps in enumerate(dp.steps) if ps.name == r.name), None)
     if pos is None:
         return p  # not a step of this plan (the journal knows more than the plan): ignored
     step = dp.steps[pos].step
