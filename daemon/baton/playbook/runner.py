@@ -774,7 +774,8 @@ class _Run:
     async def _compensate(self, dev: _Dev, names: tuple[str, ...]) -> None:
         """Undo steps that ran: committed edits (all at once), or one other change."""
         steps = {ps.name: ps for ps in dev.plan.steps}
-        digest = dev.progress.backup if names[0] in dev.progress.edits else None
+        committed = names[0] in dev.progress.edits  # else one change, undone by its own kind of step
+        digest = dev.progress.backup if committed else None
         backup = (
             None
             if digest is None
@@ -792,7 +793,7 @@ class _Run:
                     f"no compensate for {', '.join(n for n in names if n not in comps)}: left as is"
                 )
             edits = {n: edit for n, comp in comps.items() if (edit := comp.candidate_edit()) is not None}
-            if not edits and len(names) == 1:  # a change undone by a step of its own kind
+            if not committed and not edits:
                 comp = comps[names[0]]
                 return await asyncio.wait_for(
                     run_step(comp, dev.session, comp.timeout_s), comp.timeout_s + _BACKSTOP_S
