@@ -153,6 +153,20 @@ def test_a_step_left_at_intent_is_compensated_never_run_again() -> None:
     assert pg.Discard() == pg.next_action(WITH_SSH, progress, RunFacts("back"))
 
 
+@pytest.mark.parametrize(
+    "name", [PREPARE, "e1", "x", COMMIT, "v", CONFIRM, CHECK, CANCEL, DISCARD, REAPPLY, "compensate:e1"]
+)
+@pytest.mark.parametrize("before", [[], PREPARED, [*PREPARED, row("e1", D), row("x", D)]])
+def test_a_row_a_crash_left_at_intent_folds_as_unknown(name: str, before: list[StepRecord]) -> None:
+    """`resume` journals such a row as unknown before folding; the fold agrees, wherever it is."""
+    for direction in (None, "forward", "back"):
+        at_intent = pg.fold(WITH_SSH, [*before, row(name, StepStatus.INTENT)])
+        unknown = pg.fold(WITH_SSH, [*before, row(name, U)])
+        assert unknown == at_intent
+        facts = RunFacts(direction)  # type: ignore[arg-type]
+        assert pg.next_action(WITH_SSH, unknown, facts) == pg.next_action(WITH_SSH, at_intent, facts)
+
+
 def test_a_device_whose_changes_are_not_all_in_the_candidate_is_never_reapplied() -> None:
     """Re-applying would run the ssh command twice: the run turns back instead."""
     records = [

@@ -250,7 +250,9 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
     folds what the journal holds, agree. A row still at intent (a crash caught it) counts as
     a call whose outcome is unknown (`resume` journals it so before folding).
     """
-    st, facts = StepStatus.UNKNOWN if r.status is StepStatus.INTENT else r.status, r.facts
+    if r.status is StepStatus.INTENT:
+        r = replace(r, status=StepStatus.UNKNOWN)
+    st, facts = r.status, r.facts
     if st is StepStatus.SKIPPED:  # one row skips the device's remaining steps
         if facts.get("unreachable"):
             return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
