@@ -297,7 +297,7 @@ def reference(site: Site, work: Path) -> float:
         daemon.stop()
 
 
-def one(site: Site, work: Path, n: int, delay_s: float) -> Outcome:
+def one(site: Site, work: Path, n: int, delay_s: float, keep: bool = False) -> Outcome:
     site.reset()
     journal = work / f"run-{n:03d}.sqlite3"
     logs = work / f"run-{n:03d}"
@@ -325,11 +325,11 @@ def one(site: Site, work: Path, n: int, delay_s: float) -> Outcome:
             result = rows[0]["result"] if rows else None
     finally:
         daemon.stop()
-    if consistent:
+    if consistent and not keep:
         shutil.rmtree(logs, ignore_errors=True)
         for path in work.glob(f"run-{n:03d}.sqlite3*"):
             path.unlink() if path.is_file() else shutil.rmtree(path, ignore_errors=True)
-    else:
+    elif not consistent:
         log(f"run {n}: INCONSISTENT ({what}); journal {journal}, logs {logs}")
     return Outcome(n, delay_s, point, consistent, what, recovery_s, result)
 
@@ -352,7 +352,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR)
-    parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the work directory, every run's journal and logs too"
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
     rng = random.Random(seed)
@@ -393,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
             run_s = reference(site, work)
             span_s = 1.1 * run_s
             for n in range(1, args.runs + 1):
-                outcome = one(site, work, n, rng.uniform(0.0, span_s))
+                outcome = one(site, work, n, rng.uniform(0.0, span_s), args.keep)
                 outcomes.append(outcome)
                 log(
                     f"run {n}/{args.runs}: killed at {outcome.delay_s:.2f} s ({outcome.point}); "

@@ -316,7 +316,10 @@ class _Run:
         acted, failed = False, list[BaseException]()
         try:
             while drives:
-                done, _ = await asyncio.wait([*drives, turned], return_when=asyncio.FIRST_COMPLETED)
+                # Once the run has turned (or was back from the start), the done `turned` must
+                # leave the wait: it would return at once, and the pass would spin the loop.
+                waiting = [*drives, turned] if forward else list(drives)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 for task in done - {turned}:
                     dev = drives.pop(task)
                     if (exc := task.exception()) is not None:
