@@ -664,6 +664,12 @@ class VantagesDemo(Demo):
             ["handback", CLOSED_OFFICE, "--reason", "power is back", "--yes"],
         )
         self.viewer = self.leader
+        # The run's end reaches the leader's core a loop turn after the CLI has printed it.
+        self.wait_for(
+            f"{CLOSED_OFFICE} to leave HANDING_BACK",
+            lambda: self.office(CLOSED_OFFICE)["phase"] != "HANDING_BACK",
+            30,
+        )
         self.expect_phase(CLOSED_OFFICE, "OPEN")
         epochs = {device: self.router_epoch(device) for device in (ROUTER, AGG)}
         for device, seen in epochs.items():
