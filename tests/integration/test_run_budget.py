@@ -5,18 +5,21 @@ device cannot push the office's confirms past the window (some devices confirmed
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 import pytest
 
 from baton.core.model import RunKind, SecretRef
 from baton.inventory.loader import load_inventory
-from baton.journal import Journal
+from baton.journal import Journal, StepRecord, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.progress import DeviceStatus
-from baton.playbook.runner import execute
+from baton.playbook.progress import COMMIT, DeviceStatus
+from baton.playbook.runner import execute, resume
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
 from baton.secrets import resolve
@@ -92,7 +95,9 @@ async def test_devices_waiting_for_the_decision_undo_at_once_when_the_run_turns_
     lab.call(lambda net: net.slow(slow, 1.0))
     lab.call(lambda net: net.refuse_commits(slow, True))
     with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        cpu, wall = time.thread_time(), time.monotonic()  # the lab's devices answer from their own thread
         outcome = await execute(plan, journal=journal, connectors=connectors, confirm_window_s=3600)
+        cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
         record = journal.run("run-budget")
     assert "rolled_back" == outcome.result, outcome.detail
     assert record is not None
@@ -103,3 +108,51 @@ async def test_devices_waiting_for_the_decision_undo_at_once_when_the_run_turns_
     assert all(at is not None for at in cancelled + slow_undo)
     assert max(c for c in cancelled if c is not None) < min(u for u in slow_undo if u is not None)
     assert not any(_admitted(lab, plan))
+    # While the slow device undoes (about 4 s of its 11), the others wait idle: the loop sleeps.
+    # A pass that kept the done "turned" future in its wait spun instead (2.8 s of CPU, measured).
+    assert cpu < 0.1 * wall, f"the loop spun: {cpu:.2f} s of CPU in {wall:.2f} s"
+
+
+async def test_a_resumed_run_turning_back_leaves_the_loop_idle_while_devices_answer_slowly(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """A run killed after every commit is resumed and turns back while each device answers an
+    RPC after 1 s: the runner's loop must sleep through those waits. A pass that kept the run's
+    (done) "turned" future in its wait returned from it at once and spun until the last device
+    finished: the loop's thread burned a whole core (and starved the RPCs: 200 devices took 77 s)."""
+    plan, connectors = _plan(lab, 10.0)
+    committed = asyncio.Event()
+    commits: set[str] = set()
+
+    def on_step(record: StepRecord) -> None:
+        if record.name == COMMIT and record.status is StepStatus.DONE:
+            commits.add(record.device)
+            if len(commits) == len(plan.devices):
+                committed.set()
+
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        run = asyncio.ensure_future(
+            execute(plan, journal=journal, connectors=connectors, confirm_window_s=3600, progress=on_step)
+        )
+        await asyncio.wait_for(committed.wait(), 60)
+        run.cancel()  # as a crash: the journal holds the truth
+        with contextlib.suppress(asyncio.CancelledError):
+            await run
+        record = journal.run("run-budget")
+        assert record is not None
+        assert record.decision is None, "killed before the decision: the resumed run turns back"
+        for dp in plan.devices:
+            lab.call(lambda net, device=dp.device.id: net.slow(device, 1.0))
+        cpu, wall = time.thread_time(), time.monotonic()  # the lab's devices answer from their own thread
+        outcome = await resume(
+            record,
+            journal=journal,
+            connectors=connectors,
+            inventory=load_inventory(lab.lab.config.dir / "inventory"),
+        )
+        cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
+    print(f"resumed turn-back of {len(plan.devices)} slow devices: {wall:.2f} s, loop thread CPU {cpu:.2f} s")
+    assert "rolled_back" == outcome.result, outcome.detail
+    assert not any(_admitted(lab, plan))
+    assert wall > 2.0, "the devices were not slow: nothing to measure"
+    assert cpu < 0.25 * wall, f"the loop spun: {cpu:.2f} s of CPU in {wall:.2f} s"
