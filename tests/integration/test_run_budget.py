@@ -153,6 +153,7 @@ async def test_a_resumed_run_turning_back_leaves_the_loop_idle_while_devices_ans
         cpu, wall = time.thread_time() - cpu, time.monotonic() - wall
     print(f"resumed turn-back of {len(plan.devices)} slow devices: {wall:.2f} s, loop thread CPU {cpu:.2f} s")
     assert "rolled_back" == outcome.result, outcome.detail
+    assert outcome.detail.endswith("recovered after a restart: interrupted before every device passed verify")
     assert not any(_admitted(lab, plan))
     assert wall > 2.0, "the devices were not slow: nothing to measure"
     assert cpu < 0.25 * wall, f"the loop spun: {cpu:.2f} s of CPU in {wall:.2f} s"

@@ -1014,7 +1014,7 @@ async def resume(
         claim=True,
     )
     if direction is None:
-        await state.turn_back("recovered after a restart before every device passed verify")
+        await state.turn_back("interrupted before every device passed verify")
     elif direction == "back":
         state.reason = record.decision_reason
     state.log.info("recovery.started", direction=state.direction)
