@@ -18,7 +18,7 @@ from baton.journal import Journal, StepRecord, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.progress import COMMIT, DeviceStatus
+from baton.playbook.progress import COMMIT, CONFIRM, DeviceStatus, verify_steps
 from baton.playbook.runner import execute, resume
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
@@ -81,6 +81,44 @@ async def test_a_slow_device_cannot_spend_the_window_of_the_others(lab: RunningL
     assert "rolled_back" == outcome.result, outcome.detail
     assert f"{slow} failed" in outcome.detail
     assert DeviceStatus.CONFIRMED not in {d.status for d in outcome.devices}, outcome.devices
+    assert not any(_admitted(lab, plan)), f"half handed over: {_admitted(lab, plan)}"
+    assert not any(lab.lab.device(d.device.id).datastore.confirm_pending for d in plan.devices)
+
+
+async def test_no_confirm_goes_out_when_what_is_left_of_the_window_cannot_cover_the_confirms(
+    lab: RunningLab, tmp_path: Path
+) -> None:
+    """Every device passed verify, but only ~3.5 s of the 20 s window are left (the test holds
+    the loop after the last verify), less than the 2 s margin plus one 3 s confirm: the run
+    turns back instead of confirming some devices while the others revert."""
+    plan, connectors = _plan(lab, 3.0)
+    window = 20.0
+    first_commit: list[float] = []
+    verified: dict[str, int] = {}
+
+    def on_step(record: StepRecord) -> None:
+        if record.name == COMMIT and not first_commit:
+            first_commit.append(record.started)  # wall clock, just before the first commit's RPC
+        if record.phase == "verify" and record.status is StepStatus.DONE:
+            verified[record.device] = verified.get(record.device, 0) + 1
+            if all(verified.get(d.device.id) == len(verify_steps(d)) for d in plan.devices):
+                time.sleep(max(0.0, first_commit[0] + window - 3.5 - time.time()))  # the window runs on
+
+    with Journal.open(tmp_path / "journal.sqlite3") as journal:
+        outcome = await execute(
+            plan,
+            journal=journal,
+            connectors=connectors,
+            confirm_window_s=window,
+            confirm_margin_s=2.0,
+            progress=on_step,
+        )
+        record = journal.run("run-budget")
+    assert record is not None
+    assert "rolled_back" == outcome.result, outcome.detail
+    assert "not confirming late" in outcome.detail
+    assert "back" == record.decision
+    assert [] == [s for s in record.steps if s.name == CONFIRM], "a confirm went out"
     assert not any(_admitted(lab, plan)), f"half handed over: {_admitted(lab, plan)}"
     assert not any(lab.lab.device(d.device.id).datastore.confirm_pending for d in plan.devices)
 
