@@ -105,7 +105,6 @@ class DeviceProgress:
     undo_tries: Mapping[str, int] = field(default_factory=dict)  # failed undo actions, by key
     failed: str | None = None  # why the device failed (it is then rolled back)
     unreachable: str | None = None  # did not answer at first contact (skipped, pending)
-    skipped: bool = False  # its remaining steps were skipped (the run stopped)
     reapplied: int = 0
     backup: str | None = None  # digest of running's edited subtrees before the run (kept beside the journal)
 
@@ -253,10 +252,8 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
     if r.status is StepStatus.INTENT:
         r = replace(r, status=StepStatus.UNKNOWN)
     st, facts = r.status, r.facts
-    if st is StepStatus.SKIPPED:  # one row skips the device's remaining steps
-        if facts.get("unreachable"):
-            return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
-        return replace(p, pos=len(dp.steps), skipped=True)
+    if st is StepStatus.SKIPPED:  # one row skips the rest: the device did not answer (pending)
+        return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
     if r.name == PREPARE:
         if st is StepStatus.DONE:
             backup = facts.get("backup")
@@ -360,7 +357,7 @@ def next_action(
     """
     if run.direction == "back" or p.failed is not None:
         return undo_action(dp, p)
-    if p.unreachable is not None or p.skipped:
+    if p.unreachable is not None:
         return None
     if run.direction == "forward" and p.commit is Sent.UNKNOWN:
         return _finish(dp, p, run, commit_session)  # a re-apply's commit cut short
