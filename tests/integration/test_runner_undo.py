@@ -60,10 +60,10 @@ def _running(lab: RunningLab, device: str) -> str:
 
 
 async def _aborted_after_every_commit(
-    lab: RunningLab, tmp_path: Path, playbook: Playbook, *, lose_backups: bool
+    lab: RunningLab, tmp_path: Path, *, lose_backups: bool, playbook: Playbook | None = None
 ) -> tuple[RunPlan, str, str, RunOutcome, RunRecord]:
     """The plain device (no :confirmed-commit), its running before the run, the outcome, the record."""
-    plan, connectors = _plan(lab, playbook)
+    plan, connectors = _plan(lab, playbook or quick(load_playbook(PLAYBOOKS / "handover.yaml"), 10.0))
     plain = plan.devices[0].device.id
     lab.call(lambda net: net.set_confirmed_commit(plain, False))
     before = _running(lab, plain)
@@ -108,9 +108,8 @@ def _admitted(lab: RunningLab, plan: RunPlan) -> list[bool]:
 async def test_edits_committed_for_good_are_undone_from_running_as_saved_before_the_run(
     lab: RunningLab, tmp_path: Path
 ) -> None:
-    playbook = quick(load_playbook(PLAYBOOKS / "handover.yaml"), 10.0)
     plan, plain, before, outcome, record = await _aborted_after_every_commit(
-        lab, tmp_path, playbook, lose_backups=False
+        lab, tmp_path, lose_backups=False
     )
     assert "rolled_back" == outcome.result, outcome.detail
     assert DeviceStatus.ROLLED_BACK == outcome.device(plain).status
@@ -124,10 +123,7 @@ async def test_edits_committed_for_good_are_undone_from_running_as_saved_before_
 async def test_a_lost_backup_is_undone_by_the_playbooks_compensating_edits(
     lab: RunningLab, tmp_path: Path
 ) -> None:
-    playbook = quick(load_playbook(PLAYBOOKS / "handover.yaml"), 10.0)
-    plan, plain, before, outcome, record = await _aborted_after_every_commit(
-        lab, tmp_path, playbook, lose_backups=True
-    )
+    plan, plain, before, outcome, record = await _aborted_after_every_commit(lab, tmp_path, lose_backups=True)
     assert "rolled_back" == outcome.result, outcome.detail
     undo = _undo_of(record, plain)
     assert StepStatus.ROLLED_BACK == undo.status
@@ -149,7 +145,7 @@ async def test_a_lost_backup_and_no_compensate_leave_the_edits_and_name_them(
     playbook = quick(load_playbook(PLAYBOOKS / "handover.yaml"), 10.0)
     steps = [s.model_copy(update={"compensate": None}) for s in playbook.steps]
     plan, plain, before, outcome, record = await _aborted_after_every_commit(
-        lab, tmp_path, playbook.model_copy(update={"steps": steps}), lose_backups=True
+        lab, tmp_path, lose_backups=True, playbook=playbook.model_copy(update={"steps": steps})
     )
     assert "failed" == outcome.result, outcome.detail
     assert f"rollback incomplete, an operator must check {plain}" in outcome.detail
