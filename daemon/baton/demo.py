@@ -230,13 +230,16 @@ class Child:
     def exited(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
 
-    def stop(self) -> None:
-        """SIGTERM to the process group, SIGKILL after STOP_GRACE_S; idempotent."""
+    def stop(self, *, signalled: bool = False) -> None:
+        """SIGTERM to the process group (not again when `signalled`: a second one can land after
+        the child's own handler is gone, as it exits, and kill it), SIGKILL after STOP_GRACE_S;
+        idempotent."""
         proc = self.proc
         if proc is None or proc.poll() is not None:
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        if not signalled:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
         try:
             proc.wait(STOP_GRACE_S)
         except subprocess.TimeoutExpired:

@@ -208,7 +208,7 @@ class EtcdCluster:
         followers = [m for m in self.members if m is not leader]
         terminate(followers)
         for member in followers:
-            member.stop()
+            member.stop(signalled=True)
         if leader is not None:
             leader.stop()
 
@@ -719,7 +719,7 @@ class VantagesDemo(Demo):
         stopping = time.monotonic()
         terminate([v.child for v in live])
         for vantage in live:
-            vantage.child.stop()
+            vantage.child.stop(signalled=True)
         codes = {v.id: v.child.proc.returncode if v.child.proc else None for v in live}
         said = ", ".join(f"{vantage} exit {code}" for vantage, code in codes.items())
         if set(codes.values()) != {0}:
@@ -734,7 +734,7 @@ class VantagesDemo(Demo):
         live = [v.child for v in self.vantages.values() if not v.killed]
         terminate(live)
         for child in live:
-            child.stop()
+            child.stop(signalled=True)
         if self.lab is not None:
             self.lab.stop()
         if self.etcd is not None:

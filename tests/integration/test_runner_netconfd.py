@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 
+from baton.adapters.netconf import NetconfClient
 from baton.journal import StepStatus
 from baton.playbook.progress import COMMIT, CONFIRM, DeviceStatus
 from baton.playbook.runner import FenceLost, execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
     GROUP,
+    NACM_FILTER,
+    NACM_NS,
     PLAYBOOKS,
     device_for,
     get_running_async,
@@ -216,3 +219,25 @@ async def test_a_deposed_leader_is_stopped_by_the_epoch_on_netconfd(
     assert record is not None
     assert record.finished is None
     assert held == [await get_running_async(d, None) for d in devices], "the deposed leader changed a device"
+
+
+async def test_a_candidate_left_dirty_on_netconfd_does_not_go_out_with_the_handover(
+    netconfd_factory: Callable[..., NetconfdProcess], tmp_path: Path
+) -> None:
+    """Someone edited netconfd's candidate without a lock and left: the run's commit carries the
+    handover's edits and nothing of theirs."""
+    device = device_for("gc-nc-1", netconfd_factory().endpoint)
+    stray = (
+        f'<config><nacm xmlns="{NACM_NS}"><groups><group><name>stray</name>'
+        "<user-name>stray</user-name></group></groups></nacm></config>"
+    )
+    async with NetconfClient.connect(device, resolve=read_secret, timeout_s=10) as nc:
+        await nc.edit_config("candidate", stray)  # no lock, no commit
+        assert "<name>stray</name>" in await nc.get_config("candidate", NACM_FILTER)
+    plan = make_plan(inventory_of([device]), PLAYBOOKS / "netconfd-handover.yaml", "run-dirty")
+    with open_journal(tmp_path) as journal:
+        outcome = await execute(plan, journal=journal, connectors=Connectors(read_secret))
+    assert "ok" == outcome.result, outcome.detail
+    running = await get_running_async(device)
+    assert f"<name>{GROUP}</name>" in running
+    assert "<name>stray</name>" not in running, "a stray candidate edit went out with the handover"
