@@ -146,6 +146,16 @@ def test_the_leader_killed_another_takes_over_and_hands_back(
         TIMEOUT_S,
         "the office healthy again",
     )
+    # The office can read HEALTHY (from the vantages' rounds) a moment before the leader's core
+    # sees the pending device answer and starts its catch-up: the handback waits for that run.
+    wait_for(
+        lambda: any(
+            r["id"].startswith("catchup-") and r["result"] == "ok"
+            for r in world.daemons[new].journal.runs(OFFICE)
+        ),
+        TIMEOUT_S,
+        "the catch-up of the device the handover left pending",
+    )
     handback = world.daemons[new].cli("handback", OFFICE, "--reason", "power is back", "--yes")
     assert 0 == handback.code, handback
     world.daemons[new].wait_phase(OFFICE, "OPEN", TIMEOUT_S)
