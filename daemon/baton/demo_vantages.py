@@ -206,19 +206,20 @@ class EtcdCluster:
         (7 s here); alone, it stops at once."""
         leader = self.raft_leader()
         followers = [m for m in self.members if m is not leader]
-        terminate(followers)
-        for member in followers:
-            member.stop(signalled=True)
+        stop_together(followers)
         if leader is not None:
             leader.stop()
 
 
-def terminate(children: list[Child]) -> None:
-    """SIGTERM to each child's process group, without waiting: they stop side by side."""
+def stop_together(children: list[Child]) -> None:
+    """SIGTERM to each child's process group at once (they stop side by side), then wait for
+    each, without a second SIGTERM (SIGKILL after the grace)."""
     for child in children:
         if child.proc is not None and child.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(child.proc.pid, signal.SIGTERM)
+    for child in children:
+        child.stop(signalled=True)
 
 
 @dataclass
@@ -717,9 +718,7 @@ class VantagesDemo(Demo):
         self.say()
         self.say("Stopping: the vantages (SIGTERM: each gives up its lease and stops), the lab, etcd.")
         stopping = time.monotonic()
-        terminate([v.child for v in live])
-        for vantage in live:
-            vantage.child.stop(signalled=True)
+        stop_together([v.child for v in live])
         codes = {v.id: v.child.proc.returncode if v.child.proc else None for v in live}
         said = ", ".join(f"{vantage} exit {code}" for vantage, code in codes.items())
         if set(codes.values()) != {0}:
@@ -732,9 +731,7 @@ class VantagesDemo(Demo):
         if self.options.keep and not failed:
             return
         live = [v.child for v in self.vantages.values() if not v.killed]
-        terminate(live)
-        for child in live:
-            child.stop(signalled=True)
+        stop_together(live)
         if self.lab is not None:
             self.lab.stop()
         if self.etcd is not None:
