@@ -20,7 +20,6 @@ from baton.config import Config, check_all
 from baton.core.model import Inventory, RunKind
 from baton.playbook.choice import choose_playbook
 from baton.playbook.plan import PlanProblem, RunInfo, plan_run
-from baton.playbook.runner import confirm_margin
 from baton.playbook.schema import Playbook, PlaybookSet, check_playbooks, step_line
 from baton.yamlsource import ConfigError, Document, Problem, errors_in
 
@@ -146,7 +145,7 @@ def render_problems(config: Config, inventory: Inventory, playbooks: PlaybookSet
                 info = RunInfo(f"validate-{kind.value}", kind, "baton validate", "baton")
                 plan = plan_run(chosen, inventory, office.id, alternate, info)
                 window = chosen.window_for(config.policy.confirm_window_s)
-                why = plan.budget(window, margin_s=confirm_margin(window)).refusal() if plan.ok else None
+                why = plan.refusal(window) if plan.ok else None
                 if why is not None:  # the window the run would use, against the office's size
                     problem = PlanProblem(None, None, why)
                     budget_key: tuple[str, int | None, str | None, str] = (file, None, None, why)

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from baton.core.model import Device, Inventory, Office, RunKind
-from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.runner import FDS_PER_SESSION, confirm_margin, held_sessions, retry_delays
+from baton.playbook.plan import RunInfo, RunPlan, confirm_margin, plan_run
+from baton.playbook.runner import FDS_PER_SESSION, held_sessions, retry_delays
 from baton.playbook.schema import Playbook, XmlCheck
 from baton.playbook.steps import check_xml, wrap_config
 

@@ -117,6 +117,21 @@ class RunPlan:
         """An upper bound of the run's duration given concurrency (and barriers), retries included."""
         return self.budget(1.0).total_s
 
+    def needs(self, session: str) -> bool:
+        """Does a step, or a compensation, use this kind of session (a wait: its `until`'s)?"""
+        steps = (s for d in self.devices for ps in d.steps for s in (ps.step, ps.step.compensate))
+        return any(s is not None and s.session == session for s in steps)
+
+    def refusal(
+        self, window_s: float, concurrency: int | None = None, margin_s: float | None = None
+    ) -> str | None:
+        """Why the run may not start (a plan with problems, or a run its window cannot cover,
+        with the numbers and the fix), or None."""
+        if not self.ok:
+            return "the plan has problems: " + "; ".join(str(p) for p in self.problems[:10])
+        margin = confirm_margin(window_s) if margin_s is None else margin_s
+        return self.budget(window_s, concurrency, margin).refusal()
+
     def budget(self, window_s: float, concurrency: int | None = None, margin_s: float = 0.0) -> Budget:
         """Worst-case time from the first commit to the last confirm, against the window."""
         pb = self.playbook
@@ -191,6 +206,11 @@ class RunPlan:
         )
 
 
+def confirm_margin(window_s: float) -> float:
+    """How much of the window must be left to go on: a fifth, at least 5 s (less for tiny windows)."""
+    return min(max(5.0, window_s * 0.2), window_s / 2)
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """How long a run may take, worst case, and how much of it the confirm window must cover."""
@@ -213,6 +233,8 @@ class Budget:
 
     def refusal(self) -> str | None:
         """Why the run cannot fit in its window (with the numbers and the fix), or None."""
+        if self.margin_s >= self.window_s:
+            return f"confirm margin {self.margin_s:g} s is not shorter than the window {self.window_s:g} s"
         if self.fits:
             return None
         need = math.ceil(self.in_window_s + self.margin_s)

@@ -11,10 +11,10 @@ run's direction is settled (no "forward" decision journaled: the run turns back)
 
 The run, as the loop plays it out:
 
-1. Refusals before any device is touched: an invalid plan; SNMP steps without SNMP access; a
-   run that cannot fit in its confirmed-commit window (`RunPlan.budget`: the worst case from
+1. Refusals before any device is touched (`RunPlan.refusal`, which validation applies too):
+   an invalid plan; a run that cannot fit in its confirmed-commit window (the worst case from
    the first commit to the last confirm, from the office's size, the concurrency and the
-   timeouts, with the numbers and the fix).
+   timeouts, with the numbers and the fix); SNMP steps without SNMP access.
 2. Devices run with bounded concurrency, their steps in order; with `barriers`, every device
    finishes phase k before any starts k+1. Before a candidate edit the candidate is locked and
    discarded (`Prepare`; a device without :confirmed-commit whose edits lack `compensate` fails
@@ -59,7 +59,7 @@ from baton.core.events import RunFinished
 from baton.core.model import Inventory, RunKind
 from baton.journal import Journal, RunRecord, StepRecord, StepStatus
 from baton.playbook import progress as pg
-from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan, plan_from_json
+from baton.playbook.plan import DevicePlan, PlannedStep, RunPlan, confirm_margin, plan_from_json
 from baton.playbook.schema import FenceMarker, retry_backoff_s
 from baton.playbook.steps import (
     Connectors,
@@ -155,11 +155,6 @@ def _fds_open() -> int:
         return len(os.listdir("/proc/self/fd"))
     except OSError:  # no /proc: count none
         return 0
-
-
-def confirm_margin(window_s: float) -> float:
-    """How much of the window must be left to go on: a fifth, at least 5 s (less for tiny windows)."""
-    return min(max(5.0, window_s * 0.2), window_s / 2)
 
 
 def summarize(
@@ -911,24 +906,9 @@ async def execute(
         )
     elif existing.steps or existing.is_finished:
         raise ValueError(f"run {run.id} has already started: resume it instead")
-    snmp = sorted(
-        {
-            ps.name
-            for dp in plan.devices
-            for ps in dp.steps
-            for s in (ps.step, ps.step.compensate)  # a wait needs the session of its `until`
-            if s is not None and s.session == "snmp"
-        }
-    )
-    why: str | None = None
-    if not plan.ok:
-        why = "the plan has problems: " + "; ".join(str(p) for p in plan.problems[:10])
-    elif snmp and connectors.snmp is None:
-        why = f"steps {snmp} need SNMP access and none is configured"
-    elif margin >= window:
-        why = f"confirm margin {margin:g} s is not shorter than the window {window} s"
-    else:
-        why = plan.budget(window, workers, margin).refusal()
+    why = plan.refusal(window, workers, margin)
+    if why is None and connectors.snmp is None and plan.needs("snmp"):
+        why = "its SNMP steps need SNMP access, and none is configured"
     if why is not None:
         why = f"refused: {why}"
         await journal.call(journal.finish_run, run.id, "refused", why, clock())
