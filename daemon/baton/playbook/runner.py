@@ -48,7 +48,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import structlog
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
@@ -192,14 +192,14 @@ class FenceLost(Exception):
 Fence = Callable[[], bool]
 
 
+@dataclass(eq=False)
 class _Answer(Exception):
-    """A call ended with a result other than the action's ok status (carried as data)."""
+    """A call's result other than the action's ok status (carried as data); also a record with
+    no call behind it (a skip, a re-apply), given to `_journaled` in place of the call."""
 
-    def __init__(self, status: StepStatus, detail: str, facts: Mapping[str, object] | None = None) -> None:
-        self.status = status
-        self.detail = detail
-        self.facts = dict(facts or {})
-        super().__init__(detail)
+    status: StepStatus
+    detail: str
+    facts: Mapping[str, object] = field(default_factory=dict)
 
 
 # --- execution -----------------------------------------------------------------------------------
@@ -243,7 +243,6 @@ class _Run:
         concurrency: int,
         persist_id: str,
         direction: pg.Direction | None = None,
-        progresses: Mapping[str, pg.DeviceProgress] | None = None,
         margin_s: float | None = None,
         run_timeout_s: float | None = None,
         progress: Progress | None = None,
@@ -271,18 +270,11 @@ class _Run:
         self._deciding = asyncio.Lock()
         self._turned = asyncio.Event()  # set when the run turns back (wakes devices gone idle)
         self._confirm_journaled = direction is not None
-        found = progresses or {}
+        held = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _fds_open())
         self.devs = [
-            _Dev(
-                dp,
-                DeviceSession(dp.device, connectors),
-                found.get(dp.device.id) or pg.DeviceProgress(dp.device.id),
-            )
-            for dp in plan.devices
+            _Dev(dp, DeviceSession(dp.device, connectors), pg.DeviceProgress(dp.device.id), hold=k < held)
+            for k, dp in enumerate(plan.devices)
         ]
-        budget = held_sessions(resource.getrlimit(resource.RLIMIT_NOFILE)[0], _fds_open())
-        for dev in self.devs[:budget]:
-            dev.hold = True
         self.log = log.bind(office=plan.office, run_id=self.run_id)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -442,7 +434,7 @@ class _Run:
         dev: _Dev,
         name: str,
         phase: str,
-        call: Callable[[], Awaitable[tuple[str, Mapping[str, object]]]],
+        call: Callable[[], Awaitable[tuple[str, Mapping[str, object]]]] | _Answer,
         *,
         ok: StepStatus = StepStatus.DONE,
         attempt: int = 1,
@@ -454,6 +446,8 @@ class _Run:
         )
         status = ok
         try:
+            if isinstance(call, _Answer):
+                raise call
             detail, facts = await call()
         except _Answer as answer:
             status, detail, facts = answer.status, answer.detail, answer.facts
@@ -477,16 +471,6 @@ class _Run:
         if self.progress is not None:
             self.progress(record)
         return status
-
-    async def _record(
-        self, dev: _Dev, name: str, phase: str, status: StepStatus, detail: str, **facts: object
-    ) -> None:
-        """A record with no call behind it (a skip, a re-apply): intent and result at once."""
-
-        async def nothing() -> tuple[str, Mapping[str, object]]:
-            raise _Answer(status, detail, facts)
-
-        await self._journaled(dev, name, phase, nothing)
 
     # --- actions -------------------------------------------------------------------------------
 
@@ -519,12 +503,13 @@ class _Run:
                 await self._close(dev)
                 dev.commit_at = None
                 detail = "reverted after the decision: handing it over again"
-                await self._record(dev, pg.REAPPLY, "apply", StepStatus.DONE, detail)
+                await self._journaled(dev, pg.REAPPLY, "apply", _Answer(StepStatus.DONE, detail))
             case pg.GiveUp(reason):
                 detail = f"{UNREACHABLE}: {reason}"
-                await self._record(dev, pg.CONFIRM, "confirm", StepStatus.SKIPPED, detail, unreachable=True)
+                skip = _Answer(StepStatus.SKIPPED, detail, {"unreachable": True})
+                await self._journaled(dev, pg.CONFIRM, "confirm", skip)
             case pg.TurnBack(reason):
-                await self._record(dev, pg.REAPPLY, "confirm", StepStatus.FAILED, reason)
+                await self._journaled(dev, pg.REAPPLY, "confirm", _Answer(StepStatus.FAILED, reason))
 
     def _window_left(self) -> float | None:
         """What is left of the window of the run's first confirmed commit (None: none yet)."""
@@ -554,9 +539,8 @@ class _Run:
             if not exc.unreachable:
                 return True
             self.log.warning("runner.device_unreachable", device=dev.id, detail=str(exc))
-            await self._record(
-                dev, first.name, "apply", StepStatus.SKIPPED, f"{UNREACHABLE}: {exc}", unreachable=True
-            )
+            skip = _Answer(StepStatus.SKIPPED, f"{UNREACHABLE}: {exc}", {"unreachable": True})
+            await self._journaled(dev, first.name, "apply", skip)
             return False
         return True
 
@@ -897,7 +881,6 @@ async def execute(
     """
     pb, run = plan.playbook, plan.run
     window = max(1, math.ceil(confirm_window_s if confirm_window_s is not None else pb.window_for(300.0)))
-    margin = confirm_margin(window) if confirm_margin_s is None else confirm_margin_s
     workers = concurrency or pb.concurrency
     existing = await journal.call(journal.run, run.id)
     if existing is None:
@@ -906,7 +889,7 @@ async def execute(
         )
     elif existing.steps or existing.is_finished:
         raise ValueError(f"run {run.id} has already started: resume it instead")
-    why = plan.refusal(window, workers, margin)
+    why = plan.refusal(window, workers, confirm_margin_s)
     if why is None and connectors.snmp is None and plan.needs("snmp"):
         why = "its SNMP steps need SNMP access, and none is configured"
     if why is not None:
@@ -915,14 +898,6 @@ async def execute(
         log.warning("runner.refused", office=plan.office, run_id=run.id, reason=why)
         return RunOutcome(run.id, plan.office, plan.alternate, run.kind, "refused", why)
     await journal.call(journal.set_plan, run.id, plan.to_json(), float(window))
-    log.info(
-        "runner.started",
-        office=plan.office,
-        run_id=run.id,
-        devices=len(plan.devices),
-        window_s=window,
-        concurrency=workers,
-    )
     state = _Run(
         plan,
         journal,
@@ -930,7 +905,7 @@ async def execute(
         window_s=window,
         concurrency=workers,
         persist_id=f"baton-{run.id}-{secrets.token_hex(4)}",
-        margin_s=margin,
+        margin_s=confirm_margin_s,
         run_timeout_s=run_timeout_s,
         progress=progress,
         abort=abort,
@@ -938,6 +913,7 @@ async def execute(
         fence=fence,
         epoch=epoch,
     )
+    state.log.info("runner.started", devices=len(plan.devices), window_s=window, concurrency=workers)
     return await state.finish()
 
 
@@ -971,11 +947,6 @@ async def resume(
             await journal.call(journal.step_result, step.id, StepStatus.UNKNOWN, detail, clock())
             step = replace(step, status=StepStatus.UNKNOWN, detail=detail)
         by_device.setdefault(step.device, []).append(step)
-    # Every session of the crashed process is gone, and with them its candidate locks.
-    progresses = {
-        dp.device.id: replace(pg.fold(dp, by_device.get(dp.device.id, ())), prepared=False)
-        for dp in plan.devices
-    }
     direction: pg.Direction | None = "forward" if record.decision == "forward" else None
     direction = "back" if record.decision == "back" else direction
     state = _Run(
@@ -986,13 +957,14 @@ async def resume(
         concurrency=concurrency,
         persist_id=record.persist_id or f"baton-{record.id}-recovered",
         direction=direction,
-        progresses=progresses,
         progress=progress,
         clock=clock,
         fence=fence,
         epoch=epoch,
         claim=True,
     )
+    for dev in state.devs:  # every session of the crashed process is gone, and its locks with them
+        dev.progress = replace(pg.fold(dev.plan, by_device.get(dev.id, ())), prepared=False)
     if direction is None:
         await state.turn_back("interrupted before every device passed verify")
     elif direction == "back":
