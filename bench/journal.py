@@ -76,7 +76,7 @@ from baton.core.model import (  # noqa: E402
 )
 from baton.journal import Journal, StepStatus  # noqa: E402
 from baton.playbook.plan import RunPlan, plan_run  # noqa: E402
-from baton.playbook.progress import COMMIT, CONFIRM, PREPARE  # noqa: E402
+from baton.playbook.progress import Do  # noqa: E402
 from baton.playbook.render import RunInfo  # noqa: E402
 from baton.playbook.schema import Playbook, load_playbook  # noqa: E402
 
@@ -272,7 +272,7 @@ class Runs:
         window_s = plan.playbook.window_for(300.0)
         self.journal.set_plan(action.run_id, plan.to_json(), window_s)
         self.journal.set_confirm(action.run_id, at + window_s, f"persist-{action.run_id}")
-        names = [PREPARE, *(s.name for s in plan.devices[0].steps), COMMIT] if plan.devices else []
+        names = [Do.PREPARE, *(s.name for s in plan.devices[0].steps), Do.COMMIT] if plan.devices else []
         for n, name in enumerate(names):
             for device in plan.devices:
                 step = self.journal.step_intent(action.run_id, device.device.id, n, name, at + n)
@@ -280,7 +280,7 @@ class Runs:
         self.journal.decide(action.run_id, "forward", "every device passed verify", at + len(names))
         for device in plan.devices:
             step = self.journal.step_intent(
-                action.run_id, device.device.id, len(names), CONFIRM, at + len(names), phase="confirm"
+                action.run_id, device.device.id, len(names), Do.CONFIRM, at + len(names), phase="confirm"
             )
             self.journal.step_result(step, StepStatus.DONE, "confirmed", at + len(names) + 0.5)
         done = frozenset(d.device.id for d in plan.devices)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from baton.journal import Journal, StepRecord, StepStatus, WriteHook
-from baton.playbook.progress import COMMIT
+from baton.playbook.progress import Do
 from baton.playbook.runner import execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import PLAYBOOKS, device_for, inventory_of, make_plan, read_secret
@@ -68,7 +68,7 @@ def main(spec_path: str) -> None:
     stop_at = spec.get("stop_at")
 
     def progress(outcome: StepRecord) -> None:
-        if outcome.name == COMMIT and outcome.status is StepStatus.DONE:
+        if outcome.name == Do.COMMIT and outcome.status is StepStatus.DONE:
             commits.add(outcome.device)
         reached = (stop_at == "committed" and len(commits) == len(devices)) or (
             stop_at == "edited" and outcome.phase == "apply" and outcome.name != "prepare-candidate"

@@ -18,7 +18,7 @@ from baton.journal import Journal, StepRecord, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.progress import COMMIT, CONFIRM, DeviceStatus, verify_steps
+from baton.playbook.progress import DeviceStatus, Do, verify_steps
 from baton.playbook.runner import execute, resume
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
@@ -97,7 +97,7 @@ async def test_no_confirm_goes_out_when_what_is_left_of_the_window_cannot_cover_
     verified: dict[str, int] = {}
 
     def on_step(record: StepRecord) -> None:
-        if record.name == COMMIT and not first_commit:
+        if record.name == Do.COMMIT and not first_commit:
             first_commit.append(record.started)  # wall clock, just before the first commit's RPC
         if record.phase == "verify" and record.status is StepStatus.DONE:
             verified[record.device] = verified.get(record.device, 0) + 1
@@ -118,7 +118,7 @@ async def test_no_confirm_goes_out_when_what_is_left_of_the_window_cannot_cover_
     assert "rolled_back" == outcome.result, outcome.detail
     assert "not confirming late" in outcome.detail
     assert "back" == record.decision
-    assert [] == [s for s in record.steps if s.name == CONFIRM], "a confirm went out"
+    assert [] == [s for s in record.steps if s.name == Do.CONFIRM], "a confirm went out"
     assert not any(_admitted(lab, plan)), f"half handed over: {_admitted(lab, plan)}"
     assert not any(lab.lab.device(d.device.id).datastore.confirm_pending for d in plan.devices)
 
@@ -163,7 +163,7 @@ async def test_a_resumed_run_turning_back_leaves_the_loop_idle_while_devices_ans
     commits: set[str] = set()
 
     def on_step(record: StepRecord) -> None:
-        if record.name == COMMIT and record.status is StepStatus.DONE:
+        if record.name == Do.COMMIT and record.status is StepStatus.DONE:
             commits.add(record.device)
             if len(commits) == len(plan.devices):
                 committed.set()

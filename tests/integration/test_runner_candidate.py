@@ -12,7 +12,7 @@ from baton.inventory.loader import load_inventory
 from baton.journal import Journal
 from baton.lab.inventory_writer import write_inventory
 from baton.playbook.plan import RunInfo, plan_run
-from baton.playbook.progress import PREPARE, DeviceStatus
+from baton.playbook.progress import DeviceStatus, Do
 from baton.playbook.runner import execute
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
@@ -61,7 +61,7 @@ async def test_a_candidate_left_dirty_is_cleared_before_the_first_edit(
     assert record is not None
     assert "ok" == outcome.result, outcome.detail
     assert [DeviceStatus.CONFIRMED] * len(plan.devices) == [d.status for d in outcome.devices]
-    (prepare,) = [s for s in record.steps if s.device == dirty.id and s.name == PREPARE]
+    (prepare,) = [s for s in record.steps if s.device == dirty.id and s.name == Do.PREPARE]
     assert prepare.detail.startswith("candidate locked and clean"), prepare.detail
     running = datastore.running_xml()
     assert "stray" not in running, "the stray edit went out with the handover"

@@ -21,7 +21,7 @@ import pytest
 
 from baton.core.model import Device
 from baton.journal import Journal, StepStatus
-from baton.playbook.progress import CANCEL, COMMIT, DISCARD
+from baton.playbook.progress import Do
 from tests.integration.runner_helpers import (
     GROUP,
     REPO,
@@ -141,7 +141,7 @@ async def test_killed_after_commit_devices_revert_on_their_own(
     record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
     # The devices answer that nothing is pending: reverted on their own, nothing to undo.
-    cancels = [s for s in record.steps if s.name == CANCEL]
+    cancels = [s for s in record.steps if s.name == Do.CANCEL]
     assert {StepStatus.FAILED} == {s.status for s in cancels}
     assert [{"pending": False}] * 2 == [dict(s.facts) for s in cancels]
 
@@ -156,8 +156,8 @@ async def test_recovery_right_after_kill_rolls_back_and_restores_running(
     child.kill()
     record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
-    assert {d.id: StepStatus.DONE for d in two_devices} == statuses(record, COMMIT)
-    assert {d.id: StepStatus.ROLLED_BACK for d in two_devices} == statuses(record, CANCEL)
+    assert {d.id: StepStatus.DONE for d in two_devices} == statuses(record, Do.COMMIT)
+    assert {d.id: StepStatus.ROLLED_BACK for d in two_devices} == statuses(record, Do.CANCEL)
     assert before == [await get_running_async(d, None) for d in two_devices]
 
 
@@ -171,7 +171,7 @@ async def test_killed_before_any_commit_recovery_has_nothing_to_cancel(
     child.kill()
     record = await resume_all(child.journal_path, two_devices)
     assert "rolled_back" == record.result
-    assert {} == statuses(record, COMMIT)
-    assert {} == statuses(record, CANCEL)
-    assert {StepStatus.ROLLED_BACK} == set(statuses(record, DISCARD).values())
+    assert {} == statuses(record, Do.COMMIT)
+    assert {} == statuses(record, Do.CANCEL)
+    assert {StepStatus.ROLLED_BACK} == set(statuses(record, Do.DISCARD).values())
     assert before == [await get_running_async(d, None) for d in two_devices]

@@ -25,7 +25,7 @@ from baton.journal import Journal, StepStatus
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, plan_run
-from baton.playbook.progress import CONFIRM, DeviceStatus
+from baton.playbook.progress import DeviceStatus, Do
 from baton.playbook.runner import execute, held_sessions
 from baton.playbook.schema import Targets, load_playbook
 from baton.playbook.steps import Connectors
@@ -95,7 +95,7 @@ async def test_handover_of_200_lab_devices(big_lab: RunningLab, tmp_path: Path) 
     assert [DeviceStatus.CONFIRMED] * DEVICES == [d.status for d in outcome.devices]
     assert record is not None
     assert {StepStatus.DONE} == {s.status for s in record.steps}
-    assert DEVICES == len([s for s in record.steps if s.name == CONFIRM])
+    assert DEVICES == len([s for s in record.steps if s.name == Do.CONFIRM])
     # One session per device for the whole run (edit, commit, verify across the barrier, confirm)
     # for as many devices as the fd limit allows; one per segment plus the confirm for the rest.
     assert DEVICES == len(connects)

@@ -9,7 +9,7 @@ import pytest
 
 from baton.adapters.netconf import NetconfClient
 from baton.journal import StepStatus
-from baton.playbook.progress import COMMIT, CONFIRM, DeviceStatus
+from baton.playbook.progress import DeviceStatus, Do
 from baton.playbook.runner import FenceLost, execute
 from baton.playbook.steps import Connectors
 from tests.integration.runner_helpers import (
@@ -111,7 +111,7 @@ async def test_handover_commits_verifies_and_confirms_on_every_device(
     assert record is not None
     assert "ok" == record.result
     assert {StepStatus.DONE} == {s.status for s in record.steps}
-    assert {d.id: StepStatus.DONE for d in devices} == statuses(record, CONFIRM)
+    assert {d.id: StepStatus.DONE for d in devices} == statuses(record, Do.CONFIRM)
     assert outcome.persist_id == record.persist_id
 
 
@@ -162,12 +162,12 @@ async def test_device_refusing_commits_fails_the_run_and_rolls_back_the_others(
         record = journal.run("run-refused-commit")
     assert "rolled_back" == outcome.result, outcome.detail
     assert record is not None
-    assert StepStatus.FAILED == statuses(record, COMMIT)["gc-lab-1"]
+    assert StepStatus.FAILED == statuses(record, Do.COMMIT)["gc-lab-1"]
     assert "commit refused" in outcome.device("gc-lab-1").error  # type: ignore[operator]
     assert before == [await get_running_async(d, None) for d in devices[1:]]
     assert lab_before == lab_netconf_device.call(lab_netconf_device.device.datastore.running_xml)
     assert StepStatus.ROLLED_BACK == statuses(record, "discard-candidate")["gc-lab-1"]
-    committed = [d for d, status in statuses(record, COMMIT).items() if status is StepStatus.DONE]
+    committed = [d for d, status in statuses(record, Do.COMMIT).items() if status is StepStatus.DONE]
     assert dict.fromkeys(committed, StepStatus.ROLLED_BACK) == statuses(record, "cancel-commit")
 
 

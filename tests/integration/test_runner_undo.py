@@ -22,7 +22,7 @@ from baton.lab.device import MgmtView
 from baton.lab.inventory_writer import write_inventory
 from baton.lab.network import noc_source
 from baton.playbook.plan import RunInfo, RunPlan, plan_run
-from baton.playbook.progress import COMMIT, COMPENSATE, DeviceStatus
+from baton.playbook.progress import COMPENSATE, DeviceStatus, Do
 from baton.playbook.runner import RunOutcome, execute
 from baton.playbook.schema import Playbook, Targets, load_playbook
 from baton.playbook.steps import Connectors
@@ -72,7 +72,7 @@ async def _aborted_after_every_commit(
     with Journal.open(tmp_path / "journal.sqlite3") as journal:
 
         def on_step(record: StepRecord) -> None:
-            if record.name != COMMIT or record.status is not StepStatus.DONE:
+            if record.name != Do.COMMIT or record.status is not StepStatus.DONE:
                 return
             committed.add(record.device)
             if record.device == plain:

@@ -19,18 +19,7 @@ from baton.core.model import Device, Inventory, Office, RunKind
 from baton.journal import StepRecord, StepStatus
 from baton.playbook import progress as pg
 from baton.playbook.plan import DevicePlan, RunInfo, plan_run
-from baton.playbook.progress import (
-    CANCEL,
-    CHECK,
-    COMMIT,
-    CONFIRM,
-    DISCARD,
-    PREPARE,
-    REAPPLY,
-    DeviceProgress,
-    Direction,
-    RunFacts,
-)
+from baton.playbook.progress import DeviceProgress, Direction, Do, RunFacts
 from baton.playbook.schema import Playbook
 
 EDIT = {
@@ -77,60 +66,69 @@ def row(name: str, status: StepStatus, **facts: Any) -> StepRecord:
 
 
 D, F, U, R = StepStatus.DONE, StepStatus.FAILED, StepStatus.UNKNOWN, StepStatus.ROLLED_BACK
-PREPARED = [row(PREPARE, D, cc=True, persist=True)]
+PREPARED = [row(Do.PREPARE, D, cc=True, persist=True)]
 EDITED = [*PREPARED, row("e1", D), row("e2", D)]
-COMMITTED = [*EDITED, row(COMMIT, D, cc=True, persist=True)]
+COMMITTED = [*EDITED, row(Do.COMMIT, D, cc=True, persist=True)]
 VERIFIED = [*COMMITTED, row("v", D)]
-NON_CC = [row(PREPARE, D, cc=False, persist=False), row("e1", D), row("e2", D)]
+NON_CC = [row(Do.PREPARE, D, cc=False, persist=False), row("e1", D), row("e2", D)]
 
 
 @pytest.mark.parametrize(
     ("records", "direction", "expected"),
     [
-        ([], None, pg.Prepare()),
+        ([], None, pg.Do.PREPARE),
         (PREPARED, None, pg.RunStep(0)),
         ([*PREPARED, row("e1", D)], None, pg.RunStep(1)),
-        (EDITED, None, pg.Commit()),
+        (EDITED, None, pg.Do.COMMIT),
         (COMMITTED, None, pg.RunStep(2)),
         (VERIFIED, None, None),  # waits for the office-wide decision
-        (VERIFIED, "forward", pg.Confirm()),
-        ([*VERIFIED, row(CONFIRM, D)], "forward", None),
+        (VERIFIED, "forward", pg.Do.CONFIRM),
+        ([*VERIFIED, row(Do.CONFIRM, D)], "forward", None),
         # the device answers that nothing is pending: ask it before believing anything
-        ([*VERIFIED, row(CONFIRM, F, pending=False)], "forward", pg.Check()),
-        ([*VERIFIED, row(CONFIRM, F, pending=False), row(CHECK, D, running="changed")], "forward", None),
+        ([*VERIFIED, row(Do.CONFIRM, F, pending=False)], "forward", pg.Do.CHECK),
         (
-            [*VERIFIED, row(CONFIRM, F, pending=False), row(CHECK, D, running="original")],
+            [*VERIFIED, row(Do.CONFIRM, F, pending=False), row(Do.CHECK, D, running="changed")],
             "forward",
-            pg.Reapply(),
+            None,
+        ),
+        (
+            [*VERIFIED, row(Do.CONFIRM, F, pending=False), row(Do.CHECK, D, running="original")],
+            "forward",
+            pg.Do.REAPPLY,
         ),
         # a confirm lost in flight is sent again, at most three times
-        ([*VERIFIED, row(CONFIRM, U)], "forward", pg.Confirm()),
-        ([*VERIFIED, *[row(CONFIRM, U)] * 3], "forward", pg.TurnBack("d1: no answer to 3 confirm(s)")),
+        ([*VERIFIED, row(Do.CONFIRM, U)], "forward", pg.Do.CONFIRM),
+        ([*VERIFIED, *[row(Do.CONFIRM, U)] * 3], "forward", pg.TurnBack("d1: no answer to 3 confirm(s)")),
         # back: a pending confirmed commit is cancelled, then the candidate discarded (not every
         # server resets it with running), then nothing is left
-        (COMMITTED, "back", pg.Cancel()),
-        ([*COMMITTED, row(CANCEL, R)], "back", pg.Discard()),
-        ([*COMMITTED, row(CANCEL, R), row(DISCARD, R)], "back", None),
-        ([*COMMITTED, row(CANCEL, F, pending=False)], "back", pg.Discard()),  # reverted on its own
+        (COMMITTED, "back", pg.Do.CANCEL),
+        ([*COMMITTED, row(Do.CANCEL, R)], "back", pg.Do.DISCARD),
+        ([*COMMITTED, row(Do.CANCEL, R), row(Do.DISCARD, R)], "back", None),
+        ([*COMMITTED, row(Do.CANCEL, F, pending=False)], "back", pg.Do.DISCARD),  # reverted on its own
         # a commit whose outcome is unknown is treated as applied
-        ([*EDITED, row(COMMIT, U)], "back", pg.Cancel()),
-        ([*EDITED, row(COMMIT, U), row(CANCEL, R)], "back", pg.Discard()),
+        ([*EDITED, row(Do.COMMIT, U)], "back", pg.Do.CANCEL),
+        ([*EDITED, row(Do.COMMIT, U), row(Do.CANCEL, R)], "back", pg.Do.DISCARD),
         # without :confirmed-commit a commit is for good: the edits are compensated, newest first
-        ([*NON_CC, row(COMMIT, D, cc=False)], "back", pg.Compensate(("e2", "e1"))),
-        ([*NON_CC, row(COMMIT, U)], "back", pg.Compensate(("e2", "e1"))),
-        ([*NON_CC, row(COMMIT, U), row("compensate:e2,e1", R)], "back", pg.Discard()),
+        ([*NON_CC, row(Do.COMMIT, D, cc=False)], "back", pg.Compensate(("e2", "e1"))),
+        ([*NON_CC, row(Do.COMMIT, U)], "back", pg.Compensate(("e2", "e1"))),
+        ([*NON_CC, row(Do.COMMIT, U), row("compensate:e2,e1", R)], "back", pg.Do.DISCARD),
         # confirmed, then the run turned back (another device reverted): compensated too
-        ([*VERIFIED, row(CONFIRM, D)], "back", pg.Compensate(("e2", "e1"))),
+        ([*VERIFIED, row(Do.CONFIRM, D)], "back", pg.Compensate(("e2", "e1"))),
         # a confirm whose answer was lost, nothing pending: the device is asked first
-        ([*VERIFIED, row(CONFIRM, U), row(CANCEL, F, pending=False)], "back", pg.Check()),
+        ([*VERIFIED, row(Do.CONFIRM, U), row(Do.CANCEL, F, pending=False)], "back", pg.Do.CHECK),
         (
-            [*VERIFIED, row(CONFIRM, U), row(CANCEL, F, pending=False), row(CHECK, D, running="original")],
+            [
+                *VERIFIED,
+                row(Do.CONFIRM, U),
+                row(Do.CANCEL, F, pending=False),
+                row(Do.CHECK, D, running="original"),
+            ],
             "back",
-            pg.Discard(),
+            pg.Do.DISCARD,
         ),
         # uncommitted edits are discarded
-        ([*PREPARED, row("e1", D)], "back", pg.Discard()),
-        ([*PREPARED, row("e1", D), row(DISCARD, R)], "back", None),
+        ([*PREPARED, row("e1", D)], "back", pg.Do.DISCARD),
+        ([*PREPARED, row("e1", D), row(Do.DISCARD, R)], "back", None),
         # nothing touched: nothing to undo
         ([], "back", None),
     ],
@@ -150,11 +148,24 @@ def test_a_step_left_at_intent_is_compensated_never_run_again() -> None:
     assert ("x",) == progress.changes
     assert pg.Compensate(("x",)) == pg.next_action(WITH_SSH, progress, RunFacts("back"))
     progress = pg.fold(WITH_SSH, [*records, row("compensate:x", R)])
-    assert pg.Discard() == pg.next_action(WITH_SSH, progress, RunFacts("back"))
+    assert pg.Do.DISCARD == pg.next_action(WITH_SSH, progress, RunFacts("back"))
 
 
 @pytest.mark.parametrize(
-    "name", [PREPARE, "e1", "x", COMMIT, "v", CONFIRM, CHECK, CANCEL, DISCARD, REAPPLY, "compensate:e1"]
+    "name",
+    [
+        Do.PREPARE,
+        "e1",
+        "x",
+        Do.COMMIT,
+        "v",
+        Do.CONFIRM,
+        Do.CHECK,
+        Do.CANCEL,
+        Do.DISCARD,
+        Do.REAPPLY,
+        "compensate:e1",
+    ],
 )
 @pytest.mark.parametrize("before", [[], PREPARED, [*PREPARED, row("e1", D), row("x", D)]])
 def test_a_row_a_crash_left_at_intent_folds_as_unknown(name: str, before: list[StepRecord]) -> None:
@@ -173,10 +184,10 @@ def test_a_device_whose_changes_are_not_all_in_the_candidate_is_never_reapplied(
         *PREPARED,
         row("e1", D),
         row("x", D),
-        row(COMMIT, D, cc=True, persist=True),
+        row(Do.COMMIT, D, cc=True, persist=True),
         row("v", D),
-        row(CONFIRM, F, pending=False),
-        row(CHECK, D, running="original"),
+        row(Do.CONFIRM, F, pending=False),
+        row(Do.CHECK, D, running="original"),
     ]
     action = pg.next_action(WITH_SSH, pg.fold(WITH_SSH, records), RunFacts("forward"))
     assert isinstance(action, pg.TurnBack)
@@ -186,28 +197,33 @@ def test_a_confirmed_commit_without_persist_dies_with_its_session() -> None:
     """:confirmed-commit 1.0 only: confirmed on the session that made it; once that session is
     gone the device is asked whether the change held (a confirm may have landed) or reverted."""
     records = [
-        row(PREPARE, D, cc=True, persist=False),
+        row(Do.PREPARE, D, cc=True, persist=False),
         row("e1", D),
         row("e2", D),
-        row(COMMIT, D, cc=True, persist=False),
+        row(Do.COMMIT, D, cc=True, persist=False),
         row("v", D),
     ]
     progress = pg.fold(STANDARD, records)
-    assert pg.Confirm() == pg.next_action(STANDARD, progress, RunFacts("forward"), commit_session=True)
+    assert pg.Do.CONFIRM == pg.next_action(STANDARD, progress, RunFacts("forward"), commit_session=True)
     # Its session gone: reverted, unless a confirm landed first: the device is asked.
-    assert pg.Check() == pg.next_action(STANDARD, progress, RunFacts("forward"), commit_session=False)
-    reverted = pg.fold(STANDARD, [*records, row(CHECK, D, running="original")])
-    assert pg.Reapply() == pg.next_action(STANDARD, reverted, RunFacts("forward"))
-    confirmed = pg.fold(STANDARD, [*records, row(CONFIRM, U), row(CHECK, D, running="changed")])
+    assert pg.Do.CHECK == pg.next_action(STANDARD, progress, RunFacts("forward"), commit_session=False)
+    reverted = pg.fold(STANDARD, [*records, row(Do.CHECK, D, running="original")])
+    assert pg.Do.REAPPLY == pg.next_action(STANDARD, reverted, RunFacts("forward"))
+    confirmed = pg.fold(STANDARD, [*records, row(Do.CONFIRM, U), row(Do.CHECK, D, running="changed")])
     assert pg.next_action(STANDARD, confirmed, RunFacts("forward")) is None
     assert pg.is_handed_over(STANDARD, confirmed)
 
 
 def test_a_reapply_starts_the_device_over() -> None:
-    records = [*VERIFIED, row(CONFIRM, F, pending=False), row(CHECK, D, running="original"), row(REAPPLY, D)]
+    records = [
+        *VERIFIED,
+        row(Do.CONFIRM, F, pending=False),
+        row(Do.CHECK, D, running="original"),
+        row(Do.REAPPLY, D),
+    ]
     progress = pg.fold(STANDARD, records)
     assert (0, 1) == (progress.pos, progress.reapplied)
-    assert pg.Prepare() == pg.next_action(STANDARD, progress, RunFacts("forward"))
+    assert pg.Do.PREPARE == pg.next_action(STANDARD, progress, RunFacts("forward"))
 
 
 def test_the_office_goes_forward_only_when_every_device_passed() -> None:
@@ -358,7 +374,7 @@ class Process:
             )
             raise Crash
         status, facts = effect
-        if isinstance(action, pg.Commit) and status is StepStatus.DONE and sim.cc:
+        if action is Do.COMMIT and status is StepStatus.DONE and sim.cc:
             self.commit_session.add(device)
         if status is StepStatus.UNKNOWN:
             self.commit_session.discard(device)
@@ -387,7 +403,7 @@ class Process:
                     assert self.actions < max_actions, "the run does not terminate"
                     acted = True
                     if isinstance(action, pg.TurnBack):
-                        self.journal(device, REAPPLY, StepStatus.FAILED)
+                        self.journal(device, Do.REAPPLY, StepStatus.FAILED)
                     else:
                         self.perform(device, action)
             if self.direction[0] is not None:
@@ -405,17 +421,10 @@ def _name(plan: DevicePlan, action: pg.Action) -> str:
         return plan.steps[action.pos].name
     if isinstance(action, pg.Compensate):
         return pg.COMPENSATE + ",".join(action.names)
-    names: dict[type, str] = {
-        pg.Prepare: PREPARE,
-        pg.Commit: COMMIT,
-        pg.Confirm: CONFIRM,
-        pg.Check: CHECK,
-        pg.Discard: DISCARD,
-        pg.Cancel: CANCEL,
-        pg.Reapply: REAPPLY,
-        pg.GiveUp: CONFIRM,
-    }
-    return names[type(action)]
+    if isinstance(action, pg.GiveUp):
+        return Do.CONFIRM
+    assert isinstance(action, Do)
+    return action
 
 
 def _effect(
@@ -430,10 +439,10 @@ def _effect(
         return (StepStatus.UNKNOWN, {}) if answer_lost else (status, facts)
 
     if fault == "refused":
-        if isinstance(action, pg.Confirm | pg.Cancel):
+        if action in (Do.CONFIRM, Do.CANCEL):
             return StepStatus.FAILED, {"pending": False} if sim.pending is None else {"sent": False}
         return StepStatus.FAILED, {}
-    if isinstance(action, pg.Prepare):
+    if action is Do.PREPARE:
         if applies:
             sim.candidate = sim.running
         return done(cc=sim.cc, persist=sim.persist)
@@ -449,13 +458,13 @@ def _effect(
         elif applies and not sim.edits <= sim.running:
             return StepStatus.FAILED, {}  # the verify step sees the change missing
         return done()
-    if isinstance(action, pg.Commit):
+    if action is Do.COMMIT:
         if applies:
             if sim.cc and sim.pending is None:
                 sim.pending, sim.pending_session = sim.running, session
             sim.running = sim.candidate
         return done(cc=sim.cc, persist=sim.persist)
-    if isinstance(action, pg.Confirm):
+    if action is Do.CONFIRM:
         if not sim.persist and (sim.pending is None or sim.pending_session != session):
             # Without persist a confirming <commit> is a plain commit on any other session: it
             # commits whatever the candidate holds (RFC 6241 8.4). Never to be sent there.
@@ -467,17 +476,17 @@ def _effect(
         if applies:
             sim.pending = None
         return done()
-    if isinstance(action, pg.Cancel):
+    if action is Do.CANCEL:
         if sim.pending is None:
             return (StepStatus.UNKNOWN, {}) if answer_lost else (StepStatus.FAILED, {"pending": False})
         if applies:
             sim.expire()
         return done(StepStatus.ROLLED_BACK)
-    if isinstance(action, pg.Check):
+    if action is Do.CHECK:
         if answer_lost:
             return StepStatus.UNKNOWN, {}
         return ok, {"running": "changed" if sim.edits <= sim.running and sim.running else "original"}
-    if isinstance(action, pg.Discard):
+    if action is Do.DISCARD:
         if applies:
             sim.candidate = sim.running
         return done(StepStatus.ROLLED_BACK)
@@ -490,7 +499,7 @@ def _effect(
         if applies:
             sim.applied.difference_update(action.names)
         return done(StepStatus.ROLLED_BACK)
-    if isinstance(action, pg.Reapply):
+    if action is Do.REAPPLY:
         return ok, {}
     assert isinstance(action, pg.GiveUp)
     return StepStatus.SKIPPED, {"unreachable": True}

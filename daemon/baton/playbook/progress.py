@@ -23,15 +23,15 @@ Recovery rules, and why:
   (an rpc-error means nothing is pending under it: never committed, or reverted on its own).
   Edits committed for good (no `:confirmed-commit`; or confirmed) are undone by their
   `compensate` steps; where a confirm's outcome is unknown and nothing is pending, the device is
-  asked (`Check`: the verify steps, read-only, on running) before compensating. Every other
+  asked (`Do.CHECK`: the verify steps, read-only, on running) before compensating. Every other
   change that ran — or was left at intent, so it may have run — is compensated, newest first. A
   step at intent is never simply run again: compensations are the only repeated calls, and they
   must be safe to repeat.
 * **Forward** (every device passed verify): the handover took effect, so a restart finishes it:
   each pending confirmed commit is confirmed with the persist id, from a new session. When the
-  device answers that nothing is pending, it is asked whether running holds the change (`Check`)
+  device answers that nothing is pending, it is asked whether running holds the change (`Do.CHECK`)
   before anything is assumed from the clock: held → it was confirmed; not held → it reverted
-  (the window ran out), and the device is handed over again (`Reapply`: its candidate-only steps
+  (the window ran out), and the device is handed over again (`Do.REAPPLY`: its candidate-only steps
   run again — re-applying a declarative edit is harmless — with a new confirmed commit). A
   device whose changes are not all in the candidate cannot be re-applied without running a step
   twice: the run then turns back, compensating the confirmed devices too, so the office never
@@ -55,17 +55,23 @@ from baton.journal import StepRecord, StepStatus
 from baton.playbook.plan import DevicePlan, PlannedStep
 from baton.playbook.schema import RESERVED_STEP_NAMES
 
-# The runner's own steps (reserved: a playbook step may not take these names).
-PREPARE = "prepare-candidate"
-COMMIT = "commit"
-CONFIRM = "confirm"
-CHECK = "check-running"
-CANCEL = "cancel-commit"
-DISCARD = "discard-candidate"
-REAPPLY = "reapply"
-COMPENSATE = "compensate:"
-RUNNER_STEPS = frozenset({PREPARE, COMMIT, CONFIRM, CHECK, CANCEL, DISCARD, REAPPLY})
+
+class Do(StrEnum):
+    """The runner's own steps: each is an action `next_action` returns and the name of the
+    record the runner journals for it (reserved: a playbook step may not take these names)."""
+
+    PREPARE = "prepare-candidate"  # lock the candidate and discard it (a clean start)
+    COMMIT = "commit"  # a confirmed commit with the run's persist id where supported
+    CONFIRM = "confirm"  # confirm the pending confirmed commit (<commit><persist-id>)
+    CHECK = "check-running"  # ask the device: do the verify steps hold on running? (read-only)
+    CANCEL = "cancel-commit"  # <cancel-commit> with the persist id
+    DISCARD = "discard-candidate"  # discard the candidate (and unlock it)
+    REAPPLY = "reapply"  # start the device over: it reverted after the decision to go forward
+
+
+RUNNER_STEPS = frozenset(Do)
 assert RUNNER_STEPS == RESERVED_STEP_NAMES, "the names playbooks may not use"
+COMPENSATE = "compensate:"
 
 MAX_CONFIRM_TRIES = 3  # confirms whose outcome stayed unknown, before the device is asked
 MAX_REAPPLIES = 1
@@ -98,7 +104,7 @@ class DeviceProgress:
     confirm: Sent = Sent.NO
     confirm_tries: int = 0
     pending: bool | None = None  # the device said whether our confirmed commit is pending
-    running: Literal["changed", "original"] | None = None  # the device said (Check)
+    running: Literal["changed", "original"] | None = None  # the device said (Do.CHECK)
     cancelled: bool = False  # nothing of ours pending any more
     discarded: bool = False
     undone: frozenset[str] = frozenset()  # steps whose compensation went through
@@ -145,48 +151,13 @@ class DeviceProgress:
 
 
 @dataclass(frozen=True, slots=True)
-class Prepare:
-    """Lock the candidate and discard it (a clean start)."""
-
-
-@dataclass(frozen=True, slots=True)
 class RunStep:
     pos: int  # position in the device's planned steps
 
 
 @dataclass(frozen=True, slots=True)
-class Commit:
-    """Commit the candidate: a confirmed commit with the run's persist id where supported."""
-
-
-@dataclass(frozen=True, slots=True)
-class Confirm:
-    """Confirm the pending confirmed commit (<commit><persist-id>)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Check:
-    """Ask the device: do the verify steps hold on running? (read-only)"""
-
-
-@dataclass(frozen=True, slots=True)
-class Discard:
-    """Discard the candidate (and unlock it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Cancel:
-    """<cancel-commit> with the persist id."""
-
-
-@dataclass(frozen=True, slots=True)
 class Compensate:
     names: tuple[str, ...]  # the committed edits to undo, newest first (in one commit), or one change
-
-
-@dataclass(frozen=True, slots=True)
-class Reapply:
-    """Start the device over: it reverted after the run had decided to go forward."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,9 +175,7 @@ class TurnBack:
     reason: str
 
 
-Action = (
-    Prepare | RunStep | Commit | Confirm | Check | Discard | Cancel | Compensate | Reapply | GiveUp | TurnBack
-)
+Action = Do | RunStep | Compensate | GiveUp | TurnBack
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,7 +223,7 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
     st, facts = r.status, r.facts
     if st is StepStatus.SKIPPED:  # one row skips the rest: the device did not answer (pending)
         return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
-    if r.name == PREPARE:
+    if r.name == Do.PREPARE:
         if st is StepStatus.DONE:
             backup = facts.get("backup")
             return replace(
@@ -266,14 +235,14 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
                 backup=p.backup if p.backup is not None else (str(backup) if backup is not None else None),
             )
         return _failed(p, r)
-    if r.name == COMMIT:
+    if r.name == Do.COMMIT:
         if st is StepStatus.DONE:
             cc = facts.get("cc", p.cc)
             return replace(p, commit=Sent.DONE, prepared=False, cc=None if cc is None else bool(cc))
         if st is StepStatus.FAILED:  # refused (rpc-error), or never sent: nothing committed
             return _failed(replace(p, commit=Sent.REFUSED), r)
         return _failed(replace(p, commit=Sent.UNKNOWN, prepared=False), r)
-    if r.name == CONFIRM:
+    if r.name == Do.CONFIRM:
         tried = replace(p, confirm_tries=p.confirm_tries + 1)
         if st is StepStatus.DONE:
             return replace(tried, confirm=Sent.DONE, pending=False)
@@ -282,23 +251,23 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
         if st is StepStatus.FAILED and facts.get("sent") is False:
             return tried  # no session: nothing was sent
         return replace(tried, confirm=Sent.UNKNOWN)
-    if r.name == CHECK:
+    if r.name == Do.CHECK:
         if st is StepStatus.DONE and facts.get("running") in ("changed", "original"):
             return replace(p, running="changed" if facts["running"] == "changed" else "original")
-        return _undo_failed(p, CHECK)
-    if r.name == CANCEL:
+        return _undo_failed(p, Do.CHECK)
+    if r.name == Do.CANCEL:
         if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
             return replace(p, cancelled=True, pending=False, running="original")
         if st is StepStatus.FAILED and facts.get("pending") is False:
             return replace(p, cancelled=True, pending=False)  # never committed, or reverted
-        return _undo_failed(p, CANCEL)
-    if r.name == DISCARD:
+        return _undo_failed(p, Do.CANCEL)
+    if r.name == Do.DISCARD:
         if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
             return replace(p, discarded=True, prepared=False)
-        return _undo_failed(replace(p, prepared=False), DISCARD)
-    if r.name == REAPPLY and st is not StepStatus.DONE:
+        return _undo_failed(replace(p, prepared=False), Do.DISCARD)
+    if r.name == Do.REAPPLY and st is not StepStatus.DONE:
         return _failed(p, r)  # the run cannot go forward for this device (TurnBack)
-    if r.name == REAPPLY:
+    if r.name == Do.REAPPLY:
         # Start over; what was sent before may still sit in the candidate: kept for the undo.
         return replace(
             DeviceProgress(p.device),
@@ -370,14 +339,14 @@ def next_action(
 def _forward(dp: DevicePlan, p: DeviceProgress, phase: int) -> Action | None:
     commit_at = commit_position(dp.steps)
     if commit_at is not None and p.pos > commit_at and p.commit is Sent.NO:
-        return Commit()
+        return Do.COMMIT
     if p.pos >= len(dp.steps):
         return None
     ps = dp.steps[p.pos]
     if ps.phase > phase:
         return None
     if ps.step.IN_CANDIDATE and not p.prepared:
-        return Prepare()
+        return Do.PREPARE
     return RunStep(p.pos)
 
 
@@ -394,8 +363,8 @@ def _finish(dp: DevicePlan, p: DeviceProgress, run: RunFacts, commit_session: bo
         # Without persist, a confirming <commit> that comes after the window ran out is a plain
         # commit — and succeeds. Only running can tell: look.
         if p.persist is False and p.running is None and bool(verify_steps(dp)):
-            if not p.tried(CHECK):
-                return Check()
+            if not p.tried(Do.CHECK):
+                return Do.CHECK
             why = f"{p.device}: confirmed, but running could not be read back to see it held"
             return GiveUp(why) if run.skip_unreachable else TurnBack(why)
         if p.running != "original":
@@ -406,32 +375,32 @@ def _finish(dp: DevicePlan, p: DeviceProgress, run: RunFacts, commit_session: bo
     if nothing_pending:  # ask the device about running before believing anything
         if p.running == "changed":
             return None  # confirmed (by an earlier confirm whose answer was lost)
-        if p.running is None and not p.tried(CHECK):
-            return Check()
+        if p.running is None and not p.tried(Do.CHECK):
+            return Do.CHECK
         if p.running is None:  # it cannot be asked: neither confirmed nor reverted is known
             why = (
                 f"{p.device}: nothing pending, and running could not be read to tell confirmed from reverted"
             )
             return GiveUp(why) if run.skip_unreachable else TurnBack(why)
     elif p.confirm_tries < MAX_CONFIRM_TRIES:
-        return Confirm()
+        return Do.CONFIRM
     else:
         why = f"{p.device}: no answer to {p.confirm_tries} confirm(s)"
         return GiveUp(why) if run.skip_unreachable else TurnBack(why)
     # Reverted: running does not hold the change.
     if p.reapplied < MAX_REAPPLIES and can_reapply(dp):
-        return Reapply()
+        return Do.REAPPLY
     why = "its steps cannot run twice" if not can_reapply(dp) else "it reverted again after a re-apply"
     return TurnBack(f"{p.device}: its confirmed commit reverted and {why}")
 
 
 def undo_action(dp: DevicePlan, p: DeviceProgress) -> Action | None:
     """Back: the next thing that undoes what the run did to the device (None: nothing left)."""
-    if p.may_be_pending and not p.tried(CANCEL):
-        return Cancel()
+    if p.may_be_pending and not p.tried(Do.CANCEL):
+        return Do.CANCEL
     for_good = p.for_good
-    if for_good is None and not p.tried(CHECK) and bool(verify_steps(dp)):
-        return Check()
+    if for_good is None and not p.tried(Do.CHECK) and bool(verify_steps(dp)):
+        return Do.CHECK
     if p.edits and for_good is not False:
         todo = tuple(n for n in reversed(p.edits) if n not in p.undone)
         key = COMPENSATE + ",".join(todo)
@@ -443,13 +412,13 @@ def undo_action(dp: DevicePlan, p: DeviceProgress) -> Action | None:
     # Last: a candidate that may still hold the run's edits (never committed; or running was
     # reverted under it, which not every server follows with the candidate) is discarded, or
     # anyone's next commit would send them out.
-    if p.edits and not p.discarded and not p.tried(DISCARD):
-        return Discard()
+    if p.edits and not p.discarded and not p.tried(Do.DISCARD):
+        return Do.DISCARD
     return None
 
 
 def verify_steps(dp: DevicePlan) -> tuple[PlannedStep, ...]:
-    """The read-only steps after the commit: what `Check` runs on running."""
+    """The read-only steps after the commit: what `Do.CHECK` runs on running."""
     commit_at = commit_position(dp.steps)
     if commit_at is None:
         return ()

@@ -17,7 +17,7 @@ The run, as the loop plays it out:
    timeouts, with the numbers and the fix); SNMP steps without SNMP access.
 2. Devices run with bounded concurrency, their steps in order; with `barriers`, every device
    finishes phase k before any starts k+1. Before a candidate edit the candidate is locked and
-   discarded (`Prepare`; a device without :confirmed-commit whose edits lack `compensate` fails
+   discarded (`Do.PREPARE`; a device without :confirmed-commit whose edits lack `compensate` fails
    here, before any edit: nothing could undo them). Right after a device's last edit its
    candidate is committed with `<confirmed/>`, the window, and the run's `<persist>` id (the id
    and the deadline are journaled before the first commit). Then the verify steps.
@@ -222,7 +222,7 @@ class _Dev:
         """Where a record sits among the device's steps: its own step's (a compensation: the
         first step it undoes), the commit's for the commit and what follows it."""
         steps = self.plan.steps
-        if name == pg.PREPARE:
+        if name == pg.Do.PREPARE:
             at = self.progress.pos
         elif name in pg.RUNNER_STEPS:
             at = pg.commit_position(steps) or 0
@@ -477,39 +477,36 @@ class _Run:
     async def _perform(self, dev: _Dev, action: pg.Action) -> None:
         if self.fence is not None and not self.fence():
             raise FenceLost("this vantage does not hold the lease any more: leaving the run to the leader")
-        first = (
-            isinstance(action, pg.RunStep | pg.Prepare) and dev.progress.pos == 0 and not dev.progress.touched
-        )
+        first = dev.progress.pos == 0 and not dev.progress.touched  # a step, or the prepare before it
         if first and self.skip_unreachable and not await self._first_contact(dev):
             return
         match action:
             case pg.RunStep(pos):
                 await self._run_step(dev, dev.plan.steps[pos])
-            case pg.Prepare():
+            case pg.Do.PREPARE:
                 await self._prepare(dev)
-            case pg.Commit():
+            case pg.Do.COMMIT:
                 await self._commit(dev)
-            case pg.Confirm():
+            case pg.Do.CONFIRM:
                 await self._confirm(dev)
-            case pg.Check():
+            case pg.Do.CHECK:
                 await self._check(dev)
-            case pg.Discard():
+            case pg.Do.DISCARD:
                 await self._discard(dev)
-            case pg.Cancel():
+            case pg.Do.CANCEL:
                 await self._cancel(dev)
             case pg.Compensate(names):
                 await self._compensate(dev, names)
-            case pg.Reapply():
+            case pg.Do.REAPPLY:
                 await self._close(dev)
                 dev.commit_at = None
                 detail = "reverted after the decision: handing it over again"
-                await self._journaled(dev, pg.REAPPLY, "apply", _Answer(StepStatus.DONE, detail))
+                await self._journaled(dev, pg.Do.REAPPLY, "apply", _Answer(StepStatus.DONE, detail))
             case pg.GiveUp(reason):
-                detail = f"{UNREACHABLE}: {reason}"
-                skip = _Answer(StepStatus.SKIPPED, detail, {"unreachable": True})
-                await self._journaled(dev, pg.CONFIRM, "confirm", skip)
+                skip = _Answer(StepStatus.SKIPPED, f"{UNREACHABLE}: {reason}", {"unreachable": True})
+                await self._journaled(dev, pg.Do.CONFIRM, "confirm", skip)
             case pg.TurnBack(reason):
-                await self._journaled(dev, pg.REAPPLY, "confirm", _Answer(StepStatus.FAILED, reason))
+                await self._journaled(dev, pg.Do.REAPPLY, "confirm", _Answer(StepStatus.FAILED, reason))
 
     def _window_left(self) -> float | None:
         """What is left of the window of the run's first confirmed commit (None: none yet)."""
@@ -604,7 +601,7 @@ class _Run:
                 text += f"; running of {len(roots)} subtree(s) saved"
             return text, facts
 
-        await self._journaled(dev, pg.PREPARE, "apply", prepare)
+        await self._journaled(dev, pg.Do.PREPARE, "apply", prepare)
 
     async def _claim(self, dev: _Dev, nc: NetconfClient, marker: FenceMarker, timeout_s: float) -> int:
         """The device's epoch in running (0: none yet), refused when newer than ours; ours is
@@ -662,7 +659,7 @@ class _Run:
             deadline = self.clock() + self.window_s if cc else None
             return text, {"cc": cc, "persist": persist, "deadline": deadline}
 
-        await self._journaled(dev, pg.COMMIT, "commit", commit)
+        await self._journaled(dev, pg.Do.COMMIT, "commit", commit)
 
     async def _confirm(self, dev: _Dev) -> None:
         persist = bool(dev.progress.persist)
@@ -695,7 +692,7 @@ class _Run:
                 await confirming_commit()
             return f"confirmed, with epoch {self.epoch} (device had {seen})", {"epoch": self.epoch}
 
-        await self._journaled(dev, pg.CONFIRM, "confirm", confirm)
+        await self._journaled(dev, pg.Do.CONFIRM, "confirm", confirm)
         if dev.progress.confirm is pg.Sent.DONE and not dev.hold:
             await self._close(dev)
 
@@ -716,7 +713,7 @@ class _Run:
                     }
             return "running holds the change (every verify step passed)", {"running": "changed"}
 
-        await self._journaled(dev, pg.CHECK, "check", check)
+        await self._journaled(dev, pg.Do.CHECK, "check", check)
 
     async def _discard(self, dev: _Dev) -> None:
         held = dev.progress.prepared
@@ -732,7 +729,7 @@ class _Run:
                     await nc.discard_changes(rpc_timeout_s=_UNDO_TIMEOUT_S)
             return "candidate discarded, running untouched", {}
 
-        await self._journaled(dev, pg.DISCARD, "rollback", discard, ok=StepStatus.ROLLED_BACK)
+        await self._journaled(dev, pg.Do.DISCARD, "rollback", discard, ok=StepStatus.ROLLED_BACK)
 
     async def _cancel(self, dev: _Dev) -> None:
         persist = dev.progress.persist is not False
@@ -751,7 +748,7 @@ class _Run:
                 ) from None
             return "confirmed commit cancelled: running is back to before the run", {}
 
-        await self._journaled(dev, pg.CANCEL, "rollback", cancel, ok=StepStatus.ROLLED_BACK)
+        await self._journaled(dev, pg.Do.CANCEL, "rollback", cancel, ok=StepStatus.ROLLED_BACK)
 
     async def _compensate(self, dev: _Dev, names: tuple[str, ...]) -> None:
         """Undo steps that ran: committed edits (all at once), or one other change."""
