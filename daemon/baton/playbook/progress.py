@@ -49,7 +49,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
-from typing import Literal
+from typing import Literal, cast
 
 from baton.journal import StepRecord, StepStatus
 from baton.playbook.plan import DevicePlan, PlannedStep
@@ -192,11 +192,7 @@ class RunFacts:
 
 def commit_position(steps: Sequence[PlannedStep]) -> int | None:
     """Position of the device's last candidate edit: the commit follows it."""
-    last = None
-    for pos, ps in enumerate(steps):
-        if ps.step.IN_CANDIDATE:
-            last = pos
-    return last
+    return max((pos for pos, ps in enumerate(steps) if ps.step.IN_CANDIDATE), default=None)
 
 
 def fold(
@@ -221,90 +217,75 @@ def _apply(dp: DevicePlan, p: DeviceProgress, r: StepRecord) -> DeviceProgress:
     if r.status is StepStatus.INTENT:
         r = replace(r, status=StepStatus.UNKNOWN)
     st, facts = r.status, r.facts
-    if st is StepStatus.SKIPPED:  # one row skips the rest: the device did not answer (pending)
-        return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
-    if r.name == Do.PREPARE:
-        if st is StepStatus.DONE:
-            backup = facts.get("backup")
-            return replace(
-                p,
-                prepared=True,
-                discarded=False,
-                cc=bool(facts.get("cc", p.cc)),
-                persist=bool(facts.get("persist", p.persist)),
-                backup=p.backup if p.backup is not None else (str(backup) if backup is not None else None),
-            )
-        return _failed(p, r)
-    if r.name == Do.COMMIT:
-        if st is StepStatus.DONE:
+    done, undone = st is StepStatus.DONE, st in (StepStatus.DONE, StepStatus.ROLLED_BACK)
+    nothing_pending = st is StepStatus.FAILED and facts.get("pending") is False  # the device said
+    match r.name:
+        case _ if st is StepStatus.SKIPPED:  # one row skips the rest: the device did not answer
+            return replace(p, pos=len(dp.steps), unreachable=p.unreachable or r.detail)
+        case Do.PREPARE if done:
+            cc, persist = bool(facts.get("cc", p.cc)), bool(facts.get("persist", p.persist))
+            backup = p.backup or cast("str | None", facts.get("backup"))
+            return replace(p, prepared=True, discarded=False, cc=cc, persist=persist, backup=backup)
+        case Do.COMMIT if done:
             cc = facts.get("cc", p.cc)
             return replace(p, commit=Sent.DONE, prepared=False, cc=None if cc is None else bool(cc))
-        if st is StepStatus.FAILED:  # refused (rpc-error), or never sent: nothing committed
+        case Do.COMMIT if st is StepStatus.FAILED:  # refused (rpc-error), or never sent
             return _failed(replace(p, commit=Sent.REFUSED), r)
-        return _failed(replace(p, commit=Sent.UNKNOWN, prepared=False), r)
-    if r.name == Do.CONFIRM:
-        tried = replace(p, confirm_tries=p.confirm_tries + 1)
-        if st is StepStatus.DONE:
-            return replace(tried, confirm=Sent.DONE, pending=False)
-        if st is StepStatus.FAILED and facts.get("pending") is False:  # answered: nothing pending
-            return replace(tried, confirm=Sent.REFUSED if p.confirm is Sent.NO else p.confirm, pending=False)
-        if st is StepStatus.FAILED and facts.get("sent") is False:
-            return tried  # no session: nothing was sent
-        return replace(tried, confirm=Sent.UNKNOWN)
-    if r.name == Do.CHECK:
-        if st is StepStatus.DONE and facts.get("running") in ("changed", "original"):
-            return replace(p, running="changed" if facts["running"] == "changed" else "original")
-        return _undo_failed(p, Do.CHECK)
-    if r.name == Do.CANCEL:
-        if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
+        case Do.COMMIT:
+            return _failed(replace(p, commit=Sent.UNKNOWN, prepared=False), r)
+        case Do.CONFIRM:
+            tried = replace(p, confirm_tries=p.confirm_tries + 1)
+            if done:
+                return replace(tried, confirm=Sent.DONE, pending=False)
+            if nothing_pending:
+                return replace(
+                    tried, confirm=Sent.REFUSED if p.confirm is Sent.NO else p.confirm, pending=False
+                )
+            if st is StepStatus.FAILED and facts.get("sent") is False:
+                return tried  # no session: nothing was sent
+            return replace(tried, confirm=Sent.UNKNOWN)
+        case Do.CHECK if done and facts.get("running") in ("changed", "original"):
+            return replace(p, running=cast('Literal["changed", "original"]', facts["running"]))
+        case Do.CANCEL if undone:
             return replace(p, cancelled=True, pending=False, running="original")
-        if st is StepStatus.FAILED and facts.get("pending") is False:
-            return replace(p, cancelled=True, pending=False)  # never committed, or reverted
-        return _undo_failed(p, Do.CANCEL)
-    if r.name == Do.DISCARD:
-        if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
+        case Do.CANCEL if nothing_pending:  # never committed, or reverted on its own
+            return replace(p, cancelled=True, pending=False)
+        case Do.DISCARD if undone:
             return replace(p, discarded=True, prepared=False)
-        return _undo_failed(replace(p, prepared=False), Do.DISCARD)
-    if r.name == Do.REAPPLY and st is not StepStatus.DONE:
-        return _failed(p, r)  # the run cannot go forward for this device (TurnBack)
-    if r.name == Do.REAPPLY:
-        # Start over; what was sent before may still sit in the candidate: kept for the undo.
-        return replace(
-            DeviceProgress(p.device),
-            cc=p.cc,
-            persist=p.persist,
-            edits=p.edits,
-            changes=p.changes,
-            undone=p.undone,
-            reapplied=p.reapplied + 1,
-            backup=p.backup,
-        )
-    if r.name.startswith(COMPENSATE):
-        names = frozenset(r.name.removeprefix(COMPENSATE).split(","))
-        if st in (StepStatus.DONE, StepStatus.ROLLED_BACK):
-            return replace(p, undone=p.undone | names)
-        return _undo_failed(p, r.name)
+        case Do.DISCARD:
+            return _undo_failed(replace(p, prepared=False), r.name)
+        case Do.REAPPLY if done:
+            # Start over; what was sent before may still sit in the candidate: kept for the undo.
+            fresh = DeviceProgress(p.device, cc=p.cc, persist=p.persist, edits=p.edits, changes=p.changes)
+            return replace(fresh, undone=p.undone, reapplied=p.reapplied + 1, backup=p.backup)
+        case Do.PREPARE | Do.REAPPLY:  # a re-apply that failed: the run cannot go forward (TurnBack)
+            return _failed(p, r)
+        case Do.CHECK | Do.CANCEL:
+            return _undo_failed(p, r.name)
+        case _ if r.name.startswith(COMPENSATE):
+            names = frozenset(r.name.removeprefix(COMPENSATE).split(","))
+            return replace(p, undone=p.undone | names) if undone else _undo_failed(p, r.name)
     pos = next((pos for pos, ps in enumerate(dp.steps) if ps.name == r.name), None)
     if pos is None:
         return p  # not a step of this plan (the journal knows more than the plan): ignored
     step = dp.steps[pos].step
     # What the intent says: the call went out, or may have.
-    if step.IN_CANDIDATE and r.name not in p.edits:
-        p = replace(p, edits=(*p.edits, r.name))
-    elif step.CHANGES and not step.IN_CANDIDATE and r.name not in p.changes:
-        p = replace(p, changes=(*p.changes, r.name))
-    if st is StepStatus.DONE:
+    if step.IN_CANDIDATE:
+        p = replace(p, edits=_with(p.edits, r.name))
+    elif step.CHANGES:
+        p = replace(p, changes=_with(p.changes, r.name))
+    if done:
         return replace(p, pos=max(p.pos, pos + 1))
-    if facts.get("retry"):
-        return p  # an idempotent step that will be tried again
-    return _failed(p, r)
+    return p if facts.get("retry") else _failed(p, r)  # retry: an idempotent step tried again
+
+
+def _with(names: tuple[str, ...], name: str) -> tuple[str, ...]:
+    return names if name in names else (*names, name)
 
 
 def _failed(p: DeviceProgress, r: StepRecord) -> DeviceProgress:
-    if p.failed is not None:
-        return p
     detail = r.detail or f"{r.name} {r.status}"
-    return replace(p, failed=f"{r.name}: {detail}")
+    return p if p.failed is not None else replace(p, failed=f"{r.name}: {detail}")  # the first cause
 
 
 def _undo_failed(p: DeviceProgress, key: str) -> DeviceProgress:

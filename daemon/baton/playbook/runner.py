@@ -49,6 +49,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import structlog
 from lxml import etree  # type: ignore[import-untyped]  # no lxml-stubs in the env
@@ -227,7 +228,7 @@ class _Dev:
         elif name in pg.RUNNER_STEPS:
             at = pg.commit_position(steps) or 0
         else:
-            first = name.removeprefix(pg.COMPENSATE).split(",")[0]
+            first = name.removeprefix(pg.COMPENSATE).split(",")[0]  # a compensation: what it undoes first
             at = next((pos for pos, ps in enumerate(steps) if ps.name == first), 0)
         return steps[at].index if at < len(steps) else 0
 
@@ -250,7 +251,6 @@ class _Run:
         clock: Callable[[], float] = time.time,
         fence: Fence | None = None,
         epoch: int = 0,
-        claim: bool = False,
     ) -> None:
         self.plan, self.journal, self.run_id = plan, journal, plan.run.id
         self.window_s, self.concurrency, self.persist_id = window_s, concurrency, persist_id
@@ -258,7 +258,8 @@ class _Run:
         self.direction, self.reason = direction, ""
         self.progress, self.abort, self.clock = progress, abort or asyncio.Event(), clock
         self.fence, self.epoch = fence, epoch
-        self.claim = claim  # resumed: its confirms carry this run's epoch (devices are claimed)
+        # Resumed after deciding forward: its confirms carry this leader's epoch (claim the devices).
+        self.claim = direction == "forward"
         # Why every device stops before its next action: a lost fence, a journal that fails, a
         # bug in one device's drive (siblings must not go on changing devices without it).
         self.stopped: BaseException | None = None
@@ -360,9 +361,7 @@ class _Run:
     async def _close(self, dev: _Dev) -> None:
         await dev.session.close()
         dev.commit_session = False
-        if dev.progress.prepared:
-            # The lock died with the session: the next edit must prepare again.
-            dev.progress = replace(dev.progress, prepared=False)
+        dev.progress = replace(dev.progress, prepared=False)  # the lock died with the session
 
     async def _check_limits(self) -> None:
         if self.direction == "back":
@@ -465,9 +464,15 @@ class _Run:
             step_id, self.run_id, dev.id, index, name, phase, status, at, done, detail, attempt, facts
         )
         dev.progress = pg.fold(dev.plan, (record,), dev.progress)
-        event = "runner.step_" + status.value
         emit = self.log.warning if status in (StepStatus.FAILED, StepStatus.UNKNOWN) else self.log.info
-        emit(event, device=dev.id, step=name, phase=phase, attempt=attempt, detail=detail)
+        emit(
+            f"runner.step_{status.value}",
+            device=dev.id,
+            step=name,
+            phase=phase,
+            attempt=attempt,
+            detail=detail,
+        )
         if self.progress is not None:
             self.progress(record)
         return status
@@ -607,9 +612,9 @@ class _Run:
         """The device's epoch in running (0: none yet), refused when newer than ours; ours is
         then put in the candidate, for the commit to come."""
         reply = await nc.get_config("running", marker.filter, rpc_timeout_s=timeout_s)
-        found = etree.fromstring(reply.encode()).xpath(marker.xpath, namespaces=marker.namespaces or None)
-        text = found[0].text or "" if isinstance(found, list) and found and hasattr(found[0], "text") else ""
-        seen = int(text.strip()) if text.strip().isdigit() else 0
+        root = etree.fromstring(reply.encode())
+        text = str(root.xpath(f"string({marker.xpath})", namespaces=marker.namespaces or None)).strip()
+        seen = int(text) if text.isdigit() else 0
         if seen > self.epoch:
             raise FenceLost(f"{dev.id} has seen epoch {seen}, newer than ours ({self.epoch})", seen)
         await self._fence_candidate(nc, timeout_s)
@@ -811,12 +816,11 @@ class _Run:
         devices = []
         for dev in self.devs:
             p = dev.progress
-            status = pg.status_of(dev.plan, p, self.direction)
             left = pg.leftovers(dev.plan, p) if self.direction == "back" or p.failed else ()
             error = p.failed or p.unreachable
             if left:
                 error = (error + "; " if error else "") + "left on the device: " + ", ".join(left)
-            devices.append(DeviceOutcome(dev.id, status, error))
+            devices.append(DeviceOutcome(dev.id, pg.status_of(dev.plan, p, self.direction), error))
         run = self.plan.run
         outcome = RunOutcome(
             run.id,
@@ -944,8 +948,9 @@ async def resume(
             await journal.call(journal.step_result, step.id, StepStatus.UNKNOWN, detail, clock())
             step = replace(step, status=StepStatus.UNKNOWN, detail=detail)
         by_device.setdefault(step.device, []).append(step)
-    direction: pg.Direction | None = "forward" if record.decision == "forward" else None
-    direction = "back" if record.decision == "back" else direction
+    direction = cast(
+        "pg.Direction | None", record.decision if record.decision in ("forward", "back") else None
+    )
     state = _Run(
         plan,
         journal,
@@ -958,13 +963,11 @@ async def resume(
         clock=clock,
         fence=fence,
         epoch=epoch,
-        claim=True,
     )
     for dev in state.devs:  # every session of the crashed process is gone, and its locks with them
         dev.progress = replace(pg.fold(dev.plan, by_device.get(dev.id, ())), prepared=False)
+    state.reason = record.decision_reason
     if direction is None:
         await state.turn_back("interrupted before every device passed verify")
-    elif direction == "back":
-        state.reason = record.decision_reason
     state.log.info("recovery.started", direction=state.direction)
     return await state.finish(recovered=True)
