@@ -260,6 +260,24 @@ def test_a_leader_that_died_mid_run_it_never_shared_leaves_the_office_failed_for
     assert Phase.HANDING_OVER is t.state.offices["a"].phase
 
 
+@pytest.mark.parametrize(
+    ("theirs", "kind"), [(Phase.HANDING_OVER, RunKind.HANDBACK), (Phase.HANDING_BACK, RunKind.HANDOVER)]
+)
+def test_a_reported_run_whose_kind_disagrees_with_its_phase_is_not_taken_over(
+    theirs: Phase, kind: RunKind
+) -> None:
+    """A report that says HANDING_OVER with a handback run (or the reverse) cannot be placed: the
+    next leader does not guess which it was (hypothesis found CLOSED -> HANDING_BACK here)."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    state = step(
+        state, replace(_reported(theirs, verdict=D, run_kind=kind), paused=False), Policy(), 1.0
+    ).state
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    assert (Phase.FAILED, None) == (t.state.offices["a"].phase, t.state.offices["a"].run_id)
+    [alert] = [a for a in t.actions if isinstance(a, RaiseAlert)]
+    assert Alert.RUN_FAILED is alert.alert
+
+
 def test_a_run_that_ended_there_is_no_longer_remote() -> None:
     state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
     state = step(state, replace(_reported(Phase.HANDING_OVER, verdict=D), paused=False), Policy(), 1.0).state

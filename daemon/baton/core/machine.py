@@ -443,10 +443,12 @@ def _on_lease(state: State, event: LeaseChanged, now: float) -> Transition:
             if office.remote_run is None or state.leader or office.phase in _RUNNING:
                 continue
             gone = replace(office, since=now, remote_run=None, remote_run_id=None, remote_run_kind=None)
-            if office.remote_run_id is not None and office.remote_run_kind is not None:
+            kind = office.remote_run_kind
+            # Only a handover can be under way from CLOSED, a handback from HANDED_OVER: a report
+            # whose kind disagrees with its phase names a run this vantage cannot place.
+            if office.remote_run_id is not None and kind is _UNDER_WAY.get(office.phase):
                 # The leader stopped in the middle of a run it shared: this vantage finishes that
                 # run (the takeover recovers it from etcd's records and reports its result).
-                kind = office.remote_run_kind
                 running = Phase.HANDING_OVER if kind is RunKind.HANDOVER else Phase.HANDING_BACK
                 run_id = office.remote_run_id
                 offices[office.office] = replace(gone, phase=running, run_id=run_id, run_kind=kind)
@@ -623,6 +625,7 @@ def _on_round(state: State, event: RoundObserved, policy: Policy, now: float) ->
 
 
 _INTENT = {Phase.HANDING_OVER: Phase.CLOSED, Phase.HANDING_BACK: Phase.HANDED_OVER}
+_UNDER_WAY = {Phase.CLOSED: RunKind.HANDOVER, Phase.HANDED_OVER: RunKind.HANDBACK}  # by the intent
 
 
 def _on_reported(state: State, event: LeaderReported) -> Transition:
