@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.util import skip_or_fail
+
 BATON = [sys.executable, "-m", "baton.cli"]
 OFFICES = ["seoul-geumcheon", "seoul-bangbae", "busan-jung"]
 
@@ -77,7 +79,7 @@ def wrapper(tmp_path: Path) -> Path:
 def shell(name: str, program: str, bin_dir: Path, **env: str) -> str:
     found = shutil.which(name)
     if found is None:
-        pytest.skip(f"{name} is not installed")
+        skip_or_fail(f"{name} is not installed (.ci/install-peers installs it)")
     environ = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", **env}
     environ.pop("BATON_SOCKET", None)
     environ.update(env)
