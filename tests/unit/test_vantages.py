@@ -278,6 +278,19 @@ def test_a_reported_run_whose_kind_disagrees_with_its_phase_is_not_taken_over(
     assert Alert.RUN_FAILED is alert.alert
 
 
+@pytest.mark.parametrize("phase", [Phase.OPEN, Phase.SUSPECT, Phase.CLOSED, Phase.HANDED_OVER])
+def test_a_remote_run_without_a_kind_is_never_taken_over(phase: Phase) -> None:
+    """A run id with no kind cannot be placed in any phase (an OPEN office has no intent at all,
+    so `_UNDER_WAY` has no kind for it either: None must not match None)."""
+    state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
+    report = replace(_reported(Phase.HANDING_OVER, verdict=D), paused=False)
+    state = step(state, report, Policy(), 1.0).state
+    office = replace(state.offices["a"], phase=phase, remote_run_kind=None)
+    state = replace(state, offices=MappingProxyType({**state.offices, "a": office}))
+    t = step(state, LeaseChanged(held=True, epoch=12, leader="v1"), Policy(), 5.0)
+    assert Phase.FAILED is t.state.offices["a"].phase
+
+
 def test_a_run_that_ended_there_is_no_longer_remote() -> None:
     state = step(make_state(), LeaseChanged(held=False, leader="v2"), Policy(), 0.0).state
     state = step(state, replace(_reported(Phase.HANDING_OVER, verdict=D), paused=False), Policy(), 1.0).state

@@ -446,7 +446,7 @@ def _on_lease(state: State, event: LeaseChanged, now: float) -> Transition:
             kind = office.remote_run_kind
             # Only a handover can be under way from CLOSED, a handback from HANDED_OVER: a report
             # whose kind disagrees with its phase names a run this vantage cannot place.
-            if office.remote_run_id is not None and kind is _UNDER_WAY.get(office.phase):
+            if office.remote_run_id is not None and kind is not None and kind is _UNDER_WAY.get(office.phase):
                 # The leader stopped in the middle of a run it shared: this vantage finishes that
                 # run (the takeover recovers it from etcd's records and reports its result).
                 running = Phase.HANDING_OVER if kind is RunKind.HANDOVER else Phase.HANDING_BACK
