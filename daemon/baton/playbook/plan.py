@@ -117,10 +117,14 @@ class RunPlan:
         """An upper bound of the run's duration given concurrency (and barriers), retries included."""
         return self.budget(1.0).total_s
 
-    def needs(self, session: str) -> bool:
-        """Does a step, or a compensation, use this kind of session (a wait: its `until`'s)?"""
-        steps = (s for d in self.devices for ps in d.steps for s in (ps.step, ps.step.compensate))
-        return any(s is not None and s.session == session for s in steps)
+    def needing(self, session: str) -> tuple[str, ...]:
+        """The steps that use this kind of session, themselves or by their compensation (a wait:
+        its `until`'s), by name."""
+
+        def uses(ps: PlannedStep) -> bool:
+            return any(s is not None and s.session == session for s in (ps.step, ps.step.compensate))
+
+        return tuple(sorted({ps.name for d in self.devices for ps in d.steps if uses(ps)}))
 
     def refusal(
         self, window_s: float, concurrency: int | None = None, margin_s: float | None = None

@@ -891,8 +891,8 @@ async def execute(
     elif existing.steps or existing.is_finished:
         raise ValueError(f"run {run.id} has already started: resume it instead")
     why = plan.refusal(window, workers, confirm_margin_s)
-    if why is None and connectors.snmp is None and plan.needs("snmp"):
-        why = "its SNMP steps need SNMP access, and none is configured"
+    if why is None and connectors.snmp is None and (snmp := plan.needing("snmp")):
+        why = f"steps {', '.join(snmp)} need SNMP access, and none is configured"
     if why is not None:
         why = f"refused: {why}"
         await journal.call(journal.finish_run, run.id, "refused", why, clock())
